@@ -1,0 +1,1 @@
+"""Detector: ATSS R-50-FPN with the Label-aware heads (LAcls, LAreg)."""

@@ -1,0 +1,1 @@
+"""Data (scan conversion, CLCXray loader, synthetic scanner), training and evaluation."""
