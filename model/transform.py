@@ -1,0 +1,77 @@
+"""Image geometry shared by training, evaluation and inference: keep-ratio resize, normalise, pad."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# ImageNet statistics on the 0..255 scale (the authors' mmdetection config normalises the
+# converted 3-channel image with these, to_rgb=True; method.md §1 fixes our channel order).
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+def fit_size(height: int, width: int, min_size: int = 800, max_size: int = 1333) -> tuple[int, int]:
+    """Target (h, w) that keeps the aspect ratio and fits inside max_size x min_size.
+
+    mmdetection's ``Resize(img_scale=(1333, 800), keep_ratio=True)``: scale so the short side
+    reaches ``min_size`` unless that makes the long side exceed ``max_size``.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    scale = min(min_size / min(height, width), max_size / max(height, width))
+    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
+def resize_to_fit(
+    image: Tensor, boxes: Tensor | None = None, min_size: int = 800, max_size: int = 1333
+) -> tuple[Tensor, Tensor | None]:
+    """Resize a [3, H, W] float image (and its [K, 4] x1y1x2y2 boxes) to ``fit_size``.
+
+    Idempotent: an image that already has its fitted size is returned unchanged, so the
+    data loader may resize in its workers and the model's own transform then does nothing.
+    """
+    h, w = image.shape[-2:]
+    th, tw = fit_size(h, w, min_size, max_size)
+    if (th, tw) == (h, w):
+        return image, boxes
+    out = F.interpolate(image[None], size=(th, tw), mode="bilinear", align_corners=False)[0]
+    if boxes is not None and boxes.numel():
+        scale = boxes.new_tensor([tw / w, th / h, tw / w, th / h])
+        boxes = boxes * scale
+    return out, boxes
+
+
+def normalize(image: Tensor, mean=PIXEL_MEAN, std=PIXEL_STD) -> Tensor:
+    """(image - mean) / std per channel, for a [3, H, W] or [N, 3, H, W] 0..255 image."""
+    m = image.new_tensor(mean).view(-1, 1, 1)
+    s = image.new_tensor(std).view(-1, 1, 1)
+    return (image - m) / s
+
+
+def pad_batch(images: list[Tensor], size_divisor: int = 32) -> tuple[Tensor, list[tuple[int, int]]]:
+    """Stack [3, H_i, W_i] images into [N, 3, H, W], zero-padded bottom/right to a multiple of 32.
+
+    Returns the batch and each image's (h, w) before padding.
+    """
+    if not images:
+        raise ValueError("pad_batch needs at least one image")
+    sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+    max_h = int(math.ceil(max(h for h, _ in sizes) / size_divisor) * size_divisor)
+    max_w = int(math.ceil(max(w for _, w in sizes) / size_divisor) * size_divisor)
+    batch = images[0].new_zeros((len(images), images[0].shape[0], max_h, max_w))
+    for i, im in enumerate(images):
+        batch[i, :, : im.shape[-2], : im.shape[-1]].copy_(im)
+    return batch, sizes
+
+
+def hflip(image: Tensor, boxes: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """Horizontal flip of a [3, H, W] image and its x1y1x2y2 boxes."""
+    w = image.shape[-1]
+    image = image.flip(-1)
+    if boxes is not None and boxes.numel():
+        boxes = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], dim=1)
+    return image, boxes
