@@ -59,7 +59,8 @@ def conv_input_grad(grad_out: Tensor, conv: nn.Conv2d) -> Tensor:
     fastest Conv kernels (the flip/transpose of a constant weight is constant-folded at export).
     """
     weight = conv.weight.transpose(0, 1).flip(2, 3)  # [C_in, C_out, kh, kw]
-    pad = tuple(d * (k - 1) - p for k, p, d in zip(conv.kernel_size, conv.padding, conv.dilation, strict=True))
+    geometry = zip(conv.kernel_size, conv.padding, conv.dilation, strict=True)
+    pad = tuple(d * (k - 1) - p for k, p, d in geometry)
     return F.conv2d(grad_out, weight, None, 1, pad, conv.dilation)
 
 

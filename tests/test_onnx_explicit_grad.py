@@ -36,7 +36,7 @@ def _tol(dtype):
 
 
 def _assert_close_rel(actual, expected, rel):
-    """Elementwise |a - e| <= rel * max|e| (+ rel * |e|): a tight tolerance relative to the gradient's scale."""
+    """max |a - e| <= 2 * rel * max|e|: a tight tolerance relative to the gradient's scale."""
     scale = expected.abs().max().item()
     assert scale > 0, "reference gradient is identically zero: the test would prove nothing"
     err = (actual - expected).abs().max().item()
