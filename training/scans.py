@@ -1,0 +1,285 @@
+"""Dual-energy raw scans: readers (16-bit PNG / TIFF / .npy), validation and THE conversion to 3 channels.
+
+``convert_scan`` is the single definition of method.md §1 (paper Eq. 1). Training, evaluation,
+the service and the ONNX path all call it, so a model trained on converted images sees the
+same tensors when it is served raw scans.
+
+On-disk channel order of converted images (fixed here, method.md §1): a converted image is
+quantised to 8 bits and written with OpenCV AFTER an RGB->BGR swap, so that any normal image
+viewer shows channel 1 (high/256) as red, channel 2 (low/256) as green and channel 3
+(510*sigmoid(high/low)-255) as blue. ``read_converted`` undoes the swap (BGR->RGB) and returns
+the channels in the contract order (high, low, ratio).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from xscreen.errors import XscreenError
+
+# Largest scan accepted by default (pixels per energy image). Real baggage scanners deliver
+# a few megapixels per view; 50 MP leaves ample room while refusing decompression bombs.
+DEFAULT_MAX_PIXELS = 50_000_000
+# Smallest accepted image side (method contract: ">= 2x2").
+MIN_SIDE = 2
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+_NPY_MAGIC = b"\x93NUMPY"
+_PNG_COLOUR_TYPES = {0: "greyscale", 2: "RGB colour", 3: "palette colour", 4: "grey+alpha", 6: "RGBA colour"}
+
+
+class ScanError(XscreenError):
+    """A raw scan that cannot be used: unreadable, wrong format, wrong bit depth or size."""
+
+
+def _label(name: str | None) -> str:
+    return f"{name}: " if name else ""
+
+
+def _check_size(height: int, width: int, max_pixels: int | None, name: str | None) -> None:
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    if height <= 0 or width <= 0:
+        raise ScanError(f"{_label(name)}empty image ({width}x{height} pixels)")
+    if height < MIN_SIDE or width < MIN_SIDE:
+        raise ScanError(
+            f"{_label(name)}image is {width}x{height} pixels; a scan needs at least {MIN_SIDE}x{MIN_SIDE}"
+        )
+    if height * width > limit:
+        raise ScanError(
+            f"{_label(name)}image is {width}x{height} = {height * width} pixels, "
+            f"more than the limit of {limit} pixels"
+        )
+
+
+def _read_png(buf: bytes, max_pixels: int | None, name: str | None) -> np.ndarray:
+    # Check the IHDR header before decoding anything (decompression bombs, wrong depth).
+    if len(buf) < 33 or buf[12:16] != b"IHDR":
+        raise ScanError(f"{_label(name)}truncated or corrupt PNG (no IHDR header)")
+    width, height, depth, colour = struct.unpack(">IIBB", buf[16:26])
+    if colour != 0:
+        kind = _PNG_COLOUR_TYPES.get(colour, f"colour type {colour}")
+        raise ScanError(
+            f"{_label(name)}PNG is {kind}; a raw scan must be a single-channel 16-bit greyscale image"
+        )
+    if depth != 16:
+        raise ScanError(f"{_label(name)}PNG is {depth}-bit; a raw scan must be 16-bit greyscale")
+    _check_size(height, width, max_pixels, name)
+    if buf.rfind(b"IEND") < 0:
+        raise ScanError(f"{_label(name)}truncated PNG (no IEND chunk)")
+    img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or img.dtype != np.uint16 or img.shape != (height, width):
+        raise ScanError(f"{_label(name)}corrupt PNG (decoding failed)")
+    return img
+
+
+def _read_tiff(buf: bytes, max_pixels: int | None, name: str | None) -> np.ndarray:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(buf)) as tif:
+            if not tif.pages:
+                raise ScanError(f"{_label(name)}TIFF holds no image")
+            page = tif.pages[0]
+            shape, dtype = tuple(page.shape), np.dtype(page.dtype)
+            if len(shape) != 2:
+                raise ScanError(
+                    f"{_label(name)}TIFF image has shape {shape}; a raw scan must be "
+                    "a single-channel 16-bit greyscale image (colour or multi-sample TIFF given)"
+                )
+            if dtype != np.uint16:
+                raise ScanError(
+                    f"{_label(name)}TIFF pixels are {dtype}; a raw scan must be 16-bit unsigned (uint16)"
+                )
+            _check_size(shape[0], shape[1], max_pixels, name)
+            img = page.asarray()
+    except ScanError:
+        raise
+    except Exception as exc:  # tifffile raises many types on damaged files
+        raise ScanError(f"{_label(name)}truncated or corrupt TIFF ({type(exc).__name__}: {exc})") from None
+    if img.shape != shape:
+        raise ScanError(f"{_label(name)}corrupt TIFF (decoded shape {img.shape}, header says {shape})")
+    return np.ascontiguousarray(img, dtype=np.uint16)
+
+
+def _read_npy(buf: bytes, max_pixels: int | None, name: str | None) -> np.ndarray:
+    fp = io.BytesIO(buf)
+    try:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+    except Exception as exc:
+        raise ScanError(f"{_label(name)}corrupt .npy header ({exc})") from None
+    if dtype.hasobject:
+        raise ScanError(f"{_label(name)}.npy holds Python objects; only uint16 arrays are accepted")
+    if dtype.kind != "u" or dtype.itemsize != 2:
+        raise ScanError(f"{_label(name)}.npy array has dtype {dtype}; a raw scan must be uint16")
+    if len(shape) != 2:
+        raise ScanError(f"{_label(name)}.npy array has shape {tuple(shape)}; a raw scan must be 2-D [H, W]")
+    _check_size(shape[0], shape[1], max_pixels, name)
+    expected = fp.tell() + shape[0] * shape[1] * 2
+    if len(buf) < expected:
+        raise ScanError(f"{_label(name)}truncated .npy ({len(buf)} bytes, {expected} needed)")
+    fp.seek(0)
+    try:
+        arr = np.load(fp, allow_pickle=False)
+    except Exception as exc:
+        raise ScanError(f"{_label(name)}corrupt .npy ({exc})") from None
+    return np.ascontiguousarray(arr, dtype=np.uint16)  # also normalises big-endian '>u2'
+
+
+def read_scan(
+    source: str | Path | bytes, *, name: str | None = None, max_pixels: int | None = None
+) -> np.ndarray:
+    """Read one raw energy image (16-bit PNG, 16-bit TIFF or .npy) into a uint16 [H, W] array.
+
+    ``source`` is a path or the file's bytes; the format is sniffed from the magic bytes, not
+    the name. ``name`` labels error messages (defaults to the path). ``max_pixels`` (default
+    ``DEFAULT_MAX_PIXELS``) is checked against the header before any pixel is decoded.
+    Raises ``ScanError`` with a specific message for every unusable input.
+    """
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        name = name or str(path)
+        try:
+            buf = path.read_bytes()
+        except FileNotFoundError:
+            raise ScanError(f"{name}: no such file") from None
+        except IsADirectoryError:
+            raise ScanError(f"{name}: is a directory, not a scan file") from None
+        except OSError as exc:
+            raise ScanError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        buf = bytes(source)
+    else:
+        raise ScanError(f"{_label(name)}expected a path or bytes, got {type(source).__name__}")
+    if not buf:
+        raise ScanError(f"{_label(name)}empty file (0 bytes)")
+    if buf.startswith(_PNG_MAGIC):
+        return _read_png(buf, max_pixels, name)
+    if buf[:4] in _TIFF_MAGICS:
+        return _read_tiff(buf, max_pixels, name)
+    if buf.startswith(_NPY_MAGIC):
+        return _read_npy(buf, max_pixels, name)
+    if buf[:3] == b"\xff\xd8\xff":
+        raise ScanError(
+            f"{_label(name)}JPEG is 8-bit and lossy; a raw scan must be 16-bit PNG, 16-bit TIFF or .npy"
+        )
+    raise ScanError(
+        f"{_label(name)}unknown file format (first bytes {buf[:8]!r}); "
+        "expected a 16-bit PNG, a 16-bit TIFF or a .npy array"
+    )
+
+
+def decode_raw_uint16(buf: bytes, width: int, height: int, *, max_pixels: int | None = None) -> np.ndarray:
+    """Headerless little-endian uint16 pixels (row-major, ``width`` x ``height``) -> [H, W] array."""
+    try:
+        width, height = int(width), int(height)
+    except (TypeError, ValueError):
+        raise ScanError(f"width and height must be integers, got {width!r} x {height!r}") from None
+    _check_size(height, width, max_pixels, None)
+    expected = width * height * 2
+    if len(buf) != expected:
+        raise ScanError(
+            f"raw buffer has {len(buf)} bytes; {width}x{height} uint16 pixels need exactly {expected}"
+        )
+    return np.frombuffer(buf, dtype="<u2").reshape(height, width).astype(np.uint16)
+
+
+def check_pair(high: np.ndarray, low: np.ndarray) -> None:
+    """Both energy images 2-D, the same size and at least 2x2; raise ``ScanError`` otherwise."""
+    for label, img in (("high", high), ("low", low)):
+        if not isinstance(img, np.ndarray):
+            raise ScanError(f"{label}-energy image must be a numpy array, got {type(img).__name__}")
+        if img.ndim != 2:
+            raise ScanError(
+                f"{label}-energy image has shape {img.shape}; expected a single-channel [H, W] image"
+            )
+        if img.size == 0:
+            raise ScanError(f"{label}-energy image is empty ({img.shape[1]}x{img.shape[0]} pixels)")
+        if min(img.shape) < MIN_SIDE:
+            raise ScanError(
+                f"{label}-energy image is {img.shape[1]}x{img.shape[0]} pixels; "
+                f"a scan needs at least {MIN_SIDE}x{MIN_SIDE}"
+            )
+    if high.shape != low.shape:
+        raise ScanError(
+            f"high/low size mismatch: high is {high.shape[1]}x{high.shape[0]}, "
+            f"low is {low.shape[1]}x{low.shape[0]}"
+        )
+
+
+def _as_float(img: np.ndarray, label: str) -> np.ndarray:
+    if img.dtype == np.uint16:
+        return img.astype(np.float32)
+    if not (np.issubdtype(img.dtype, np.integer) or np.issubdtype(img.dtype, np.floating)):
+        raise ScanError(f"{label}-energy image has dtype {img.dtype}; expected uint16")
+    out = img.astype(np.float32)
+    if not np.isfinite(out).all() or out.min() < 0 or out.max() > 65535:
+        raise ScanError(f"{label}-energy image values must be finite and within 0..65535")
+    return out
+
+
+def convert_scan(high: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """Raw dual-energy pair (uint16 [H, W] each) -> converted image float32 [H, W, 3] in 0..255.
+
+    method.md §1 / paper Eq. 1: channel 1 = high/256, channel 2 = low/256,
+    channel 3 = 510 * sigmoid(high / low) - 255. The denominator is clamped to >= 1 so
+    ``low == 0`` gives a finite value (255 * (2 * sigmoid(high) - 1) there), never inf/NaN.
+    """
+    check_pair(high, low)
+    h = _as_float(high, "high")
+    lo = _as_float(low, "low")
+    ratio = h / np.maximum(lo, 1.0)
+    out = np.empty(h.shape + (3,), dtype=np.float32)
+    out[..., 0] = h / 256.0
+    out[..., 1] = lo / 256.0
+    # 510*sigmoid(r) - 255; exp(-r) underflows harmlessly to 0 for large r (ratio >= 0 always).
+    out[..., 2] = 510.0 / (1.0 + np.exp(-ratio)) - 255.0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: 16-bit raw energy images and 8-bit converted images (channel order documented above).
+
+
+def write_raw_png(path: str | Path, img: np.ndarray) -> None:
+    """Write one energy image as a 16-bit greyscale PNG."""
+    if img.dtype != np.uint16 or img.ndim != 2:
+        raise ScanError(f"raw image must be uint16 [H, W], got {img.dtype} {img.shape}")
+    if not cv2.imwrite(str(path), img):
+        raise ScanError(f"{path}: cannot write PNG")
+
+
+def quantise_converted(image: np.ndarray) -> np.ndarray:
+    """Float 0..255 converted image -> uint8, rounding to nearest (error <= 0.5 per value)."""
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def write_converted(path: str | Path, image: np.ndarray) -> None:
+    """Write a converted [H, W, 3] image (contract order high, low, ratio) as an 8-bit PNG.
+
+    The RGB->BGR swap makes OpenCV store channel 1 in the file's red plane.
+    """
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ScanError(f"converted image must be [H, W, 3], got {image.shape}")
+    data = image if image.dtype == np.uint8 else quantise_converted(image)
+    if not cv2.imwrite(str(path), cv2.cvtColor(data, cv2.COLOR_RGB2BGR)):
+        raise ScanError(f"{path}: cannot write image")
+
+
+def read_converted(path: str | Path) -> np.ndarray:
+    """Read a converted image file -> float32 [H, W, 3], channels (high, low, ratio) (BGR->RGB)."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        if not Path(path).exists():
+            raise ScanError(f"{path}: no such image file")
+        raise ScanError(f"{path}: unreadable or corrupt image")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32)
