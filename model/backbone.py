@@ -1,0 +1,125 @@
+"""ResNet (torchvision) + FPN P3-P7 backbone; stage-1 and BatchNorm frozen; local ImageNet weights."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import resnet18, resnet34, resnet50, resnet101
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from xscreen.errors import XscreenError
+
+_RESNETS = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101}
+
+
+class BackboneWeightsError(XscreenError):
+    """ImageNet backbone weights that cannot be read or do not fit the ResNet."""
+
+
+class ResNetFPN(nn.Module):
+    """ResNet C3-C5 -> FPN P3-P5 (+P6, P7 from P5's output), ``out_channels`` each (method.md §2).
+
+    BatchNorm is torchvision's FrozenBatchNorm2d: running statistics and affine parameters fixed,
+    i.e. mmdet's ``norm_eval=True`` behaviour in every mode. ``frozen_stages=1`` freezes the stem and
+    layer1 (mmdet numbering); -1 freezes nothing beyond BatchNorm.
+    """
+
+    def __init__(self, depth: int = 50, out_channels: int = 256, frozen_stages: int = 1):
+        super().__init__()
+        resnet = _RESNETS[depth](weights=None, norm_layer=FrozenBatchNorm2d)
+        self.body = IntermediateLayerGetter(
+            resnet, return_layers={"layer2": "c3", "layer3": "c4", "layer4": "c5"}
+        )
+        c5 = resnet.fc.in_features
+        in_channels = [c5 // 4, c5 // 2, c5]
+        # mmdet FPN(start_level=1, add_extra_convs='on_output', num_outs=5):
+        # P6 = conv(P5), P7 = conv(relu(P6))
+        self.fpn = FeaturePyramidNetwork(
+            in_channels, out_channels, extra_blocks=LastLevelP6P7(out_channels, out_channels)
+        )
+        self.out_channels = out_channels
+        self.frozen_stages = frozen_stages
+        self._freeze()
+
+    def _freeze(self) -> None:
+        if self.frozen_stages < 0:
+            return
+        frozen = ["conv1", "bn1"] + [f"layer{i}" for i in range(1, self.frozen_stages + 1)]
+        for name, p in self.body.named_parameters():
+            if name.split(".")[0] in frozen:
+                p.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        feats = self.body(x)
+        out = self.fpn(OrderedDict(feats))
+        return list(out.values())  # [P3, P4, P5, P6, P7]
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise BackboneWeightsError(f"{path}: backbone weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        # weights_only=True: tensors and plain containers only, never arbitrary pickled objects
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch/safetensors raise many types for a broken file
+        raise BackboneWeightsError(
+            f"{path}: cannot read backbone weights ({type(exc).__name__}: {exc})"
+        ) from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise BackboneWeightsError(f"{path}: expected a ResNet state dict (name -> tensor)")
+    return sd
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path) -> list[str]:
+    """Load a torchvision ResNet ImageNet state dict (.pth or .safetensors) into ``model``'s ResNet.
+
+    ``model`` is an ATSSDetector or a ResNetFPN. The classifier (``fc.*``) is ignored; any other
+    missing, unexpected or mis-shaped tensor raises WeightsError. Returns the names loaded.
+    """
+    from model.weights import WeightsError
+
+    backbone = model.backbone if hasattr(model, "backbone") else model
+    body: nn.Module = backbone.body
+    path = Path(path)
+    try:
+        sd = _read_state_dict(path)
+    except BackboneWeightsError as exc:
+        raise WeightsError(str(exc)) from None
+    sd = {
+        k.removeprefix("module."): v for k, v in sd.items() if not k.removeprefix("module.").startswith("fc.")
+    }
+    sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+    own = body.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    if missing or unexpected:
+        raise WeightsError(
+            f"{path}: not a ResNet-{_depth_of(backbone)} state dict: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    bad = [f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}" for k, v in own.items() if sd[k].shape != v.shape]
+    if bad:
+        raise WeightsError(f"{path}: shape mismatch for ResNet-{_depth_of(backbone)}: {bad[:3]}")
+    body.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+    return sorted(sd)
+
+
+def _depth_of(backbone: nn.Module) -> str:
+    n_blocks = sum(len(getattr(backbone.body, f"layer{i}")) for i in range(1, 5))
+    bottleneck = hasattr(backbone.body.layer1[0], "conv3")
+    return str(
+        {(8, False): 18, (16, False): 34, (16, True): 50, (33, True): 101}.get((n_blocks, bottleneck), "?")
+    )

@@ -1,0 +1,173 @@
+"""Typed detector configuration (one JSON file per variant in model/configs/) and its loader."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from model.classes import CLASS_NAMES
+from xscreen.errors import XscreenError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+# Fields that change the network's tensors or the meaning of its outputs: weights saved under one
+# value cannot be used under another (model.weights checks them). The others are test-time or
+# training-schedule settings that may differ between the saved weights and the caller's config.
+ARCHITECTURE_FIELDS = (
+    "depth",
+    "fpn_channels",
+    "stacked_convs",
+    "class_names",
+    "la_mode",
+    "la_coeffs",
+    "reg_tower_repeat",
+    "reg_max",
+)
+
+
+class ConfigError(XscreenError):
+    """A detector config that cannot be found, parsed or validated."""
+
+
+class DetectorConfig(BaseModel):
+    """One detector variant: architecture, Label-aware settings, test thresholds and schedule defaults.
+
+    Numbers follow method.md §2-4 (the authors' mmdetection ATSS config); unknown keys are errors.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    # --- architecture (method.md §2) ---
+    depth: Literal[18, 34, 50, 101] = 50
+    fpn_channels: int = Field(256, ge=32)
+    stacked_convs: int = Field(4, ge=1, le=8)
+    class_names: tuple[str, ...] = CLASS_NAMES
+    frozen_stages: int = Field(1, ge=-1, le=4)  # mmdet frozen_stages=1: stem + layer1 frozen
+    # --- Label-aware mechanism (method.md §3-4) ---
+    la_mode: Literal["none", "cls", "reg"] = "none"
+    # x_new = a*x + b*w1*x - c*w2*x (Eq. 7). LAreg has no "misleading" term: (a, b, c) = (0.5, 1, 0).
+    la_coeffs: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    # Paper Sec. IV-B: "the regression branch repeats twice in the second prediction".
+    reg_tower_repeat: int = Field(2, ge=1, le=3)
+    reg_max: int = Field(16, ge=1)  # LAreg: 16 intervals -> 17 bin values 0..16 (method.md §4)
+    # --- input geometry ---
+    min_size: int = Field(800, ge=32)
+    max_size: int = Field(1333, ge=32)
+    # --- test (method.md §2) ---
+    score_thresh: float = Field(0.05, ge=0.0, lt=1.0)
+    nms_pre: int = Field(1000, ge=1)
+    nms_iou: float = Field(0.6, gt=0.0, le=1.0)
+    max_dets: int = Field(100, ge=1)
+    # --- assigner / loss ---
+    atss_topk: int = Field(9, ge=1)
+    focal_alpha: float = Field(0.25, ge=0.0, le=1.0)
+    focal_gamma: float = Field(2.0, ge=0.0)
+    giou_weight: float = Field(2.0, ge=0.0)
+    dfl_weight: float = Field(0.25, ge=0.0)  # LAreg distribution focal loss (GFL default)
+    # --- schedule defaults (paper Sec. V-A), read by training ---
+    lr: float = Field(0.01, gt=0.0)
+    lr_batch_size: int = Field(8, ge=1)  # lr is for this total batch size (linear scaling rule)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    warmup_iters: int = Field(500, ge=0)
+    warmup_ratio: float = Field(0.001, gt=0.0, le=1.0)
+    epochs: int = Field(12, ge=1)
+    lr_steps: tuple[int, ...] = (8, 11)
+    grad_clip: float | None = Field(35.0, gt=0.0)  # mmdet default optimizer_config for ATSS
+
+    @field_validator("class_names")
+    @classmethod
+    def _unique_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("must name at least one class")
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate class names in {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DetectorConfig:
+        if self.fpn_channels % 32:
+            raise ValueError(f"fpn_channels={self.fpn_channels} must be a multiple of 32 (GroupNorm(32))")
+        if self.max_size < self.min_size:
+            raise ValueError(f"max_size={self.max_size} is smaller than min_size={self.min_size}")
+        if self.la_mode == "reg" and self.la_coeffs[2] != 0.0:
+            raise ValueError("la_coeffs: LAreg has no misleading-label term, c must be 0")
+        if list(self.lr_steps) != sorted(self.lr_steps) or any(s > self.epochs for s in self.lr_steps):
+            raise ValueError(f"lr_steps={list(self.lr_steps)} must be ascending and <= epochs={self.epochs}")
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def with_overrides(self, **changes: Any) -> DetectorConfig:
+        """A validated copy with some fields changed (unknown fields or bad values raise ConfigError)."""
+        return _validate({**self.model_dump(), **changes}, source="overrides")
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    def architecture_diff(self, other: DetectorConfig) -> dict[str, tuple[Any, Any]]:
+        """{field: (self's value, other's value)} for architecture fields that differ."""
+        return {
+            f: (getattr(self, f), getattr(other, f))
+            for f in ARCHITECTURE_FIELDS
+            if getattr(self, f) != getattr(other, f)
+        }
+
+
+def _format_errors(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"{key}: {msg}")
+    return "; ".join(parts)
+
+
+def _validate(data: Any, source: str) -> DetectorConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a detector config must be a JSON object, got {type(data).__name__}")
+    try:
+        return DetectorConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_format_errors(exc)}") from None
+
+
+def available_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def config_from_dict(data: dict, source: str = "config") -> DetectorConfig:
+    return _validate(data, source)
+
+
+def config_from_json(text: str, source: str = "config") -> DetectorConfig:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{source}: not valid JSON ({exc})") from None
+    return _validate(data, source)
+
+
+def load_config(name_or_path: str | Path | DetectorConfig) -> DetectorConfig:
+    """A bundled variant by name (``atss_lacls_r50``) or a JSON file path -> DetectorConfig."""
+    if isinstance(name_or_path, DetectorConfig):
+        return name_or_path
+    text = str(name_or_path)
+    path = Path(text)
+    if not path.suffix and (CONFIG_DIR / f"{text}.json").is_file():
+        path = CONFIG_DIR / f"{text}.json"
+    if not path.is_file():
+        raise ConfigError(
+            f"no detector config {text!r}: not a file and not one of {', '.join(available_configs())}"
+        )
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from None
+    return config_from_json(raw, source=str(path))

@@ -1,0 +1,256 @@
+"""ATSSDetector: ResNet-FPN + ATSS head (+ LAcls / LAreg) with a torchvision-style forward contract."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+
+import torch
+from torch import Tensor, nn
+
+from model.anchors import anchor_strides, feature_sizes, generate_anchors
+from model.assigner import atss_assign
+from model.backbone import ResNetFPN
+from model.box_coder import DistanceBinCoder
+from model.config import DetectorConfig
+from model.head import ATSSHead
+from model.label_aware import label_aware_forward
+from model.losses import atss_losses
+from model.postprocess import postprocess_detections
+from model.transform import normalize, pad_batch, resize_to_fit
+from xscreen.errors import XscreenError
+
+TIMING_KEYS = ("preprocess", "backbone_fpn", "head_first", "la_grad", "head_second", "postprocess")
+
+
+class DetectorInputError(XscreenError, ValueError):
+    """Images or targets handed to the detector that do not follow its contract."""
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class ATSSDetector(nn.Module):
+    """ATSS R-FPN detector with the optional Label-aware head (Zhao et al., TIFS 2022).
+
+    forward(images, targets=None):
+      images: list of [3, H, W] float tensors, converted scans on the 0..255 scale (method.md §1).
+      training (``model.train()``): targets is a list of {"boxes": [K, 4] x1y1x2y2 in that image's
+        pixels, "labels": int64 [K] 0-based into cfg.class_names}; returns a dict of scalar losses.
+      eval: returns one {"boxes" [K, 4] in the input image's pixels, "scores" [K], "labels" [K]} per image.
+    The model resizes (keep ratio, cfg.min_size/max_size), normalises (ImageNet mean/std) and pads.
+    In eval, images are run in sub-batches of equal padded size, so a scan's detections do not depend
+    on the other scans in its batch (GroupNorm statistics and border features would see extra padding).
+    """
+
+    def __init__(self, cfg: DetectorConfig, *, la_batched_grad: bool = False):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = ResNetFPN(cfg.depth, cfg.fpn_channels, cfg.frozen_stages)
+        reg_channels = 4 * (cfg.reg_max + 1) if cfg.la_mode == "reg" else 4
+        self.head = ATSSHead(cfg.fpn_channels, cfg.num_classes, cfg.stacked_convs, reg_channels)
+        # one stacked vector-Jacobian product for g1 and g2 instead of two backward passes
+        self.la_batched_grad = la_batched_grad
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def anchors_for(self, batch_shape, device=None) -> tuple[Tensor, list[int]]:
+        """Anchors [A, 4] (P3..P7, row-major) and per-level counts for a padded batch [..., H, W]."""
+        h, w = int(batch_shape[-2]), int(batch_shape[-1])
+        return generate_anchors(feature_sizes(h, w), device=device or self.device)
+
+    def _check_images(self, images) -> None:
+        if not isinstance(images, list | tuple) or not images:
+            raise DetectorInputError("images must be a non-empty list of [3, H, W] tensors")
+        for i, im in enumerate(images):
+            if not isinstance(im, Tensor) or im.dim() != 3 or im.shape[0] != 3:
+                shape = tuple(im.shape) if isinstance(im, Tensor) else type(im).__name__
+                raise DetectorInputError(f"image {i}: expected a [3, H, W] tensor, got {shape}")
+            if not im.is_floating_point():
+                raise DetectorInputError(
+                    f"image {i}: expected a float tensor on the 0..255 scale, got {im.dtype}"
+                )
+            if im.shape[1] < 2 or im.shape[2] < 2:
+                raise DetectorInputError(f"image {i}: too small ({im.shape[1]}x{im.shape[2]})")
+
+    def _check_targets(self, images, targets) -> None:
+        if targets is None:
+            raise DetectorInputError("training mode needs targets (one dict with boxes and labels per image)")
+        if len(targets) != len(images):
+            raise DetectorInputError(f"{len(images)} images but {len(targets)} targets")
+        for i, t in enumerate(targets):
+            boxes, labels = t.get("boxes"), t.get("labels")
+            if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 4:
+                raise DetectorInputError(f"target {i}: boxes must be a [K, 4] tensor")
+            if not isinstance(labels, Tensor) or labels.shape != (boxes.shape[0],):
+                raise DetectorInputError(f"target {i}: labels must be a [K] tensor matching boxes")
+            if labels.numel() and (labels.min() < 0 or labels.max() >= self.cfg.num_classes):
+                raise DetectorInputError(f"target {i}: labels outside 0..{self.cfg.num_classes - 1}")
+            if boxes.numel() and bool(((boxes[:, 2:] - boxes[:, :2]) <= 0).any()):
+                raise DetectorInputError(f"target {i}: boxes need x2 > x1 and y2 > y1")
+
+    def _resize(self, images: list[Tensor], boxes: list[Tensor] | None = None):
+        out_images, out_boxes = [], []
+        for i, im in enumerate(images):
+            im = im.to(self.device, torch.float32)
+            b = None if boxes is None else boxes[i].to(self.device, torch.float32)
+            im, b = resize_to_fit(im, b, self.cfg.min_size, self.cfg.max_size)
+            out_images.append(normalize(im))
+            out_boxes.append(b)
+        return out_images, out_boxes
+
+    # ------------------------------------------------------------------ network
+    def forward_raw(
+        self, batch: Tensor, la_targets: Tensor | None = None, timings: dict | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Normalised padded batch [N, 3, H, W] -> (cls_logits [N, A, C], reg [N, A, R], ctr [N, A, 1]).
+
+        Levels P3..P7 concatenated, cells row-major (A = total anchors of ``anchors_for(batch.shape)``).
+        R = 4 deltas, or 4*(reg_max+1) bin logits for LAreg. The Label-aware loop runs inside;
+        ``la_targets`` ([N, A] class or -1 for LAcls, [N, A, 4] bin or -1 for LAreg) selects training
+        labels, None selects pseudo-labels.
+        """
+        t0 = time.perf_counter()
+        feats = self.backbone(batch)
+        if timings is not None:
+            _sync(batch.device)
+            timings["backbone_fpn"] = timings.get("backbone_fpn", 0.0) + time.perf_counter() - t0
+            t0 = time.perf_counter()
+        if self.cfg.la_mode == "none":
+            per_level = self.head.forward_plain(feats)
+            if timings is not None:
+                _sync(batch.device)
+                timings["head_first"] = timings.get("head_first", 0.0) + time.perf_counter() - t0
+        else:
+            level_targets = None
+            if la_targets is not None:
+                level_targets = self._split_levels(la_targets, [f.shape[-2:] for f in feats])
+            per_level = label_aware_forward(
+                self.head,
+                feats,
+                self.cfg.la_mode,
+                self.cfg.la_coeffs,
+                self.cfg.reg_tower_repeat,
+                level_targets,
+                self.cfg.reg_max,
+                self.la_batched_grad,
+                timings,
+            )
+        n = batch.shape[0]
+
+        def flat(t: Tensor) -> Tensor:  # [N, K, H, W] -> [N, H*W, K]
+            return t.permute(0, 2, 3, 1).reshape(n, -1, t.shape[1])
+
+        cls = torch.cat([flat(c) for c, _, _ in per_level], dim=1)
+        reg = torch.cat([flat(r) for _, r, _ in per_level], dim=1)
+        ctr = torch.cat([flat(c) for _, _, c in per_level], dim=1)
+        return cls, reg, ctr
+
+    @staticmethod
+    def _split_levels(flat_targets: Tensor, sizes) -> list[Tensor]:
+        """[N, A] or [N, A, 4] -> per level [N, h, w] or [N, 4, h, w]."""
+        out, start = [], 0
+        n = flat_targets.shape[0]
+        for h, w in sizes:
+            t = flat_targets[:, start : start + h * w]
+            start += h * w
+            out.append(t.reshape(n, h, w) if t.dim() == 2 else t.reshape(n, h, w, 4).permute(0, 3, 1, 2))
+        return out
+
+    # ------------------------------------------------------------------ training
+    def _la_targets(self, matched, anchors, strides, boxes, labels) -> Tensor | None:
+        if self.cfg.la_mode == "cls":
+            out = torch.full_like(matched, -1)
+            for i in range(matched.shape[0]):
+                pos = matched[i] >= 0
+                out[i, pos] = labels[i][matched[i, pos]]
+            return out
+        if self.cfg.la_mode == "reg":
+            coder = DistanceBinCoder(self.cfg.reg_max)
+            out = torch.full((*matched.shape, 4), -1, dtype=torch.long, device=matched.device)
+            for i in range(matched.shape[0]):
+                pos = matched[i] >= 0
+                if pos.any():
+                    dist = coder.target_distances(anchors[pos], boxes[i][matched[i, pos]], strides[pos])
+                    out[i, pos] = dist.floor().long()  # the bin that holds the target distance
+            return out
+        return None
+
+    def compute_losses(self, images: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
+        self._check_images(images)
+        self._check_targets(images, targets)
+        imgs, boxes = self._resize(images, [t["boxes"] for t in targets])
+        labels = [t["labels"].to(self.device, torch.long) for t in targets]
+        batch, _ = pad_batch(imgs)
+        anchors, per_level = self.anchors_for(batch.shape)
+        strides = anchor_strides(per_level, anchors.device)
+        matched = torch.stack([atss_assign(anchors, per_level, b, self.cfg.atss_topk) for b in boxes])
+        la_targets = self._la_targets(matched, anchors, strides, boxes, labels)
+        cls, reg, ctr = self.forward_raw(batch, la_targets)
+        return atss_losses(
+            cls,
+            reg,
+            ctr,
+            anchors,
+            strides,
+            matched,
+            boxes,
+            labels,
+            la_mode=self.cfg.la_mode,
+            focal_alpha=self.cfg.focal_alpha,
+            focal_gamma=self.cfg.focal_gamma,
+            giou_weight=self.cfg.giou_weight,
+            dfl_weight=self.cfg.dfl_weight,
+            reg_max=self.cfg.reg_max,
+        )
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, images: list[Tensor], timings: dict | None = None) -> list[dict[str, Tensor]]:
+        """Detections per image (eval forward). ``timings`` (a dict) receives seconds per stage."""
+        self._check_images(images)
+        stage = dict.fromkeys(TIMING_KEYS, 0.0)
+        device = self.device
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+            imgs, _ = self._resize(list(images))
+            groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+            for i, im in enumerate(imgs):
+                groups[(math.ceil(im.shape[-2] / 32) * 32, math.ceil(im.shape[-1] / 32) * 32)].append(i)
+            batches = [(idx, pad_batch([imgs[i] for i in idx])) for idx in groups.values()]
+            _sync(device)
+            stage["preprocess"] += time.perf_counter() - t0
+            results: list[dict | None] = [None] * len(images)
+            for idx, (batch, sizes) in batches:
+                cls, reg, ctr = self.forward_raw(batch, None, stage)
+                t0 = time.perf_counter()
+                anchors, per_level = self.anchors_for(batch.shape)
+                dets = postprocess_detections(
+                    cls, reg, ctr, anchors, per_level, sizes, [original_sizes[i] for i in idx], self.cfg
+                )
+                _sync(device)
+                stage["postprocess"] += time.perf_counter() - t0
+                for i, d in zip(idx, dets, strict=True):
+                    results[i] = d
+        if timings is not None:
+            for k, v in stage.items():
+                timings[k] = timings.get(k, 0.0) + v
+        return results  # type: ignore[return-value]
+
+    def forward(self, images: list[Tensor], targets: list[dict] | None = None):
+        if self.training:
+            return self.compute_losses(images, targets)
+        return self.predict(images)
+
+
+def build_detector(cfg: DetectorConfig | str, **kwargs) -> ATSSDetector:
+    """A randomly initialised detector for a config (name, path or DetectorConfig)."""
+    from model.config import load_config
+
+    return ATSSDetector(load_config(cfg), **kwargs)

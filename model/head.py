@@ -1,0 +1,89 @@
+"""ATSS head: classification and regression towers, per-level scales, centerness (method.md §2)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class Scale(nn.Module):
+    """A learnable scalar multiplying a level's regression output (mmcv ``Scale``)."""
+
+    def __init__(self, value: float = 1.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(value)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+
+def _tower(channels: int, stacked_convs: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for _ in range(stacked_convs):
+        # mmdet ConvModule with GN: conv without bias, GroupNorm(32), ReLU
+        layers += [
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.GroupNorm(32, channels),
+            nn.ReLU(),
+        ]
+    return nn.Sequential(*layers)
+
+
+class ATSSHead(nn.Module):
+    """Two towers of ``stacked_convs`` x [3x3 conv, GroupNorm(32), ReLU] shared over P3..P7.
+
+    ``atss_cls``: C sigmoid logits (prior 0.01); ``atss_reg``: 4 deltas, or 4 x (reg_max+1) bin
+    logits for LAreg; ``atss_centerness``: 1 logit from the regression tower. The Label-aware loop
+    that calls these pieces twice lives in model/label_aware.py.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        num_classes: int,
+        stacked_convs: int = 4,
+        reg_channels: int = 4,
+        num_levels: int = 5,
+        prior_prob: float = 0.01,
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        self.reg_channels = reg_channels
+        self.cls_convs = _tower(channels, stacked_convs)
+        self.reg_convs = _tower(channels, stacked_convs)
+        self.atss_cls = nn.Conv2d(channels, num_classes, 3, padding=1)
+        self.atss_reg = nn.Conv2d(channels, reg_channels, 3, padding=1)
+        self.atss_centerness = nn.Conv2d(channels, 1, 3, padding=1)
+        self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels))
+        # mmdet ATSSHead.init_weights: normal(std=0.01) convs, classifier bias from prior 0.01
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.01)
+                if m.bias is not None:
+                    nn.init.constant_(m.bias, 0.0)
+        nn.init.constant_(self.atss_cls.bias, -math.log((1 - prior_prob) / prior_prob))
+
+    def cls_logits(self, x: Tensor) -> Tensor:
+        """[N, ch, H, W] -> [N, C, H, W] class logits."""
+        return self.atss_cls(self.cls_convs(x))
+
+    def reg_outputs(self, x: Tensor, level: int, repeat: int = 1) -> tuple[Tensor, Tensor]:
+        """[N, ch, H, W] -> (regression [N, R, H, W] scaled per level, centerness logit [N, 1, H, W]).
+
+        ``repeat`` > 1 applies the regression tower that many times in sequence (the paper's LA
+        second prediction, Sec. IV-B: "the regression branch repeats twice").
+        """
+        feat = x
+        for _ in range(repeat):
+            feat = self.reg_convs(feat)
+        return self.scales[level](self.atss_reg(feat)), self.atss_centerness(feat)
+
+    def forward_plain(self, feats: list[Tensor]) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Plain ATSS: per level (cls logits, regression, centerness)."""
+        out = []
+        for level, x in enumerate(feats):
+            reg, ctr = self.reg_outputs(x, level)
+            out.append((self.cls_logits(x), reg, ctr))
+        return out

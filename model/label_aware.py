@@ -1,0 +1,177 @@
+"""Label-aware mechanism (paper Sec. IV-C..E, Eq. 4-7; method.md §3-4): LAcls and LAreg feature reweighting.
+
+Per FPN level with head input x: detach x into a leaf x0, run the first prediction on x0, build one-hot
+label maps (assigned labels in training, arg-max pseudo-labels at inference), take
+g = d/dx0 sum(y * onehot(label)) as vector-Jacobian products of that one forward, and reweight
+x_new = a*x + b*sigmoid(g1)*x - c*sigmoid(g2)*x. The weights are constants for the optimiser.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from model.head import ATSSHead
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _leaf(x: Tensor) -> Tensor:
+    # inference_mode tensors cannot enter autograd: copy them out (we are outside inference mode here)
+    return (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
+
+
+def cls_label_masks(probs: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+    """One-hot masks (label, misleading label) for class probabilities [N, C, H, W].
+
+    labels: [N, H, W] class index, -1 for background (all-zero row), or None for arg-max
+    pseudo-labels (Sec. IV-D). The misleading label y* is the highest-scoring class other than the
+    label; for a background location simply the highest-scoring class.
+    """
+    num_classes = probs.shape[1]
+    if labels is None:
+        labels = probs.argmax(dim=1)
+    valid = labels >= 0
+    onehot = F.one_hot(labels.clamp(min=0), num_classes).permute(0, 3, 1, 2).to(probs.dtype)
+    onehot = onehot * valid[:, None].to(probs.dtype)
+    if num_classes == 1:  # no "other" class exists
+        return onehot, torch.zeros_like(onehot)
+    others = probs.masked_fill(onehot.bool(), float("-inf"))
+    mislead = F.one_hot(others.argmax(dim=1), num_classes).permute(0, 3, 1, 2).to(probs.dtype)
+    return onehot, mislead
+
+
+def reg_label_masks(probs: Tensor, bins: Tensor | None) -> Tensor:
+    """One-hot mask over bins for distance distributions [N, 4, B, H, W].
+
+    bins: [N, 4, H, W] bin holding the target distance, -1 where the location has no target, or
+    None for the arg-max bin (inference).
+    """
+    num_bins = probs.shape[2]
+    if bins is None:
+        bins = probs.argmax(dim=2)
+    valid = bins >= 0
+    onehot = F.one_hot(bins.clamp(min=0), num_bins).permute(0, 1, 4, 2, 3).to(probs.dtype)
+    return onehot * valid[:, :, None].to(probs.dtype)
+
+
+def _vjp(
+    outputs: list[Tensor], inputs: list[Tensor], masks: list[list[Tensor]], batched: bool
+) -> list[list[Tensor]]:
+    """d/d inputs of sum(outputs * mask) for each mask set -> [mask set][level] gradients."""
+    if len(masks) == 1 or not batched:
+        grads = []
+        for i, m in enumerate(masks):
+            grads.append(list(torch.autograd.grad(outputs, inputs, m, retain_graph=i < len(masks) - 1)))
+        return grads
+    stacked = [torch.stack(level_masks) for level_masks in zip(*masks, strict=True)]
+    g = torch.autograd.grad(outputs, inputs, stacked, is_grads_batched=True)
+    return [[gl[k] for gl in g] for k in range(len(masks))]
+
+
+def label_aware_weights(
+    head: ATSSHead,
+    feats: list[Tensor],
+    mode: str,
+    targets: list[Tensor] | None = None,
+    reg_max: int = 16,
+    batched: bool = False,
+    timings: dict | None = None,
+) -> list[list[Tensor]]:
+    """Label-aware weights per level: [[w1 per level], [w2 per level]] (LAcls) or [[w1 per level]] (LAreg).
+
+    feats: head inputs P3..P7 [N, ch, H, W]. targets: per level, LAcls [N, H, W] class or -1;
+    LAreg [N, 4, H, W] bin or -1; None -> pseudo-labels. Works under no_grad / inference_mode:
+    gradients are enabled locally on a copy of the features. Returned weights carry no graph.
+    """
+    device = feats[0].device
+    t0 = time.perf_counter()
+    with torch.inference_mode(False), torch.enable_grad():
+        x0 = [_leaf(x) for x in feats]
+        if mode == "cls":
+            probs = [torch.sigmoid(head.cls_logits(x)) for x in x0]  # [N, C, H, W]
+        elif mode == "reg":
+            probs = []
+            for level, x in enumerate(x0):
+                logits, _ = _reg_logits(head, x, level)
+                n, _, h, w = logits.shape
+                probs.append(F.softmax(logits.reshape(n, 4, reg_max + 1, h, w), dim=2))  # [N, 4, B, H, W]
+        else:
+            raise ValueError(f"unknown label-aware mode {mode!r}")
+        with torch.no_grad():
+            if mode == "cls":
+                pairs = [
+                    cls_label_masks(p, None if targets is None else t)
+                    for p, t in _zip_targets(probs, targets)
+                ]
+                masks = [[m1 for m1, _ in pairs], [m2 for _, m2 in pairs]]
+            else:
+                masks = [
+                    [
+                        reg_label_masks(p, None if targets is None else t)
+                        for p, t in _zip_targets(probs, targets)
+                    ]
+                ]
+        if timings is not None:
+            _sync(device)
+            t1 = time.perf_counter()
+            timings["head_first"] = timings.get("head_first", 0.0) + t1 - t0
+            t0 = t1
+        # d/dx0 sum(y * onehot) is the VJP of y with the one-hot mask as cotangent
+        grads = _vjp(probs, x0, masks, batched)
+    weights = [[torch.sigmoid(g) for g in gs] for gs in grads]
+    if timings is not None:
+        _sync(device)
+        timings["la_grad"] = timings.get("la_grad", 0.0) + time.perf_counter() - t0
+    return weights
+
+
+def _zip_targets(probs: list[Tensor], targets: list[Tensor] | None):
+    if targets is None:
+        return [(p, None) for p in probs]
+    return list(zip(probs, targets, strict=True))
+
+
+def _reg_logits(head: ATSSHead, x: Tensor, level: int) -> tuple[Tensor, Tensor]:
+    # first LAreg prediction: one pass of the regression tower (the repeat applies to the second one)
+    return head.reg_outputs(x, level, repeat=1)
+
+
+def reweight(x: Tensor, w: list[Tensor], coeffs: tuple[float, float, float]) -> Tensor:
+    """Eq. 7: x_new = a*x + b*w1*x - c*w2*x (LAreg: w2 absent, c = 0)."""
+    a, b, c = coeffs
+    out = a * x + b * w[0] * x
+    if len(w) > 1:
+        out = out - c * w[1] * x
+    return out
+
+
+def label_aware_forward(
+    head: ATSSHead,
+    feats: list[Tensor],
+    mode: str,
+    coeffs: tuple[float, float, float],
+    reg_tower_repeat: int,
+    targets: list[Tensor] | None = None,
+    reg_max: int = 16,
+    batched: bool = False,
+    timings: dict | None = None,
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """First prediction -> LA weights -> second prediction on x_new; per level (cls, reg, centerness)."""
+    weights = label_aware_weights(head, feats, mode, targets, reg_max, batched, timings)
+    t0 = time.perf_counter()
+    out = []
+    for level, x in enumerate(feats):
+        x_new = reweight(x, [ws[level] for ws in weights], coeffs)
+        reg, ctr = head.reg_outputs(x_new, level, repeat=reg_tower_repeat)
+        out.append((head.cls_logits(x_new), reg, ctr))
+    if timings is not None:
+        _sync(feats[0].device)
+        timings["head_second"] = timings.get("head_second", 0.0) + time.perf_counter() - t0
+    return out

@@ -1,0 +1,179 @@
+"""Detector weights I/O: one .safetensors file, JSON metadata in its header, sha256-verified; no pickle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from model.config import ConfigError, DetectorConfig, config_from_json, load_config
+from xscreen import __version__ as xscreen_version
+from xscreen.errors import XscreenError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "xscreen-detector"
+FORMAT_VERSION = 1
+
+
+class WeightsError(XscreenError):
+    """A weights file that cannot be read, is corrupted or does not fit the expected detector."""
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    config: DetectorConfig
+    sha256: str
+    format_version: int
+    name: str
+    version: str
+    metadata: dict = field(default_factory=dict)
+
+
+def tensors_sha256(tensors: dict[str, Tensor]) -> str:
+    """sha256 over the tensors in sorted name order, each as
+    ``name \\0 dtype \\0 json(shape) \\0 raw little-endian bytes`` (dtype like ``torch.float16``)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(name.encode("utf-8") + b"\0")
+        h.update(str(t.dtype).encode() + b"\0")
+        h.update(json.dumps(list(t.shape)).encode() + b"\0")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_weights(model, path: str | Path, *, half: bool = False, metadata: dict | None = None) -> str:
+    """Write ``model``'s state dict (fp16 floats if ``half``) with its config; returns the sha256."""
+    from safetensors.torch import save_file
+
+    cfg: DetectorConfig = model.cfg
+    tensors = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().to("cpu")
+        if half and v.is_floating_point():
+            v = v.half()
+        tensors[k] = v.contiguous()
+    digest = tensors_sha256(tensors)
+    meta = dict(metadata or {})
+    header = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "config": cfg.to_json(),
+        "class_names": json.dumps(list(cfg.class_names)),
+        "sha256": digest,
+        "name": str(meta.get("name", cfg.name)),
+        "version": str(meta.get("version", xscreen_version)),
+        "metadata": json.dumps(meta, sort_keys=True, default=str),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=header)
+    os.replace(tmp, path)
+    return digest
+
+
+def read_header(path: str | Path) -> dict[str, str]:
+    """The metadata dict of a safetensors file (WeightsError if it is not one)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+    except Exception as exc:  # safetensors raises SafetensorError / OSError on a broken header
+        raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
+    if not meta or meta.get("format") != FORMAT:
+        raise WeightsError(f"{path}: safetensors file without xscreen detector metadata")
+    return meta
+
+
+def load_weights(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    expected_config: DetectorConfig | str | None = None,
+):
+    """Load a detector (eval mode, fp32) -> (ATSSDetector, WeightsInfo).
+
+    Verifies the sha256 of the tensors, the format version and, when ``expected_config`` is given,
+    that its architecture fields (depth, channels, class names, LA mode, ...) equal the stored ones.
+    Test-time settings (thresholds, sizes) of ``expected_config`` then replace the stored ones.
+    """
+    from safetensors.torch import load_file
+
+    from model.detector import ATSSDetector
+
+    path = Path(path)
+    meta = read_header(path)
+    try:
+        version = int(meta.get("format_version", "0"))
+    except ValueError:
+        version = 0
+    if version != FORMAT_VERSION:
+        raise WeightsError(f"{path}: unsupported weights format version {meta.get('format_version')!r}")
+    try:
+        cfg = config_from_json(meta["config"], source=f"{path} (stored config)")
+    except (KeyError, ConfigError) as exc:
+        raise WeightsError(f"{path}: stored config is missing or invalid ({exc})") from None
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise WeightsError(f"{path}: cannot read tensors, file truncated or corrupted ({exc})") from None
+    digest = tensors_sha256(tensors)
+    if digest != meta.get("sha256"):
+        raise WeightsError(
+            f"{path}: sha256 mismatch (header {meta.get('sha256', '?')[:12]}..., tensors {digest[:12]}...): "
+            "the file is corrupted or was modified"
+        )
+    if expected_config is not None:
+        try:
+            expected = load_config(expected_config)
+        except ConfigError as exc:
+            raise WeightsError(str(exc)) from None
+        diff = cfg.architecture_diff(expected)
+        if diff:
+            parts = "; ".join(f"{k}: weights have {a!r}, expected {b!r}" for k, (a, b) in diff.items())
+            raise WeightsError(f"{path}: weights do not match the expected config {expected.name!r}: {parts}")
+        if expected != cfg:
+            log.info("using test-time settings of config %s with weights %s", expected.name, path)
+        cfg = expected
+    model = ATSSDetector(cfg)
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        raise WeightsError(
+            f"{path}: tensors do not fit {cfg.name}: {len(missing)} missing {missing[:5]}, "
+            f"{len(unexpected)} unexpected {unexpected[:5]}"
+        )
+    bad = [
+        f"{k} {tuple(tensors[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if tensors[k].shape != v.shape
+    ]
+    if bad:
+        raise WeightsError(f"{path}: tensor shapes do not fit {cfg.name}: {bad[:3]}")
+    model.load_state_dict({k: tensors[k].to(own[k].dtype) for k in own}, strict=True)
+    model.to(device).eval()
+    try:
+        extra = json.loads(meta.get("metadata", "{}"))
+    except json.JSONDecodeError:
+        extra = {}
+    info = WeightsInfo(
+        config=cfg,
+        sha256=digest,
+        format_version=version,
+        name=meta.get("name", cfg.name),
+        version=meta.get("version", ""),
+        metadata=extra,
+    )
+    return model, info
