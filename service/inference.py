@@ -84,7 +84,12 @@ class TorchBackend:
             raise BackendError(f"weights file not found: {path}")
         self.device = resolve_device(device)
         # load_weights verifies the sha256 recorded in the file's metadata (WeightsError on mismatch).
-        self.model, winfo = load_weights(path, device=self.device)
+        try:
+            self.model, winfo = load_weights(path, device=self.device)
+        except XscreenError:
+            raise
+        except Exception as exc:  # anything else from a broken file: still one clear line, no traceback
+            raise BackendError(f"cannot load weights {path}: {type(exc).__name__}: {exc}") from None
         if expected_sha256 is not None and winfo.sha256.lower() != expected_sha256.lower():
             raise BackendError(
                 f"weights sha256 mismatch for {path}: file has {winfo.sha256}, expected {expected_sha256}"
@@ -111,7 +116,8 @@ class TorchBackend:
         timings: dict[str, float] = {}
         with self._lock, torch.inference_mode():
             outputs = self.model.predict(tensors, timings=timings)
-        timings["to_device"] = time.perf_counter() - t0 - sum(timings.values())
+        # what the model did not time itself: host->device copies, result gathering
+        timings["transfer"] = time.perf_counter() - t0 - sum(timings.values())
         results = [
             {
                 "boxes": out["boxes"].detach().float().cpu().numpy().reshape(-1, 4),

@@ -14,7 +14,10 @@ from xscreen.errors import XscreenError
 # subparser), ``run(args) -> int`` and a module docstring whose first line is the help text.
 # Modules are imported lazily so `xscreen --help` stays fast and a broken optional piece
 # cannot take down unrelated commands.
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {
+    "serve": "service.serve_cli",
+    "detect": "service.detect_cli",
+}
 
 
 def _first_line(doc: str | None) -> str:

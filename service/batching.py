@@ -1,0 +1,214 @@
+"""Dynamic micro-batching: a bounded asyncio queue feeding one worker that runs the backend in a thread.
+
+The event loop never runs inference itself: the worker hands each batch to a one-thread executor
+(``run_in_executor``). A batch closes when it holds ``max_batch_size`` scans or ``max_queue_delay``
+has passed since its first scan arrived. An exception in a batch fails that batch's scans only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.inference import InferenceBackend
+from service.metrics import ServiceMetrics
+
+log = logging.getLogger("xscreen.service.batching")
+
+
+class QueueFullError(Exception):
+    """The queue holds ``queue_size`` scans already (answered with 503 + Retry-After)."""
+
+
+class DeadlineExceededError(Exception):
+    """The scan was not answered before its deadline (answered with 504)."""
+
+
+class BatchFailedError(Exception):
+    """The backend raised on the batch that held this scan (a server fault, 500)."""
+
+
+class BatcherStoppedError(Exception):
+    """The service is shutting down and takes no new scans (503)."""
+
+
+@dataclass
+class BatchResult:
+    """One scan's share of a batch."""
+
+    output: dict[str, np.ndarray]
+    stage_seconds: dict[str, float]  # for the whole batch
+    queue_wait: float
+    batch_size: int
+    inference_seconds: float
+
+
+@dataclass
+class _Job:
+    image: np.ndarray
+    future: asyncio.Future
+    deadline: float  # time.monotonic()
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        backend: InferenceBackend,
+        *,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        queue_size: int,
+        metrics: ServiceMetrics | None = None,
+    ):
+        self.backend = backend
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self.queue_size = queue_size
+        self.metrics = metrics
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._worker: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._stopping = False
+        self.batches_run = 0
+
+    # lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._queue = asyncio.Queue(maxsize=self.queue_size)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xscreen-infer")
+        self._worker = asyncio.create_task(self._run(), name="xscreen-batcher")
+        if self.metrics:
+            self.metrics.queue_capacity.set(self.queue_size)
+            self.metrics.queue_depth.set(0)
+
+    async def stop(self, drain_timeout_s: float = 30.0) -> None:
+        """Take no new scans, answer the queued ones (up to ``drain_timeout_s``), then stop the worker."""
+        self._stopping = True
+        if self._queue is not None:
+            end = time.monotonic() + drain_timeout_s
+            while not self._queue.empty() and time.monotonic() < end:
+                await asyncio.sleep(0.01)
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        if self._queue is not None:  # anything left after the drain window
+            while not self._queue.empty():
+                job = self._queue.get_nowait()
+                if not job.future.done():
+                    job.future.set_exception(BatcherStoppedError("service is shutting down"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    # submission ------------------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    def full(self) -> bool:
+        return self._queue is not None and self._queue.full()
+
+    async def submit(self, image: np.ndarray, deadline: float) -> BatchResult:
+        """Queue one converted scan and wait for its result until ``deadline`` (time.monotonic())."""
+        if self._queue is None or self._stopping:
+            raise BatcherStoppedError("service is not accepting scans")
+        loop = asyncio.get_running_loop()
+        job = _Job(image=image, future=loop.create_future(), deadline=deadline)
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            raise QueueFullError(f"queue full ({self.queue_size} scans waiting)") from None
+        self._set_depth()
+        remaining = deadline - time.monotonic()
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.future), timeout=max(remaining, 0.0))
+        except TimeoutError:
+            job.future.cancel()  # the worker skips it if it has not started yet
+            raise DeadlineExceededError("no result before the request deadline") from None
+
+    # worker ----------------------------------------------------------------------------------
+    def _set_depth(self) -> None:
+        if self.metrics and self._queue is not None:
+            self.metrics.queue_depth.set(self._queue.qsize())
+
+    async def _collect(self) -> list[_Job]:
+        assert self._queue is not None
+        batch = [await self._queue.get()]
+        close_at = batch[0].enqueued + self.max_queue_delay_s
+        while len(batch) < self.max_batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = close_at - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), timeout=remaining))
+            except TimeoutError:
+                break
+        self._set_depth()
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            now = time.monotonic()
+            live = []
+            for job in batch:
+                if job.future.done():  # timed out / cancelled while queued
+                    continue
+                if now >= job.deadline:
+                    job.future.set_exception(DeadlineExceededError("deadline passed while queued"))
+                    continue
+                live.append(job)
+            if not live:
+                continue
+            waits = [now - job.enqueued for job in live]
+            t0 = time.perf_counter()
+            try:
+                outputs, stages = await loop.run_in_executor(
+                    self._executor, self.backend.predict, [job.image for job in live]
+                )
+                if len(outputs) != len(live):
+                    raise RuntimeError(f"backend returned {len(outputs)} results for {len(live)} scans")
+            except asyncio.CancelledError:
+                for job in live:
+                    if not job.future.done():
+                        job.future.set_exception(BatcherStoppedError("service is shutting down"))
+                raise
+            except Exception as exc:  # one failing batch fails only its own scans
+                log.exception("inference failed on a batch of %d scans", len(live))
+                if self.metrics:
+                    self.metrics.batch_failures.inc()
+                for job in live:
+                    if not job.future.done():
+                        job.future.set_exception(BatchFailedError(f"inference failed: {type(exc).__name__}"))
+                continue
+            elapsed = time.perf_counter() - t0
+            self.batches_run += 1
+            if self.metrics:
+                self.metrics.batch_size.observe(len(live))
+                for wait in waits:
+                    self.metrics.queue_wait.observe(wait)
+                for stage, seconds in stages.items():
+                    self.metrics.stage_seconds.labels(stage=stage).observe(seconds)
+            for job, out, wait in zip(live, outputs, waits, strict=True):
+                if not job.future.done():
+                    job.future.set_result(
+                        BatchResult(
+                            output=out,
+                            stage_seconds=dict(stages),
+                            queue_wait=wait,
+                            batch_size=len(live),
+                            inference_seconds=elapsed,
+                        )
+                    )

@@ -1,0 +1,130 @@
+"""Detect threats in one raw dual-energy scan offline (the service's inference without HTTP).
+
+Prints the same JSON as ``POST /detect`` with ``--json``, writes the pseudo-colour picture with
+boxes with ``--render OUT.png``, otherwise prints a short table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import uuid
+from pathlib import Path
+
+from xscreen.errors import XscreenError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a(
+        "--high",
+        required=True,
+        help="high-energy image: 16-bit PNG, 16-bit TIFF, .npy or raw uint16 (with sizes)",
+    )
+    a("--low", required=True, help="low-energy image, same format and size as --high")
+    a("--width", type=int, help="raw little-endian uint16 files only: pixels per row")
+    a("--height", type=int, help="raw little-endian uint16 files only: rows")
+    a("--weights", help="safetensors weights (default: the bundled demo weights)")
+    a("--device", choices=("auto", "cuda", "cpu"), help="inference device (default auto)")
+    a("--backend", choices=("torch", "onnxruntime"), help="inference backend (default torch)")
+    a("--onnx-path", help="exported .onnx model for --backend onnxruntime")
+    a("--score-threshold", type=float, help="minimum score (default 0.3)")
+    a("--max-pixels", type=int, help="pixels per energy image limit")
+    a("--scan-id", help="id echoed in the JSON (default: generated)")
+    a("--json", action="store_true", help="print the /detect JSON response")
+    a("--render", metavar="OUT.png", help="write the pseudo-colour picture with the detections")
+
+
+def _read(path: str, label: str) -> bytes:
+    p = Path(path)
+    try:
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise XscreenError(f"--{label} {path}: no such file") from None
+    except IsADirectoryError:
+        raise XscreenError(f"--{label} {path}: is a directory") from None
+    except OSError as exc:
+        raise XscreenError(f"--{label} {path}: cannot read ({exc.strerror or exc})") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from service.errors import ApiError
+    from service.inference import make_backend
+    from service.response import class_ids_for, detections_from_output
+    from service.scan_input import prepare_scan
+    from service.schemas import DetectResponse, ImageSize, ModelSummary
+    from service.settings import load_settings
+
+    settings = load_settings(
+        weights=args.weights,
+        device=args.device,
+        backend=args.backend,
+        onnx_path=args.onnx_path,
+        score_threshold=args.score_threshold,
+        max_pixels=args.max_pixels,
+    )
+    if args.render:
+        out = Path(args.render)
+        if out.suffix.lower() != ".png":
+            raise XscreenError(f"--render {out}: the picture is written as PNG, give a .png path")
+        if not out.parent.exists():
+            raise XscreenError(f"--render {out}: folder {out.parent} does not exist")
+    t0 = time.perf_counter()
+    high_bytes, low_bytes = _read(args.high, "high"), _read(args.low, "low")
+    try:
+        prepared = prepare_scan(
+            high_bytes, low_bytes, width=args.width, height=args.height, max_pixels=settings.max_pixels
+        )
+    except ApiError as exc:
+        raise XscreenError(exc.detail) from None
+    backend = make_backend(settings)
+    t1 = time.perf_counter()
+    (output,), stages = backend.predict([prepared.image])
+    inference = time.perf_counter() - t1
+    info = backend.info
+    detections = detections_from_output(
+        output, info, class_ids_for(info.class_names), settings.score_threshold
+    )
+    timings = {
+        "decode": prepared.decode_seconds,
+        "convert": prepared.convert_seconds,
+        **stages,
+        "inference": inference,
+        "total": time.perf_counter() - t0,
+    }
+    response = DetectResponse(
+        scan_id=args.scan_id or uuid.uuid4().hex,
+        model=ModelSummary(
+            name=info.name,
+            version=info.version,
+            sha256=info.sha256,
+            backend=settings.backend,
+            device=backend.device,
+        ),
+        image=ImageSize(width=prepared.size[0], height=prepared.size[1]),
+        score_threshold=settings.score_threshold,
+        detections=detections,
+        batch_size=1,
+        timings={k: round(v, 6) for k, v in timings.items()},
+    )
+    if args.render:
+        from service.routes.detect import render_png
+
+        Path(args.render).write_bytes(render_png(prepared, response))
+    if args.json:
+        print(json.dumps(response.model_dump(), indent=2))
+        return 0
+    print(
+        f"{len(detections)} detection(s) in {prepared.size[0]}x{prepared.size[1]} scan "
+        f"({info.name}, {backend.device}, {timings['total']:.3f} s)"
+    )
+    for d in detections:
+        b = d.box
+        print(
+            f"  {d.class_name:<17} {d.group:<16} {d.score:.3f}  "
+            f"[{b.x1:.0f}, {b.y1:.0f}, {b.x2:.0f}, {b.y2:.0f}]"
+        )
+    if args.render:
+        print(f"wrote {args.render}")
+    return 0

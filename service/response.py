@@ -1,0 +1,42 @@
+"""Backend output -> response detections: score threshold, class ids/names/groups, sorting (shared by
+the HTTP routes and ``xscreen detect`` so both answer identically for every backend)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service.inference import ModelInfo
+from service.schemas import Box, Detection
+
+
+def class_ids_for(class_names: tuple[str, ...]) -> tuple[int, ...]:
+    """The dataset's category id per class (CLCXray ids by normalised name; position+1 otherwise)."""
+    from model.classes import CLCXRAY_CLASSES, normalise_name
+
+    by_name = {normalise_name(c.name): c.category_id for c in CLCXRAY_CLASSES}
+    return tuple(by_name.get(normalise_name(n), i + 1) for i, n in enumerate(class_names))
+
+
+def detections_from_output(
+    output: dict[str, np.ndarray], info: ModelInfo, class_ids: tuple[int, ...], threshold: float
+) -> list[Detection]:
+    """Detections with score >= threshold, highest score first, boxes in the scan's pixels."""
+    scores = np.asarray(output["scores"], dtype=np.float64).reshape(-1)
+    labels = np.asarray(output["labels"]).reshape(-1).astype(np.int64)
+    boxes = np.asarray(output["boxes"], dtype=np.float64).reshape(-1, 4)
+    detections = []
+    for i in np.argsort(-scores, kind="stable"):
+        score, label = float(scores[i]), int(labels[i])
+        if score < threshold or not 0 <= label < len(info.class_names):
+            continue
+        x1, y1, x2, y2 = (round(float(v), 2) for v in boxes[i])
+        detections.append(
+            Detection(
+                class_id=class_ids[label],
+                class_name=info.class_names[label],
+                group=info.groups[label],
+                score=round(min(max(score, 0.0), 1.0), 6),
+                box=Box(x1=x1, y1=y1, x2=x2, y2=y2),
+            )
+        )
+    return detections

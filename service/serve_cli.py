@@ -1,0 +1,70 @@
+"""Run the HTTP inference service (FastAPI on uvicorn): POST /detect, /render, /healthz, /readyz, /metrics.
+
+Every option is also an ``XSCREEN_*`` environment variable (flags win); see docs/service.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger("xscreen.service")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a("--host", help="bind address (default 127.0.0.1; a non-loopback address needs API keys)")
+    a("--port", type=int, help="TCP port (default 8000)")
+    a("--weights", help="safetensors weights (default: the bundled model/weights/xscreen-small-lacls)")
+    a("--weights-sha256", help="refuse to start unless the weights' sha256 equals this")
+    a("--device", choices=("auto", "cuda", "cpu"), help="inference device (default auto: CUDA when present)")
+    a("--backend", choices=("torch", "onnxruntime"), help="inference backend (default torch)")
+    a("--onnx-path", help="exported .onnx model for --backend onnxruntime")
+    a("--max-batch-size", type=int, help="scans per model batch (default 4)")
+    a("--max-queue-delay-ms", type=float, help="longest wait for a batch to fill (default 5 ms)")
+    a("--queue-size", type=int, help="scans allowed to wait; beyond it 503 (default 64)")
+    a("--request-timeout-s", type=float, help="per-request deadline, answered with 504 (default 30)")
+    a("--max-upload-bytes", type=int, help="request body limit (default 64 MiB)")
+    a("--max-pixels", type=int, help="pixels per energy image limit (default 25,000,000)")
+    a("--api-keys-file", help="file with one API key per line")
+    a("--protect-metrics", action="store_true", default=None, help="require an API key for /metrics")
+    a("--score-threshold", type=float, help="default minimum score in responses (default 0.3)")
+    a("--log-level", choices=("debug", "info", "warning", "error"), help="log level (default info)")
+    a("--no-warmup", dest="warmup", action="store_false", default=None, help="skip the warm-up inference")
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    names = vars(args).keys() & {
+        "host", "port", "weights", "weights_sha256", "device", "backend", "onnx_path", "max_batch_size",
+        "max_queue_delay_ms", "queue_size", "request_timeout_s", "max_upload_bytes", "max_pixels",
+        "api_keys_file", "protect_metrics", "score_threshold", "log_level", "warmup",
+    }  # fmt: skip
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.inference import make_backend
+    from service.logs import configure_logging
+    from service.settings import load_settings
+
+    settings = load_settings(**_overrides(args))  # SettingsError -> one line, exit 2
+    configure_logging(settings.log_level)
+    # Load (and sha256-check) the weights before binding: a bad file stops start-up with one line.
+    backend = make_backend(settings)
+    app = create_app(settings, backend)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.graceful_timeout_s),
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1

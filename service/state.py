@@ -1,0 +1,33 @@
+"""The per-app service state (settings, backend, batcher, metrics) and its typed FastAPI dependency."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.auth import ApiKeys
+from service.batching import MicroBatcher
+from service.inference import InferenceBackend
+from service.metrics import ServiceMetrics
+from service.settings import Settings
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    metrics: ServiceMetrics
+    api_keys: ApiKeys
+    backend: InferenceBackend | None = None
+    batcher: MicroBatcher | None = None
+    ready: bool = False
+    ready_detail: str = "loading weights"
+    class_ids: tuple[int, ...] = field(default_factory=tuple)
+
+
+def get_service(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+ServiceDep = Annotated[ServiceState, Depends(get_service)]
