@@ -17,6 +17,7 @@ from xscreen.errors import XscreenError
 SUBCOMMANDS: dict[str, str] = {
     "serve": "service.serve_cli",
     "detect": "service.detect_cli",
+    "train": "training.train",
 }
 
 
