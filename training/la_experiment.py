@@ -50,6 +50,19 @@ def make_dataset(out: Path, args: argparse.Namespace) -> Path:
     return data
 
 
+def variant_config(name: str, out: Path, input_size: int | None) -> str:
+    """The bundled config, or a copy with a smaller input size written next to the runs."""
+    if input_size is None:
+        return name
+    from model.config import load_config
+
+    cfg = load_config(name).with_overrides(min_size=input_size, max_size=input_size)
+    path = out / "configs" / f"{name}_{input_size}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(cfg.to_json() + "\n")
+    return str(path)
+
+
 def train_one(data: Path, run: Path, config: str, seed: int, args: argparse.Namespace) -> Path:
     """One training run through training.train (the code behind ``xscreen train``); returns its weights."""
     from training.train import LAST_FILE, STATE_FILE, TrainSettings, train
@@ -80,7 +93,6 @@ def train_one(data: Path, run: Path, config: str, seed: int, args: argparse.Name
 
 def evaluate_one(weights: Path, data: Path, run: Path, args: argparse.Namespace) -> dict[str, dict]:
     from model.weights import load_weights
-
     from training.evaluate import evaluate_model
 
     cached = run / "test_metrics.json"
@@ -134,6 +146,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-images", type=int, default=600)
     parser.add_argument("--data-seed", type=int, default=2022)
     parser.add_argument("--synth-args", default="", help="extra flags for xscreen synth (e.g. overlap rate)")
+    parser.add_argument(
+        "--input-size", type=int, default=None, help="set min_size = max_size of every variant (reduced runs)"
+    )
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=4)
@@ -155,10 +170,11 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     data = make_dataset(out, args)
     results: dict[str, dict[int, dict]] = {}
+    configs = {c: variant_config(c, out, args.input_size) for c in args.variants}
     for seed in args.seeds:  # seed-major: a partial experiment still has every variant for the first seeds
         for config in args.variants:
             run_dir = out / "runs" / f"{config}_seed{seed}"
-            weights = train_one(data, run_dir, config, seed, args)
+            weights = train_one(data, run_dir, configs[config], seed, args)
             results.setdefault(config, {})[seed] = evaluate_one(weights, data, run_dir, args)
             log.info("%s seed %d: test %s", config, seed, results[config][seed]["test"])
     seeds = [s for s in args.seeds if all(s in r for r in results.values())]
