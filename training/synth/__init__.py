@@ -1,0 +1,1 @@
+"""Synthetic dual-energy baggage scanner: physics, threat-object models, bag clutter, dataset writer."""
