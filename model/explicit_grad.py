@@ -51,14 +51,19 @@ def _check_conv(conv: nn.Conv2d) -> None:
             raise ValueError(f"explicit gradients need size-preserving convs (kernel {k}, padding {p})")
 
 
-def conv_input_grad(grad_out: Tensor, conv: nn.Conv2d) -> Tensor:
+def backward_kernel(conv: nn.Conv2d) -> Tensor:
+    """The kernel that turns a stride-1 convolution into its input gradient: in/out swapped, taps flipped."""
+    return conv.weight.transpose(0, 1).flip(2, 3)  # [C_in, C_out, kh, kw]
+
+
+def conv_input_grad(grad_out: Tensor, conv: nn.Conv2d, kernel: Tensor | None = None) -> Tensor:
     """Gradient of sum(grad_out * conv(x)) w.r.t. x for a stride-1, size-preserving Conv2d.
 
     Equals ``conv_transpose2d(grad_out, W, padding=p)``; written as a normal convolution with
-    the kernel's in/out channels swapped and its taps flipped, which ONNX Runtime runs with its
-    fastest Conv kernels (the flip/transpose of a constant weight is constant-folded at export).
+    :func:`backward_kernel` (pass it precomputed as ``kernel`` to avoid re-deriving it), padding
+    ``dilation * (k - 1) - p``, which ONNX Runtime runs with its fastest Conv kernels.
     """
-    weight = conv.weight.transpose(0, 1).flip(2, 3)  # [C_in, C_out, kh, kw]
+    weight = backward_kernel(conv) if kernel is None else kernel
     geometry = zip(conv.kernel_size, conv.padding, conv.dilation, strict=True)
     pad = tuple(d * (k - 1) - p for k, p, d in geometry)
     return F.conv2d(grad_out, weight, None, 1, pad, conv.dilation)
@@ -109,11 +114,13 @@ class ExplicitTower:
     """A head tower + classifier whose input gradient is computed without autograd.
 
     ``tower`` is a Sequential of Conv2d / GroupNorm / ReLU (any nesting of Sequentials);
-    ``classifier`` the final Conv2d. The modules are shared, not copied: the explicit pass
-    always uses the detector's current weights.
+    ``classifier`` the final Conv2d. The modules are shared, not copied: the explicit pass uses the
+    detector's current weights. ``freeze_kernels=True`` derives the backward kernels once, now (for
+    export: torch.onnx cannot constant-fold the flip, so the graph then holds them as constants);
+    they go stale if the weights change afterwards.
     """
 
-    def __init__(self, tower: nn.Module, classifier: nn.Conv2d):
+    def __init__(self, tower: nn.Module, classifier: nn.Conv2d, freeze_kernels: bool = False):
         self.layers = _flatten_chain(tower)
         for layer in self.layers:
             if isinstance(layer, nn.Conv2d):
@@ -122,6 +129,11 @@ class ExplicitTower:
                 raise ValueError(f"explicit gradients do not support {type(layer).__name__} in a tower")
         _check_conv(classifier)
         self.classifier = classifier
+        self._kernels: dict[int, Tensor] = {}
+        if freeze_kernels:
+            with torch.no_grad():
+                for conv in [m for m in self.layers if isinstance(m, nn.Conv2d)] + [classifier]:
+                    self._kernels[id(conv)] = backward_kernel(conv).detach().contiguous()
 
     def forward(self, x: Tensor) -> tuple[Tensor, list]:
         """Tower + classifier on ``x`` -> (logits, cache for :meth:`input_grad`)."""
@@ -145,10 +157,10 @@ class ExplicitTower:
         ``grad_logits`` is [reps * N, K, H, W]: ``reps`` cotangents for the same N inputs stacked
         along the batch axis (LAcls needs two); the result is stacked the same way.
         """
-        g = conv_input_grad(grad_logits, self.classifier)
+        g = conv_input_grad(grad_logits, self.classifier, self._kernels.get(id(self.classifier)))
         for item in reversed(cache):
             if isinstance(item, nn.Conv2d):
-                g = conv_input_grad(g, item)
+                g = conv_input_grad(g, item, self._kernels.get(id(item)))
             elif isinstance(item, _GNCache):
                 g = group_norm_input_grad(g, item, reps)
             else:

@@ -18,6 +18,8 @@ SUBCOMMANDS: dict[str, str] = {
     "serve": "service.serve_cli",
     "detect": "service.detect_cli",
     "train": "training.train",
+    "export": "model.export_cli",
+    "synth": "training.synth.cli",
 }
 
 

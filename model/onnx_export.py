@@ -1,0 +1,270 @@
+"""ONNX export of the full ATSS(+LA) inference graph, test-time LA loop included, and its metadata contract.
+
+ONNX has no autograd, so the Label-aware gradients (method.md §3/§4) are computed with the explicit
+backward of model/explicit_grad.py; :class:`ExportableDetector` is ``ATSSDetector.forward_raw`` with
+that substitution. The graph input is the normalised, zero-padded batch (model.transform), the outputs
+are the raw head outputs; resizing, anchors and decoding stay in Python and are shared with the torch
+path (``model.postprocess.postprocess_detections``).
+
+Every exported file carries ``metadata_props`` (see :func:`onnx_metadata`) that
+``service.onnx_backend.OnnxBackend`` checks before it serves the model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from model.config import ConfigError, DetectorConfig, config_from_json
+from model.explicit_grad import ExplicitTower, la_cls_grads, la_reg_grad
+from model.label_aware import reweight
+from xscreen.errors import XscreenError
+
+ONNX_FORMAT = "xscreen-onnx"
+ONNX_FORMAT_VERSION = 1
+DEFAULT_OPSET = 17
+MAX_OPSET = 20  # highest opset of torch.onnx's TorchScript-based exporter
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("cls_logits", "bbox_reg", "centerness")
+DEBUG_OUTPUT_NAMES = ("la_w1", "la_w2")  # optional LA weights, for verification only
+REQUIRED_KEYS = (
+    "xscreen_format",
+    "xscreen_format_version",
+    "model_name",
+    "model_version",
+    "weights_sha256",
+    "class_names",
+    "config",
+)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class OnnxModelError(XscreenError):
+    """An ONNX file that cannot be exported, read or served as an xscreen detector."""
+
+
+class ExportableDetector(nn.Module):
+    """``forward(batch) == detector.forward_raw(batch)`` (pseudo-label LA loop) without autograd.
+
+    batch: normalised padded [N, 3, H, W]. Returns (cls_logits [N, A, C], reg [N, A, R],
+    centerness [N, A, 1]) and, with ``debug_la``, the LA weights of every level flattened and
+    concatenated: la_w1 [N, ch, sum(h*w)] (and la_w2 for LAcls).
+    """
+
+    def __init__(self, detector: nn.Module, debug_la: bool = False):
+        super().__init__()
+        self.detector = detector
+        self.cfg: DetectorConfig = detector.cfg
+        self.debug_la = debug_la and self.cfg.la_mode != "none"
+        head = detector.head
+        # kernels frozen at construction: export right after building this wrapper
+        self._cls_tower = ExplicitTower(head.cls_convs, head.atss_cls, freeze_kernels=True)
+        self._reg_tower = ExplicitTower(head.reg_convs, head.atss_reg, freeze_kernels=True)
+
+    def la_weights(self, x: Tensor, level: int) -> list[Tensor]:
+        """[w1, w2] (LAcls) or [w1] (LAreg) for one level's head input, pseudo-labels (Sec. IV-D)."""
+        if self.cfg.la_mode == "cls":
+            g1, g2 = la_cls_grads(x, self._cls_tower)
+            return [torch.sigmoid(g1), torch.sigmoid(g2)]
+        # LAreg's first prediction is one regression-tower pass, the per-level Scale applied to the
+        # bin logits before the softmax (model/label_aware.py _reg_logits, head.reg_outputs).
+        scale = self.detector.head.scales[level].scale
+        g = la_reg_grad(x, self._reg_tower, self.cfg.reg_max + 1, logit_scale=scale)
+        return [torch.sigmoid(g)]
+
+    def forward(self, batch: Tensor):
+        head, cfg = self.detector.head, self.cfg
+        feats = self.detector.backbone(batch)
+        if cfg.la_mode == "none":
+            per_level = head.forward_plain(feats)
+            weights: list[list[Tensor]] = []
+        else:
+            per_level, weights = [], []
+            for level, x in enumerate(feats):
+                w = self.la_weights(x, level)
+                weights.append(w)
+                x_new = reweight(x, w, cfg.la_coeffs)  # Eq. 7
+                reg, ctr = head.reg_outputs(x_new, level, repeat=cfg.reg_tower_repeat)
+                per_level.append((head.cls_logits(x_new), reg, ctr))
+        n = batch.shape[0]
+
+        def flat(t: Tensor) -> Tensor:  # [N, K, H, W] -> [N, H*W, K], as ATSSDetector.forward_raw
+            return t.permute(0, 2, 3, 1).reshape(n, -1, t.shape[1])
+
+        outputs = (
+            torch.cat([flat(c) for c, _, _ in per_level], dim=1),
+            torch.cat([flat(r) for _, r, _ in per_level], dim=1),
+            torch.cat([flat(c) for _, _, c in per_level], dim=1),
+        )
+        if self.debug_la:
+            ch = feats[0].shape[1]
+            for k in range(len(weights[0])):
+                outputs += (torch.cat([w[k].reshape(n, ch, -1) for w in weights], dim=2),)
+        return outputs
+
+
+def output_names(cfg: DetectorConfig, debug_la: bool = False) -> list[str]:
+    names = list(OUTPUT_NAMES)
+    if debug_la and cfg.la_mode != "none":
+        names += list(DEBUG_OUTPUT_NAMES[: 2 if cfg.la_mode == "cls" else 1])
+    return names
+
+
+def onnx_metadata(cfg: DetectorConfig, *, name: str, version: str, sha256: str, opset: int) -> dict[str, str]:
+    """The ``metadata_props`` of an exported file (all values are strings)."""
+    return {
+        "xscreen_format": ONNX_FORMAT,
+        "xscreen_format_version": str(ONNX_FORMAT_VERSION),
+        "model_name": name,
+        "model_version": version,
+        "weights_sha256": sha256,
+        "class_names": json.dumps(list(cfg.class_names)),
+        "config": cfg.to_json(),
+        "la_mode": cfg.la_mode,
+        "opset": str(opset),
+        "input": f"{INPUT_NAME}: float32 [N,3,H,W], ImageNet-normalised 0..255 image, H,W multiples of 32",
+        "outputs": json.dumps(OUTPUT_NAMES),
+    }
+
+
+@dataclass(frozen=True)
+class OnnxModelMeta:
+    """The validated metadata of an exported file."""
+
+    config: DetectorConfig
+    name: str
+    version: str
+    sha256: str
+    class_names: tuple[str, ...]
+    raw: dict[str, str]
+
+
+def parse_onnx_metadata(meta: dict[str, str], source: str = "onnx model") -> OnnxModelMeta:
+    """Validate ``metadata_props`` of an exported file; OnnxModelError with the reason otherwise."""
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise OnnxModelError(
+            f"{source}: not an xscreen detector export, metadata key(s) {', '.join(missing)} missing "
+            "(create the file with `xscreen export`)"
+        )
+    if meta["xscreen_format"] != ONNX_FORMAT or meta["xscreen_format_version"] != str(ONNX_FORMAT_VERSION):
+        raise OnnxModelError(
+            f"{source}: unsupported export format {meta['xscreen_format']!r} version "
+            f"{meta['xscreen_format_version']!r} (expected {ONNX_FORMAT!r} version {ONNX_FORMAT_VERSION})"
+        )
+    try:
+        cfg = config_from_json(meta["config"], source=f"{source} (config metadata)")
+    except ConfigError as exc:
+        raise OnnxModelError(str(exc)) from None
+    try:
+        names = json.loads(meta["class_names"])
+    except json.JSONDecodeError:
+        names = None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise OnnxModelError(f"{source}: metadata class_names is not a JSON list of class names")
+    if tuple(names) != tuple(cfg.class_names):
+        raise OnnxModelError(
+            f"{source}: class list mismatch: metadata class_names has {len(names)} classes {names} "
+            f"but the stored config has {len(cfg.class_names)} {list(cfg.class_names)}"
+        )
+    sha = meta["weights_sha256"].lower()
+    if not _SHA256.match(sha):
+        raise OnnxModelError(f"{source}: metadata weights_sha256 is not a sha256 hex digest")
+    return OnnxModelMeta(
+        config=cfg,
+        name=meta["model_name"],
+        version=meta["model_version"],
+        sha256=sha,
+        class_names=tuple(names),
+        raw=dict(meta),
+    )
+
+
+def _example_batch(cfg: DetectorConfig) -> Tensor:
+    # Two images of a non-square size so that no axis is specialised by the tracer.
+    h = max(64, (min(cfg.min_size, 256) // 32) * 32)
+    return torch.randn(2, 3, h, h + 32) * 0.5
+
+
+def export_onnx(
+    detector: nn.Module,
+    out_path: str | Path,
+    *,
+    name: str,
+    version: str,
+    sha256: str,
+    opset: int = DEFAULT_OPSET,
+    debug_la: bool = False,
+) -> Path:
+    """Export ``detector`` (an ATSSDetector) to ``out_path`` with dynamic batch/height/width.
+
+    Uses the TorchScript-based exporter (``dynamo=False``); adds the metadata; runs onnx.checker.
+    """
+    import onnx
+
+    if not DEFAULT_OPSET <= opset <= MAX_OPSET:
+        raise OnnxModelError(f"opset {opset} not supported: choose {DEFAULT_OPSET}..{MAX_OPSET}")
+    cfg: DetectorConfig = detector.cfg
+    out_path = Path(out_path)
+    if not out_path.parent.is_dir():
+        raise OnnxModelError(f"output directory {out_path.parent} does not exist")
+    if out_path.is_dir():
+        raise OnnxModelError(f"output path {out_path} is a directory; give a file name such as model.onnx")
+    wrapper = ExportableDetector(detector.eval().float().cpu(), debug_la=debug_la).eval()
+    outputs = output_names(cfg, debug_la)
+    dynamic = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
+    for o in outputs:
+        dynamic[o] = {0: "batch", 1 if o in OUTPUT_NAMES else 2: "anchors"}
+    tmp = out_path.with_name(out_path.name + ".partial")
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                wrapper,
+                (_example_batch(cfg),),
+                str(tmp),
+                input_names=[INPUT_NAME],
+                output_names=outputs,
+                dynamic_axes=dynamic,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        proto = onnx.load(str(tmp))
+        meta = onnx_metadata(cfg, name=name, version=version, sha256=sha256, opset=opset)
+        del proto.metadata_props[:]
+        for k, v in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = k, v
+        proto.doc_string = f"xscreen {cfg.name} ({cfg.la_mode=}) exported with the explicit LA backward"
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(out_path))
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out_path
+
+
+def export_weights(
+    weights: str | Path, out_path: str | Path, *, opset: int = DEFAULT_OPSET, debug_la: bool = False
+) -> tuple[Path, OnnxModelMeta, nn.Module]:
+    """Load a safetensors weights file (model.weights) and export it -> (path, its metadata, the detector)."""
+    from model.weights import load_weights
+
+    detector, info = load_weights(weights, device="cpu")
+    path = export_onnx(
+        detector,
+        out_path,
+        name=str(info.name),
+        version=str(info.version),
+        sha256=str(info.sha256),
+        opset=opset,
+        debug_la=debug_la,
+    )
+    meta = onnx_metadata(
+        info.config, name=str(info.name), version=str(info.version), sha256=str(info.sha256), opset=opset
+    )
+    return path, parse_onnx_metadata(meta, str(path)), detector
