@@ -1,0 +1,261 @@
+"""Service test helpers: weights that really detect, synthetic scans, and a real ``xscreen serve`` process.
+
+Weights: the bundled model/weights/xscreen-small-lacls.safetensors when it exists; otherwise a small
+LAcls detector is trained here for about a minute on a few synthetic scans (overfitted to them, which
+is enough to prove the service's decode -> convert -> model -> box scaling path end to end) and cached
+in pytest's cache folder, keyed by the recipe and the model/scanner sources.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+XSCREEN = str(Path(sys.executable).with_name("xscreen"))
+API_KEY = "test-key-0123456789abcdef"
+FALLBACK_SIZE = 192  # scan and model input size of the fallback-trained weights
+FALLBACK_SEEDS = (0, 1)  # scans it is trained on (and detects)
+
+
+@dataclass
+class Scan:
+    """A raw dual-energy scan from the synthetic scanner with its ground truth."""
+
+    high: np.ndarray
+    low: np.ndarray
+    boxes: np.ndarray  # [K, 4] x1y1x2y2
+    names: list[str] = field(default_factory=list)
+
+    def png(self) -> tuple[bytes, bytes]:
+        return tuple(cv2.imencode(".png", im)[1].tobytes() for im in (self.high, self.low))  # type: ignore
+
+    def tiff(self) -> tuple[bytes, bytes]:
+        import tifffile
+
+        out = []
+        for im in (self.high, self.low):
+            buf = io.BytesIO()
+            tifffile.imwrite(buf, im)
+            out.append(buf.getvalue())
+        return out[0], out[1]
+
+    def npy(self) -> tuple[bytes, bytes]:
+        out = []
+        for im in (self.high, self.low):
+            buf = io.BytesIO()
+            np.save(buf, im)
+            out.append(buf.getvalue())
+        return out[0], out[1]
+
+    def raw(self) -> tuple[bytes, bytes]:
+        return self.high.astype("<u2").tobytes(), self.low.astype("<u2").tobytes()
+
+
+def synthetic_scans(seeds, size: int) -> list[Scan]:
+    """Scans from the synthetic scanner (training.synth), objects apart so each one is visible."""
+    from training.synth.scene import make_scan
+
+    scans = []
+    for seed in seeds:
+        s = make_scan(np.random.default_rng(seed), size, size, overlap_rate=0.0, similar_rate=0.0)
+        scans.append(
+            Scan(
+                s.high,
+                s.low,
+                np.array([o.box for o in s.objects], np.float32).reshape(-1, 4),
+                [o.name for o in s.objects],
+            )
+        )
+    return scans
+
+
+def bundled_weights() -> Path:
+    from service.settings import bundled_weights_path
+
+    return bundled_weights_path()
+
+
+def _fallback_key() -> str:
+    h = hashlib.sha256(b"recipe-v1")
+    for sub in ("model", "training/synth"):
+        for p in sorted((REPO / sub).glob("*.py")):
+            h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def train_fallback_weights(path: Path, scans: list[Scan], seconds: float = 75.0, max_steps: int = 120) -> str:
+    """Overfit a small LAcls detector (ResNet-18, 64-channel FPN) to ``scans``; save with save_weights."""
+    import torch
+
+    from model import build_detector, load_config, save_weights
+    from model.classes import CLASS_NAMES
+    from training.scans import convert_scan
+
+    torch.manual_seed(0)
+    cfg = load_config("small_lacls").with_overrides(
+        name="service_test_lacls",
+        min_size=FALLBACK_SIZE,
+        max_size=FALLBACK_SIZE,
+        fpn_channels=64,
+        stacked_convs=1,
+    )
+    model = build_detector(cfg)
+    model.train()
+    images = [torch.from_numpy(convert_scan(s.high, s.low).transpose(2, 0, 1).copy()) for s in scans]
+    targets = [
+        {"boxes": torch.from_numpy(s.boxes), "labels": torch.tensor([CLASS_NAMES.index(n) for n in s.names])}
+        for s in scans
+    ]
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=1e-4)
+    start = time.monotonic()
+    for _ in range(max_steps):
+        loss = sum(model(images, targets).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if time.monotonic() - start > seconds:
+            break
+    model.eval()
+    return save_weights(model, path, metadata={"name": "service-test-lacls", "version": "test"})
+
+
+@dataclass
+class DemoModel:
+    weights: Path
+    scans: list[Scan]  # scans on which the weights are expected to find the objects
+    score_threshold: float
+    bundled: bool
+
+
+_DEMO: DemoModel | None = None
+
+
+def demo_model(cache_dir: Path) -> DemoModel:
+    """The bundled weights with fresh synthetic test scans, or cached/fallback-trained weights."""
+    global _DEMO
+    if _DEMO is not None:
+        return _DEMO
+    bundled = bundled_weights()
+    if bundled.is_file():
+        _DEMO = DemoModel(bundled, synthetic_scans((9001, 9002, 9003), 640), 0.3, True)
+        return _DEMO
+    scans = synthetic_scans(FALLBACK_SEEDS, FALLBACK_SIZE)
+    path = cache_dir / f"service-test-{_fallback_key()}.safetensors"
+    if not path.is_file():
+        train_fallback_weights(path, scans)
+    _DEMO = DemoModel(path, scans, 0.1, False)
+    return _DEMO
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of [N,4] and [M,4] x1y1x2y2 boxes."""
+    a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
+    ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
+class ServiceProcess:
+    """``xscreen serve`` in a subprocess on 127.0.0.1:<free port>, configured by XSCREEN_* variables."""
+
+    def __init__(self, log_path: Path, **settings: object):
+        self.port = free_port()
+        self.log_path = log_path
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("XSCREEN_")}
+        self.env.update({"XSCREEN_HOST": "127.0.0.1", "XSCREEN_PORT": str(self.port)})
+        self.env.update({f"XSCREEN_{k.upper()}": str(v) for k, v in settings.items()})
+        self.env["OMP_NUM_THREADS"] = self.env.get("OMP_NUM_THREADS", "2")
+        self.proc: subprocess.Popen | None = None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServiceProcess:
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [XSCREEN, "serve"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 120.0) -> ServiceProcess:
+        assert self.proc is not None
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"xscreen serve exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"xscreen serve not ready after {timeout} s:\n{self.log()}")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return int(self.proc.returncode)
+
+
+def post_scan(
+    url: str,
+    high: bytes,
+    low: bytes,
+    *,
+    key: str | None = API_KEY,
+    path: str = "/detect",
+    timeout: float = 60.0,
+    **fields,
+) -> requests.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    files = {
+        "high": ("high.bin", high, "application/octet-stream"),
+        "low": ("low.bin", low, "application/octet-stream"),
+    }
+    data = {k: str(v) for k, v in fields.items()}
+    return requests.post(url + path, files=files, data=data, headers=headers, timeout=timeout)
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` in a Prometheus exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
