@@ -20,6 +20,8 @@ SUBCOMMANDS: dict[str, str] = {
     "train": "training.train",
     "export": "model.export_cli",
     "synth": "training.synth.cli",
+    "render": "training.render",
+    "eval": "training.evaluate",
 }
 
 
