@@ -149,3 +149,56 @@ def test_eval_cli_on_a_detections_file(tmp_path, capsys):
     assert "--weights is required" in capsys.readouterr().err
     assert main(["eval", "--data", str(tmp_path), "--detections", str(tmp_path / "missing.json")]) == 2
     assert "detections file not found" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def small_weights(tmp_path_factory):
+    """A randomly initialised small detector (score threshold 0 so that it outputs boxes), saved."""
+    from model import build_detector
+    from model.config import load_config
+    from model.weights import save_weights
+
+    root = tmp_path_factory.mktemp("w")
+    cfg = load_config("small_atss").with_overrides(min_size=160, max_size=192, score_thresh=0.0, max_dets=20)
+    save_weights(build_detector(cfg), root / "w.safetensors")
+    return root / "w.safetensors"
+
+
+def test_eval_cli_with_weights_runs_the_model(tmp_path, small_weights, capsys):
+    from training.synth.writer import SynthConfig, write_dataset
+
+    data = tmp_path / "ds"
+    write_dataset(
+        SynthConfig(images=2, seed=3, height=160, width=192, splits=(0, 0, 1)), data, progress=False
+    )
+    out = tmp_path / "o"
+    assert (
+        main(
+            [
+                "eval",
+                "--weights",
+                str(small_weights),
+                "--data",
+                str(data),
+                "--split",
+                "test",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert "### all images (2 images" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) >= {"mAP", "AP50", "AP75", "APs", "APm", "APl", "per_class", "mAP50_per_class_mean"}
+    assert 0.0 <= metrics["mAP"] <= 1.0 and metrics["num_images"] == 2
+    dets = json.loads((out / "detections.json").read_text())
+    assert len(dets) == metrics["num_detections"] == 2 * 20  # max_dets per image at threshold 0
+    cat_ids = {c.category_id for c in CLCXRAY_CLASSES}
+    for d in dets:
+        x, y, w, h = d["bbox"]
+        assert d["image_id"] in (1, 2) and d["category_id"] in cat_ids and 0 <= d["score"] <= 1
+        assert x >= -1 and x + w <= 193 and y >= -1 and y + h <= 161  # original image's pixels
+    assert len(list((out / "pr_curves").glob("*.png"))) == 12
+    assert main(["eval", "--weights", str(tmp_path / "none.safetensors"), "--data", str(data)]) == 2
+    assert "xscreen eval: error:" in capsys.readouterr().err

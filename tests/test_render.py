@@ -122,3 +122,21 @@ def test_render_cli_bad_inputs(dataset, tmp_path, capsys):
         assert main(["render", *extra]) == 2, message
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
+
+
+def test_render_cli_with_weights(dataset, tmp_path, capsys):
+    from model import build_detector
+    from model.config import load_config
+    from model.weights import save_weights
+
+    cfg = load_config("small_atss").with_overrides(min_size=160, max_size=192, score_thresh=0.0, max_dets=5)
+    save_weights(build_detector(cfg), tmp_path / "w.safetensors")
+    im = json.loads((dataset / "annotations" / "test.json").read_text())["images"][0]
+    args = ["render", "--high", str(dataset / im["raw_high"]), "--low", str(dataset / im["raw_low"])]
+    out = tmp_path / "pred.png"
+    assert (
+        main([*args, "--out", str(out), "--weights", str(tmp_path / "w.safetensors"), "--score-thresh", "0"])
+        == 0
+    )
+    assert "(192x160, 5 boxes)" in capsys.readouterr().out
+    assert cv2.imread(str(out)).shape == (160, 192, 3)
