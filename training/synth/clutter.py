@@ -44,7 +44,7 @@ def bag(rng: Rng, h: int, w: int, px: float) -> tuple[np.ndarray, np.ndarray, tu
         f = _smooth_field(rng, (sh, sw), int(rng.integers(3, 7)))
         blob = np.clip((f - U(rng, 0.45, 0.65)) * 8, 0, 1)
         theta = U(rng, 0, np.pi)
-        period = U(rng, 1.0, 3.0) / (px * 4)
+        period = U(rng, 0.5, 2.0) / (px * 4)  # fold spacing 3-13 cm (period x 2 pi)
         warp = _smooth_field(rng, (sh, sw), 4) * 8.0
         folds = 0.55 + 0.45 * np.sin((xx * np.cos(theta) + yy * np.sin(theta)) / period + warp)
         cloth += blob * folds * U(rng, 0.4, 1.6)  # water-equivalent cm of folded fabric

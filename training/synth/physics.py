@@ -47,16 +47,17 @@ def expose(depth: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.
     gains = 1.0 + 0.004 * rng.standard_normal((2, w)).astype(np.float32)  # detector column gains
     out = []
     for ch in (1, 0):  # high first
-        lam = np.exp(-depth[..., ch]) * np.float32(PHOTONS_IN_AIR[ch])
+        trans = cv2.exp(np.ascontiguousarray(depth[..., ch]) * np.float32(-1.0))  # Beer-Lambert
+        lam = trans * np.float32(PHOTONS_IN_AIR[ch])  # expected photons per pixel
         # Poisson noise: Gaussian with variance = mean where counts are large (indistinguishable
         # there and 3x faster), exact Poisson draws where the mean is below 30 photons.
-        counts = lam + np.sqrt(lam) * noise[ch]
+        counts = lam + cv2.sqrt(lam) * noise[ch]
         low_mask = lam < 30.0
         if low_mask.any():
             counts[low_mask] = rng.poisson(lam[low_mask])
         grey = counts * (gains[ch] * np.float32(AIR_LEVEL[ch] / PHOTONS_IN_AIR[ch]))[None, :]
         grey = cv2.GaussianBlur(grey, (0, 0), BLUR_SIGMA_PX)
-        out.append(
-            np.clip(grey, 0.0, 65535.0 - DARK_LEVEL - 0.5).__iadd__(DARK_LEVEL + 0.5).astype(np.uint16)
-        )
+        np.clip(grey, 0.0, 65535.0 - DARK_LEVEL - 0.5, out=grey)
+        grey += DARK_LEVEL + 0.5  # + 0.5: round to nearest on the cast below
+        out.append(grey.astype(np.uint16))
     return out[0], out[1]
