@@ -43,7 +43,8 @@ class DetectorConfig(BaseModel):
     name: str = Field(min_length=1)
     # --- architecture (method.md §2) ---
     depth: Literal[18, 34, 50, 101] = 50
-    fpn_channels: int = Field(256, ge=32)
+    # >= 64: GroupNorm(32) on a 1x1 P7 map needs at least 2 channels per group
+    fpn_channels: int = Field(256, ge=64)
     stacked_convs: int = Field(4, ge=1, le=8)
     class_names: tuple[str, ...] = CLASS_NAMES
     frozen_stages: int = Field(1, ge=-1, le=4)  # mmdet frozen_stages=1: stem + layer1 frozen
