@@ -6,6 +6,7 @@ Every option is also an ``XSCREEN_*`` environment variable (flags win); see docs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 
 log = logging.getLogger("xscreen.service")
@@ -42,7 +43,32 @@ def _overrides(args: argparse.Namespace) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
+def _server_class():
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        """uvicorn's server, but a SIGTERM/SIGINT that led to a graceful stop ends the process with status 0
+        (uvicorn re-raises the signal after shutting down, which would make the exit status -15)."""
+
+        stopped_by: list[int] = []
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    captured = getattr(self, "_captured_signals", None)
+                    if isinstance(captured, list):
+                        self.stopped_by = list(captured)
+                        captured.clear()
+
+    return GracefulServer
+
+
 def run(args: argparse.Namespace) -> int:
+    import signal
+
     import uvicorn
 
     from service.app import create_app
@@ -51,9 +77,10 @@ def run(args: argparse.Namespace) -> int:
     from service.settings import load_settings
 
     settings = load_settings(**_overrides(args))  # SettingsError -> one line, exit 2
-    configure_logging(settings.log_level)
-    # Load (and sha256-check) the weights before binding: a bad file stops start-up with one line.
+    # Load (and sha256-check) the weights before binding: a bad file stops start-up with one line
+    # (the CLI prints the XscreenError); JSON logging starts once the model is loaded.
     backend = make_backend(settings)
+    configure_logging(settings.log_level)
     app = create_app(settings, backend)
     config = uvicorn.Config(
         app,
@@ -65,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
         lifespan="on",
         timeout_graceful_shutdown=int(settings.graceful_timeout_s),
     )
-    server = uvicorn.Server(config)
+    server = _server_class()(config)
     server.run()
+    if server.stopped_by:
+        log.info(
+            "stopped by %s after finishing in-flight requests", signal.Signals(server.stopped_by[0]).name
+        )
     return 0 if server.started else 1

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,3 +260,38 @@ def metric_value(text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+class InThreadServer:
+    """The service app on a real uvicorn server in a thread of the test process (no extra torch import)."""
+
+    def __init__(self, **settings: object):
+        import uvicorn
+
+        from service.app import create_app
+        from service.settings import load_settings
+
+        self.port = free_port()
+        self.settings = load_settings(host="127.0.0.1", port=self.port, **settings)
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(self.settings), host="127.0.0.1", port=self.port, log_config=None)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> InThreadServer:
+        self.thread.start()
+        end = time.monotonic() + 120
+        while time.monotonic() < end:
+            try:
+                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            if not self.thread.is_alive():
+                break
+            time.sleep(0.1)
+        raise RuntimeError("in-thread server did not become ready")
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(60)

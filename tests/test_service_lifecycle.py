@@ -1,0 +1,154 @@
+"""Start-up refusals (open host without keys, bad weights), 504, protected /metrics, graceful stop."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from service_fixtures import (
+    API_KEY,
+    XSCREEN,
+    InThreadServer,
+    ServiceProcess,
+    demo_model,
+    metric_value,
+    post_scan,
+)
+
+from xscreen.cli import main
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def demo(request):
+    return demo_model(Path(request.config.cache.mkdir("xscreen-service")))
+
+
+def _serve(capsys, monkeypatch, env: dict[str, str], *args: str) -> tuple[int, str]:
+    """``xscreen serve`` through the real CLI entry point, in this process (start-up fails before binding)."""
+    for name in list(os.environ):
+        if name.startswith("XSCREEN_"):
+            monkeypatch.delenv(name)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    code = main(["serve", *args])
+    return code, capsys.readouterr().err
+
+
+def _one_clear_line(result: tuple[int, str], fragment: str) -> None:
+    code, err = result
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("xscreen serve: error:") and fragment in lines[0], lines[0]
+
+
+def test_refuses_exposed_host_without_keys(capsys, monkeypatch):
+    serve = functools.partial(_serve, capsys, monkeypatch)
+    _one_clear_line(serve({"XSCREEN_HOST": "0.0.0.0"}), "refusing to listen on non-loopback host '0.0.0.0'")
+    _one_clear_line(serve({}, "--host", "0.0.0.0", "--port", "0"), "XSCREEN_PORT")
+
+
+def test_refusal_from_a_real_process():
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("XSCREEN_")}
+    proc = subprocess.run(
+        [XSCREEN, "serve"],
+        env={**clean, "XSCREEN_HOST": "192.168.7.7"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    _one_clear_line((proc.returncode, proc.stderr), "without an API key")
+
+
+def test_bad_weights_stop_start_up_with_one_line(demo, tmp_path, capsys, monkeypatch):
+    serve = functools.partial(_serve, capsys, monkeypatch)
+    _one_clear_line(serve({"XSCREEN_WEIGHTS": str(tmp_path / "none.safetensors")}), "weights file not found")
+    _one_clear_line(
+        serve({"XSCREEN_WEIGHTS": str(demo.weights), "XSCREEN_WEIGHTS_SHA256": "0" * 64}), "sha256 mismatch"
+    )
+    # a file whose tensors no longer match the sha256 recorded in its header
+    bad = tmp_path / "tampered.safetensors"
+    shutil.copy(demo.weights, bad)
+    data = bytearray(bad.read_bytes())
+    for i in range(len(data) - 4096, len(data) - 4000):
+        data[i] ^= 0x55
+    bad.write_bytes(bytes(data))
+    _one_clear_line(serve({"XSCREEN_WEIGHTS": str(bad)}), "sha256 mismatch")
+    (tmp_path / "junk.safetensors").write_bytes(b"not weights at all")
+    _one_clear_line(serve({"XSCREEN_WEIGHTS": str(tmp_path / "junk.safetensors")}), "junk.safetensors")
+
+
+def test_deadline_is_answered_504(demo):
+    with InThreadServer(
+        weights=demo.weights, request_timeout_s=0.5, max_queue_delay_ms=3000, max_batch_size=8, warmup=False
+    ) as srv:
+        t0 = time.monotonic()
+        r = post_scan(srv.url, *demo.scans[0].png(), key=None)
+        assert r.status_code == 504 and r.json()["error"] == "timeout", r.text
+        assert time.monotonic() - t0 < 3.0
+        assert requests.get(srv.url + "/healthz").status_code == 200
+        metrics = requests.get(srv.url + "/metrics").text
+        assert metric_value(metrics, "xscreen_rejected_requests_total", reason="deadline") == 1
+
+
+def test_protected_metrics_and_graceful_shutdown(demo, tmp_path):
+    srv = ServiceProcess(
+        tmp_path / "serve.log",
+        weights=demo.weights,
+        api_keys=API_KEY,
+        protect_metrics="true",
+        max_queue_delay_ms=2000,
+        max_batch_size=4,
+        graceful_timeout_s=30,
+    ).start()
+    try:
+        srv.wait_ready()
+        assert requests.get(srv.url + "/metrics").status_code == 401
+        assert (
+            requests.get(
+                srv.url + "/metrics", headers={"Authorization": "Bearer nope-nope-nope-nope"}
+            ).status_code
+            == 401
+        )
+        assert (
+            requests.get(srv.url + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).status_code
+            == 200
+        )
+        assert requests.get(srv.url + "/healthz").status_code == 200
+
+        # A scan waits ~2 s for its batch to fill; SIGTERM arrives meanwhile.
+        answer: dict = {}
+
+        def in_flight():
+            r = post_scan(srv.url, *demo.scans[0].png(), scan_id="in-flight-1", timeout=60)
+            answer.update(status=r.status_code, body=r.json())
+
+        t = threading.Thread(target=in_flight)
+        t.start()
+        time.sleep(0.7)
+        srv.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        refused = False
+        try:
+            requests.get(srv.url + "/healthz", timeout=2)
+        except requests.ConnectionError:
+            refused = True
+        t.join(60)
+        assert refused, "a new connection was accepted after SIGTERM"
+        assert answer.get("status") == 200 and answer["body"]["scan_id"] == "in-flight-1", answer
+        srv.proc.wait(30)
+        assert srv.proc.returncode == 0
+        assert '"msg":"stopped"' in srv.log() and "stopped by SIGTERM" in srv.log()
+    finally:
+        srv.stop()
