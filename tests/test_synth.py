@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
@@ -205,3 +206,15 @@ def test_synth_cli_rejects_bad_output_dirs(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["synth", "--out", str(tmp_path / "y"), "--images", "1", "--size", "big"])
     assert "expected WIDTHxHEIGHT" in capsys.readouterr().err
+
+
+def test_fast_png_stores_the_same_pixels(tmp_path):
+    write_dataset(SynthConfig(images=2, seed=5, **SMALL), tmp_path / "z", progress=False)
+    write_dataset(SynthConfig(images=2, seed=5, fast_png=True, **SMALL), tmp_path / "f", progress=False)
+    files = sorted(p.relative_to(tmp_path / "z") for p in (tmp_path / "z").rglob("*.png"))
+    assert len(files) == 6
+    for rel in files:
+        a, b = (tmp_path / "z" / rel), (tmp_path / "f" / rel)
+        assert b.stat().st_size > a.stat().st_size  # uncompressed
+        flag = -1  # IMREAD_UNCHANGED: 16-bit stays 16-bit
+        assert np.array_equal(cv2.imread(str(a), flag), cv2.imread(str(b), flag))

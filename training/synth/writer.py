@@ -24,13 +24,15 @@ from training.synth.scene import CHALLENGING_MIN_OVERLAP, MASK_DEPTH, make_scan
 from xscreen.errors import XscreenError
 
 SPLITS = ("train", "val", "test")
-# PNG settings: fast zlib level with Huffman-only coding (noisy scans gain little from LZ77).
-_PNG_PARAMS = [
-    cv2.IMWRITE_PNG_COMPRESSION,
-    1,
-    cv2.IMWRITE_PNG_STRATEGY,
-    cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
-]
+# PNG settings (measured in benchmarks/synth_speed.py): one fixed filter (SUB for the 16-bit raw
+# images, UP for the converted ones) and Huffman-only zlib -- noisy scans gain little from LZ77 or
+# adaptive filtering, which cost 1.5x the time. "fast" stores without compression (~3x larger).
+_H, _S, _F = cv2.IMWRITE_PNG_COMPRESSION, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_FILTER
+PNG_PARAMS = {
+    "raw": [_H, 1, _S, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY, _F, cv2.IMWRITE_PNG_FILTER_SUB],
+    "converted": [_H, 1, _S, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY, _F, cv2.IMWRITE_PNG_FILTER_UP],
+    "fast": [_H, 0, _F, cv2.IMWRITE_PNG_FILTER_NONE],
+}
 
 
 class SynthError(XscreenError):
@@ -46,6 +48,7 @@ class SynthConfig:
     overlap_rate: float = 0.3
     similar_rate: float = 0.2
     splits: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    fast_png: bool = False  # uncompressed PNGs: faster, ~3x more disk
 
 
 def split_of_images(n: int, fractions: tuple[float, float, float], seed: int) -> list[str]:
@@ -58,8 +61,8 @@ def split_of_images(n: int, fractions: tuple[float, float, float], seed: int) ->
     return list(np.random.default_rng([seed, 0x5EED]).permutation(names))
 
 
-def _imwrite(path: Path, img: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), img, _PNG_PARAMS):
+def _imwrite(path: Path, img: np.ndarray, params: list[int]) -> None:
+    if not cv2.imwrite(str(path), img, params):
         raise SynthError(f"{path}: cannot write image")
 
 
@@ -69,11 +72,13 @@ def _render_one(job: tuple[SynthConfig, Path, int, str]) -> dict:
     rng = np.random.default_rng([cfg.seed, index])
     scan = make_scan(rng, cfg.height, cfg.width, cfg.overlap_rate, cfg.similar_rate)
     stem = f"synth_{index:06d}"
-    _imwrite(out / "raw" / split / f"{stem}_high.png", scan.high)
-    _imwrite(out / "raw" / split / f"{stem}_low.png", scan.low)
+    raw_params = PNG_PARAMS["fast" if cfg.fast_png else "raw"]
+    _imwrite(out / "raw" / split / f"{stem}_high.png", scan.high, raw_params)
+    _imwrite(out / "raw" / split / f"{stem}_low.png", scan.low, raw_params)
     # Converted image: channel order fixed by training.scans (RGB -> BGR before cv2 writes it).
     conv = quantise_converted(convert_scan(scan.high, scan.low))
-    _imwrite(out / "images" / split / f"{stem}.png", cv2.cvtColor(conv, cv2.COLOR_RGB2BGR))
+    conv_params = PNG_PARAMS["fast" if cfg.fast_png else "converted"]
+    _imwrite(out / "images" / split / f"{stem}.png", cv2.cvtColor(conv, cv2.COLOR_RGB2BGR), conv_params)
     return {
         "index": index,
         "split": split,
