@@ -22,10 +22,10 @@ class RenderError(XscreenError):
 
 
 # Material colour by the ratio of low- to high-energy attenuation, ln(T_low) / ln(T_high), which
-# a dual-energy scanner reads as effective atomic number: ~1.35 organics, ~2 aluminium, ~2.3 glass,
-# ~6 steel (see training.synth.physics). Anchor hues (OpenCV HSV, 0..180): orange, green, blue.
-_RATIO_ANCHORS = np.array([1.0, 1.55, 2.2, 3.0], np.float32)
-_HUE_ANCHORS = np.array([15.0, 15.0, 60.0, 108.0], np.float32)
+# a dual-energy scanner reads as effective atomic number: ~1.35 organics, ~2 aluminium and ~2.3 glass
+# (both green), ~6 steel (see training.synth.physics). Anchor hues (OpenCV HSV, 0..180): orange, green, blue.
+_RATIO_ANCHORS = np.array([1.0, 1.5, 1.9, 2.5, 3.2], np.float32)
+_HUE_ANCHORS = np.array([15.0, 15.0, 60.0, 60.0, 108.0], np.float32)
 _BOX_COLOURS = [
     (230, 25, 75),
     (60, 180, 75),
@@ -81,6 +81,7 @@ def draw_detections(rgb, boxes, labels, scores, class_names) -> np.ndarray:
     h, w = img.shape[:2]
     thick = max(1, round(min(h, w) / 400))
     font = max(0.4, min(h, w) / 1200)
+    placed: list[tuple[int, int, int, int]] = []  # label rectangles already drawn
     for k, (box, lab) in enumerate(zip(boxes, labels, strict=True)):
         colour = _BOX_COLOURS[int(lab) % len(_BOX_COLOURS)]
         x1, y1, x2, y2 = (round(v) for v in box)
@@ -89,10 +90,18 @@ def draw_detections(rgb, boxes, labels, scores, class_names) -> np.ndarray:
         text = name if scores is None else f"{name} {scores[k]:.2f}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, 1)
         ty = y1 - 2 if y1 - th - base - 2 >= 0 else min(y1 + th + 2, h - 1)
-        cv2.rectangle(img, (x1, ty - th - base + 1), (x1 + tw + 2, ty + 1), colour, -1)
-        cv2.putText(
-            img, text, (x1 + 1, ty - base + 1), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), 1, cv2.LINE_AA
-        )
+        lx = max(0, min(x1, w - tw - 3))  # keep the label inside the picture
+        for _ in range(len(placed)):  # step down past labels this one would cover
+            rect = (lx, ty - th - base + 1, lx + tw + 2, ty + 1)
+            if not any(
+                a[0] < rect[2] and rect[0] < a[2] and a[1] < rect[3] and rect[1] < a[3] for a in placed
+            ):
+                break
+            ty = min(ty + th + base + 2, h - 1)
+        placed.append((lx, ty - th - base + 1, lx + tw + 2, ty + 1))
+        cv2.rectangle(img, (lx, ty - th - base + 1), (lx + tw + 2, ty + 1), colour, -1)
+        org = (lx + 1, ty - base + 1)
+        cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), 1, cv2.LINE_AA)
     return img
 
 
