@@ -203,6 +203,12 @@ def test_synth_cli_rejects_bad_output_dirs(tmp_path, capsys):
     assert "exists and is not a directory" in capsys.readouterr().err
     assert main(["synth", "--out", str(afile / "sub"), "--images", "1"]) == 2
     assert "is not writable" in capsys.readouterr().err
+    # --overwrite replaces an earlier synthetic dataset (no stale scans) and keeps other files
+    args = ["synth", "--out", str(full), "--size", "128x128", "--seed", "2", "--no-progress", "--overwrite"]
+    assert main([*args, "--images", "4", "--splits", "1,0,0"]) == 0
+    assert main([*args, "--images", "2", "--splits", "1,0,0"]) == 0
+    assert "removed 15 files of an earlier synthetic dataset" in capsys.readouterr().out  # 4 x 3 + 3 json
+    assert len(list(full.rglob("*.png"))) == 6 and (full / "keep.txt").is_file()
     with pytest.raises(SystemExit):
         main(["synth", "--out", str(tmp_path / "y"), "--images", "1", "--size", "big"])
     assert "expected WIDTHxHEIGHT" in capsys.readouterr().err

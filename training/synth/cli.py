@@ -44,7 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
     parser.add_argument("--fast-png", action="store_true", help="store PNGs uncompressed (faster, ~3x disk)")
-    parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out (an earlier synth dataset there is replaced)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -77,7 +81,13 @@ def parse_splits(text: str) -> tuple[float, float, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.synth.writer import SynthConfig, SynthError, check_output_dir, write_dataset
+    from training.synth.writer import (
+        SynthConfig,
+        SynthError,
+        check_output_dir,
+        remove_previous_output,
+        write_dataset,
+    )
 
     if args.images < 1:
         raise SynthError(f"--images must be at least 1, got {args.images}")
@@ -99,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
         fast_png=args.fast_png,
     )
     check_output_dir(args.out, args.overwrite)
+    if args.overwrite:
+        removed = remove_previous_output(args.out)  # no stale scans from an earlier, larger run
+        if removed:
+            print(f"--overwrite: removed {removed} files of an earlier synthetic dataset in {args.out}")
     t0 = time.perf_counter()
     summary = write_dataset(cfg, args.out, workers=args.workers, progress=not args.no_progress)
     dt = time.perf_counter() - t0

@@ -98,6 +98,25 @@ def _render_one(job: tuple[SynthConfig, Path, int, str]) -> dict:
     }
 
 
+def remove_previous_output(out: Path) -> int:
+    """Delete an earlier synthetic dataset's files (only names this writer produces); return the count."""
+    n = 0
+    for split in SPLITS:
+        for pattern in (
+            f"raw/{split}/synth_*_high.png",
+            f"raw/{split}/synth_*_low.png",
+            f"images/{split}/synth_*.png",
+        ):
+            for f in out.glob(pattern):
+                f.unlink()
+                n += 1
+        ann = out / "annotations" / f"{split}.json"
+        if ann.is_file():
+            ann.unlink()
+            n += 1
+    return n
+
+
 def check_output_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise SynthError(f"--out {out} exists and is not a directory")
