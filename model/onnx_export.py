@@ -93,16 +93,17 @@ class ExportableDetector(nn.Module):
                 per_level.append((head.cls_logits(x_new), reg, ctr))
         n = batch.shape[0]
 
-        def flat(t: Tensor) -> Tensor:  # [N, K, H, W] -> [N, H*W, K], as ATSSDetector.forward_raw
-            return t.permute(0, 2, 3, 1).reshape(n, -1, t.shape[1])
+        def flat(t: Tensor, k: int) -> Tensor:  # [N, K, H, W] -> [N, H*W, K], as ATSSDetector.forward_raw
+            # k is a Python int, so the exported graph has a static channel axis that consumers can check
+            return t.permute(0, 2, 3, 1).reshape(n, -1, k)
 
         outputs = (
-            torch.cat([flat(c) for c, _, _ in per_level], dim=1),
-            torch.cat([flat(r) for _, r, _ in per_level], dim=1),
-            torch.cat([flat(c) for _, _, c in per_level], dim=1),
+            torch.cat([flat(c, head.atss_cls.out_channels) for c, _, _ in per_level], dim=1),
+            torch.cat([flat(r, head.atss_reg.out_channels) for _, r, _ in per_level], dim=1),
+            torch.cat([flat(c, 1) for _, _, c in per_level], dim=1),
         )
         if self.debug_la:
-            ch = feats[0].shape[1]
+            ch = cfg.fpn_channels
             for k in range(len(weights[0])):
                 outputs += (torch.cat([w[k].reshape(n, ch, -1) for w in weights], dim=2),)
         return outputs
@@ -235,6 +236,19 @@ def export_onnx(
                 dynamo=False,
             )
         proto = onnx.load(str(tmp))
+        # Channel axes are fixed by the architecture; the tracer leaves them symbolic after the
+        # reshape, so state them (the ONNX backend checks them against the class list).
+        channels = {
+            "cls_logits": cfg.num_classes,
+            "bbox_reg": detector.head.atss_reg.out_channels,
+            "centerness": 1,
+        }
+        for out in proto.graph.output:
+            dims = out.type.tensor_type.shape.dim
+            if out.name in channels:
+                dims[2].dim_value = channels[out.name]
+            elif out.name in DEBUG_OUTPUT_NAMES:
+                dims[1].dim_value = cfg.fpn_channels
         meta = onnx_metadata(cfg, name=name, version=version, sha256=sha256, opset=opset)
         del proto.metadata_props[:]
         for k, v in meta.items():

@@ -1,0 +1,304 @@
+"""ONNX export of ATSS+LA (model/onnx_export.py, `xscreen export`) and the ONNX Runtime backend vs torch.
+
+The detector is a small LAcls/LAreg model whose head is re-initialised with larger weights (seeded), so
+that the LA weights move well away from 0.5 and dozens of boxes of several classes pass the score
+threshold: the comparisons below then check real detections, not an empty list.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from model import build_detector, load_config, save_weights
+from model.classes import CLASS_NAMES
+from model.label_aware import label_aware_weights
+from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
+from service.inference import TorchBackend
+from service.onnx_backend import OnnxBackend, OnnxModelRefused
+from training.scans import convert_scan
+from training.synth.scene import make_scan
+from xscreen.cli import main as xscreen_main
+
+pytestmark = pytest.mark.timeout(300)
+
+SIZES = ((256, 320), (320, 224), (288, 288))  # raw scan sizes (h, w): three different padded batches
+
+
+def _detector(name: str, seed: int = 0, **overrides):
+    """A small detector with a 'sharpened' random head (std 0.05 convs, class bias -2)."""
+    cfg = load_config(name).with_overrides(**{"min_size": 320, "max_size": 416, **overrides})
+    torch.manual_seed(seed)
+    det = build_detector(cfg).eval()
+    with torch.no_grad():
+        for m in det.head.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.normal_(m.weight, std=0.05)
+        det.head.atss_cls.bias.fill_(-2.0)
+        for i, s in enumerate(det.head.scales):
+            s.scale.fill_(1.0 + 0.1 * i)  # the per-level Scale enters LAreg's softmax
+    return det
+
+
+def _scans(seed: int = 7) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for h, w in SIZES:
+        s = make_scan(rng, h, w)
+        out.append(convert_scan(s.high, s.low))
+    return out
+
+
+def _batch(det, image: np.ndarray) -> torch.Tensor:
+    from model.transform import normalize, pad_batch, resize_to_fit
+
+    t = torch.from_numpy(image.transpose(2, 0, 1).copy())
+    t, _ = resize_to_fit(t, None, det.cfg.min_size, det.cfg.max_size)
+    return pad_batch([normalize(t)])[0]
+
+
+@pytest.fixture(scope="module")
+def lacls(tmp_path_factory):
+    """(detector, weights path, sha256, onnx path): exported through the `xscreen export` command."""
+    tmp = tmp_path_factory.mktemp("onnx")
+    det = _detector("small_lacls", score_thresh=0.8)
+    weights = tmp / "lacls.safetensors"
+    sha = save_weights(det, weights, metadata={"name": "onnx-test-lacls", "version": "7.1"})
+    out = tmp / "lacls.onnx"
+    assert xscreen_main(["export", "--weights", str(weights), "--out", str(out), "--debug-la-outputs"]) == 0
+    return det, weights, sha, out
+
+
+def test_export_carries_metadata_dynamic_axes_and_passes_checker(lacls):
+    det, _, sha, path = lacls
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["class_names"]) == list(CLASS_NAMES)
+    assert meta["weights_sha256"] == sha
+    assert (meta["model_name"], meta["model_version"]) == ("onnx-test-lacls", "7.1")
+    assert json.loads(meta["config"]) == json.loads(det.cfg.to_json())
+    assert proto.opset_import[0].version >= 17
+    dims = [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[0] and dims[2] and dims[3], f"batch/height/width must be dynamic, got {dims}"
+    # the LA loop is in the graph: arg-max pseudo-labels and the backward convolutions
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"ArgMax", "Equal", "Sigmoid", "Conv"} <= ops
+
+
+def _flat(maps: list[torch.Tensor]) -> torch.Tensor:
+    """Per-level [N, ch, h, w] (or [N, h, w]) -> [N, ch, sum(h*w)] (or [N, sum(h*w)]), levels P3..P7."""
+    n = maps[0].shape[0]
+    if maps[0].dim() == 3:
+        return torch.cat([m.reshape(n, -1) for m in maps], dim=1)
+    return torch.cat([m.reshape(n, m.shape[1], -1) for m in maps], dim=2)
+
+
+AMBIGUITY = 2e-5  # |pre-ReLU| or top-score gap below which fp32 rounding may flip a discrete choice
+
+
+def _ambiguous(det, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per level [N, h, w]: locations whose LA gradient depends on a numerically ambiguous discrete choice.
+
+    The LA gradient is piecewise smooth: a ReLU mask (pre-activation ~0) or an arg-max label (two
+    top scores ~equal) may come out differently in ONNX Runtime and torch after ~1e-6 rounding
+    differences, which changes the gradient in that unit's receptive field of the backward pass
+    (radius k for the k-th ReLU, tower depth + 1 for the labels). Everywhere else the two must agree.
+    """
+    import torch.nn.functional as F
+
+    head, mode = det.head, det.cfg.la_mode
+    tower = head.cls_convs if mode == "cls" else head.reg_convs
+    out = []
+    with torch.no_grad():
+        for level, x in enumerate(feats):
+            amb = torch.zeros_like(x[:, 0], dtype=torch.bool)
+            h, k = x, 0
+            for m in tower:
+                h = m(h)
+                if isinstance(m, torch.nn.GroupNorm):
+                    k += 1
+                    near = (h.abs() < AMBIGUITY).any(dim=1, keepdim=True).float()
+                    amb |= F.max_pool2d(near, 2 * k + 1, 1, k)[:, 0] > 0
+            if mode == "cls":
+                top = torch.sigmoid(head.atss_cls(h)).topk(3, dim=1).values
+                gaps = torch.stack([top[:, 0] - top[:, 1], top[:, 1] - top[:, 2]], 1)  # label, y*
+            else:
+                z = head.scales[level](head.atss_reg(h))
+                n, _, hh, ww = z.shape
+                top = torch.softmax(z.reshape(n, 4, -1, hh, ww), dim=2).topk(2, dim=2).values
+                gaps = top[:, :, 0] - top[:, :, 1]
+            near = (gaps < AMBIGUITY).any(dim=1, keepdim=True).float()
+            amb |= F.max_pool2d(near, 2 * k + 3, 1, k + 1)[:, 0] > 0
+            out.append(amb)
+    return out
+
+
+def _check_raw_and_la(det, path: str, images: list[np.ndarray]) -> None:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    for image in images:
+        batch = _batch(det, image)
+        got = dict(zip(names, sess.run(names, {INPUT_NAME: batch.numpy()}), strict=True))
+        with torch.no_grad():
+            ref = det.forward_raw(batch)
+            feats = det.backbone(batch)
+        ref_w = label_aware_weights(det.head, feats, det.cfg.la_mode, reg_max=det.cfg.reg_max)  # autograd
+        ambiguous = _flat(_ambiguous(det, feats)).numpy()  # [N, A]
+        assert ambiguous.mean() < 0.15, f"{ambiguous.mean():.1%} of locations ambiguous: test too weak"
+        for k, w in enumerate(ref_w):
+            ref_k = _flat(w).numpy()
+            # the weights are not trivially 0.5 everywhere: LA really reweights these features
+            assert np.abs(ref_k - 0.5).max() > 0.01
+            err = np.abs(got[f"la_w{k + 1}"] - ref_k).max(axis=1)  # [N, A]
+            assert err[~ambiguous].max() < 1e-4, f"LA w{k + 1}: max |ORT - autograd| = {err.max():.2e}"
+            assert err.max() < 0.05  # even where a flip happened, the weight stays close
+        for name, r in zip(OUTPUT_NAMES, ref, strict=True):
+            err = np.abs(got[name] - r.numpy()).max()
+            assert err < 1e-4 * max(1.0, float(r.abs().max())), f"{name}: max |ORT - torch| = {err:.2e}"
+
+
+def test_lacls_la_weights_and_raw_outputs_match_autograd(lacls):
+    det, _, _, path = lacls
+    _check_raw_and_la(det, path, _scans()[:2])
+
+
+def test_lareg_la_weights_and_raw_outputs_match_autograd(tmp_path):
+    det = _detector("small_lareg", seed=1, min_size=224, max_size=288)
+    path = export_onnx(
+        det, tmp_path / "lareg.onnx", name="lareg", version="1", sha256="a" * 64, debug_la=True
+    )
+    _check_raw_and_la(det, path, _scans()[:1])
+
+
+def _match(ref: dict, got: dict) -> None:
+    """Same detections: one-to-one by label and IoU > 0.99, scores within 1e-3."""
+    from torchvision.ops import box_iou
+
+    assert len(got["scores"]) == len(ref["scores"])
+    iou = box_iou(torch.from_numpy(ref["boxes"]), torch.from_numpy(got["boxes"])).numpy()
+    iou[ref["labels"][:, None] != got["labels"][None, :]] = 0
+    used = set()
+    for i in range(len(ref["scores"])):
+        j = int(iou[i].argmax())
+        assert iou[i, j] > 0.99 and j not in used, f"torch detection {i} has no ONNX counterpart"
+        used.add(j)
+        assert abs(float(ref["scores"][i]) - float(got["scores"][j])) < 1e-3
+
+
+def test_onnx_backend_gives_the_torch_detections(lacls):
+    _, weights, sha, path = lacls
+    images = _scans()
+    torch_backend = TorchBackend(weights, "cpu")
+    onnx_backend = OnnxBackend(path, "cpu", expected_sha256=sha, expected_class_names=CLASS_NAMES)
+    assert onnx_backend.device == "cpu" and onnx_backend.info == torch_backend.info
+    ref, _ = torch_backend.predict(images)
+    got, stages = onnx_backend.predict(images)  # one call: three padded sizes -> three sub-batches
+    assert set(stages) == {"preprocess", "network", "postprocess"}
+    counts = [len(r["scores"]) for r in ref]
+    assert all(c >= 5 for c in counts), f"too few detections to compare: {counts}"
+    assert len({int(lab) for r in ref for lab in r["labels"]}) >= 3
+    for r, g, image in zip(ref, got, images, strict=True):
+        _match(r, g)
+        h, w = image.shape[:2]  # boxes are in the scan's own pixels
+        assert g["boxes"][:, 2].max() <= w + 1e-3 and g["boxes"][:, 3].max() <= h + 1e-3
+    # a scan's answer does not depend on its batch neighbours
+    alone, _ = onnx_backend.predict(images[1:2])
+    _match(got[1], alone[0])
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+def _rewrite_metadata(src, dst, **changes) -> None:
+    proto = onnx.load(str(src))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    for k, v in changes.items():
+        if v is None:
+            meta.pop(k, None)
+        else:
+            meta[k] = v
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        e = proto.metadata_props.add()
+        e.key, e.value = k, v
+    onnx.save(proto, str(dst))
+
+
+def test_corrupt_and_foreign_files_are_refused(lacls, tmp_path):
+    _, _, _, path = lacls
+    with pytest.raises(OnnxModelRefused, match="not found"):
+        OnnxBackend(tmp_path / "missing.onnx", "cpu")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"PK\x03\x04 this is a zip, not a protobuf" * 50)
+    with pytest.raises(OnnxModelRefused, match="not a loadable ONNX model"):
+        OnnxBackend(junk, "cpu")
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(path.read_bytes()[:100_000])
+    with pytest.raises(OnnxModelRefused, match="not a loadable ONNX model"):
+        OnnxBackend(truncated, "cpu")
+    # a valid ONNX model that is not an xscreen export (no metadata)
+    x = onnx.helper.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, ["n", 3, "h", "w"])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 3, "h", "w"])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", [INPUT_NAME], ["y"])], "g", [x], [y])
+    foreign = tmp_path / "foreign.onnx"
+    opset = [onnx.helper.make_opsetid("", 17)]
+    onnx.save(onnx.helper.make_model(graph, opset_imports=opset, ir_version=8), foreign)
+    with pytest.raises(OnnxModelRefused, match="not an xscreen detector export.*class_names"):
+        OnnxBackend(foreign, "cpu")
+
+
+def test_mismatched_metadata_is_refused(lacls, tmp_path):
+    det, _, sha, path = lacls
+    bad = tmp_path / "bad.onnx"
+    _rewrite_metadata(path, bad, weights_sha256=None)
+    with pytest.raises(OnnxModelRefused, match="weights_sha256 missing"):
+        OnnxBackend(bad, "cpu")
+    _rewrite_metadata(path, bad, class_names=json.dumps(list(CLASS_NAMES[:-1])))
+    with pytest.raises(OnnxModelRefused, match="class list mismatch"):
+        OnnxBackend(bad, "cpu")
+    # metadata consistent with itself but not with the graph: 11 classes vs a 12-channel classifier
+    cfg11 = det.cfg.with_overrides(class_names=CLASS_NAMES[:-1])
+    _rewrite_metadata(path, bad, class_names=json.dumps(list(CLASS_NAMES[:-1])), config=cfg11.to_json())
+    with pytest.raises(OnnxModelRefused, match="cls_logits has 12 channels"):
+        OnnxBackend(bad, "cpu")
+    _rewrite_metadata(path, bad, config='{"name": "x", "depth": 7}')
+    with pytest.raises(OnnxModelRefused, match="config metadata"):
+        OnnxBackend(bad, "cpu")
+    _rewrite_metadata(path, bad, xscreen_format_version="99")
+    with pytest.raises(OnnxModelRefused, match="unsupported export format"):
+        OnnxBackend(bad, "cpu")
+    with pytest.raises(OnnxModelRefused, match="sha256 mismatch"):
+        OnnxBackend(path, "cpu", expected_sha256="0" * 64)
+    with pytest.raises(OnnxModelRefused, match="class list mismatch"):
+        OnnxBackend(path, "cpu", expected_class_names=tuple(reversed(CLASS_NAMES)))
+
+
+def test_export_and_detect_cli_errors_are_one_line(lacls, tmp_path, capsys):
+    _, weights, _, path = lacls
+    assert xscreen_main(["export", "--weights", str(tmp_path / "nope.safetensors"), "--out", "m.onnx"]) == 2
+    assert xscreen_main(["export", "--weights", str(weights), "--out", str(tmp_path / "no" / "m.onnx")]) == 2
+    assert xscreen_main(["export", "--weights", str(weights), "--out", str(tmp_path), "--opset", "17"]) == 2
+    out = str(tmp_path / "m.onnx")
+    assert xscreen_main(["export", "--weights", str(weights), "--out", out, "--opset", "11"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"xscreen export: error: {tmp_path / 'nope.safetensors'}: weights file not found",
+        f"xscreen export: error: output directory {tmp_path / 'no'} does not exist",
+        f"xscreen export: error: output path {tmp_path} is a directory; give a file name such as model.onnx",
+        "xscreen export: error: opset 11 not supported: choose 17..20",
+    ]
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00" * 64)
+    scan = make_scan(np.random.default_rng(3), 64, 64)
+    for name, im in (("high", scan.high), ("low", scan.low)):
+        np.save(tmp_path / f"{name}.npy", im)
+    args = ["detect", "--high", str(tmp_path / "high.npy"), "--low", str(tmp_path / "low.npy")]
+    assert xscreen_main([*args, "--backend", "onnxruntime", "--onnx-path", str(junk), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"xscreen detect: error: {junk}: not a loadable ONNX model") and "\n" not in err
