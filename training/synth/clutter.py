@@ -129,22 +129,16 @@ def laptop(rng: Rng, px: float) -> np.ndarray:
     s.add("glass", 0.1 * body)  # display
     keys_ = (np.sin(s.x / 1.6 * 2 * np.pi) > 0.6) & (np.sin(s.y / 1.6 * 2 * np.pi) > 0.6) & (s.y < 0)
     s.add("plastic", 0.3 * body * keys_)  # keyboard
-    # Battery: a row of cells along one long side; main board with copper and chips.
-    bw = wd * 0.3
-    s.add(
-        "steel",
-        0.3
-        * s.poly(
-            [(ln * 0.1, wd / 2 - bw), (ln * 0.9, wd / 2 - bw), (ln * 0.9, wd / 2 - 1), (ln * 0.1, wd / 2 - 1)]
-        ),
-    )
-    s.add(
-        "organic",
-        0.6
-        * s.poly(
-            [(ln * 0.1, wd / 2 - bw), (ln * 0.9, wd / 2 - bw), (ln * 0.9, wd / 2 - 1), (ln * 0.1, wd / 2 - 1)]
-        ),
-    )
+    # Battery: pouch/cylindrical cells in a row along one long side (steel cans + electrolyte);
+    # main board with copper and chips.
+    n_cells = int(rng.integers(3, 7))
+    cell_w = ln * 0.8 / n_cells
+    for k in range(n_cells):
+        x0 = ln * 0.1 + k * cell_w
+        xa, xb, ya, yb = x0 + 0.2, x0 + cell_w - 0.2, wd / 2 - 6.5, wd / 2 - 1
+        cell = s.poly([(xa, ya), (xb, ya), (xb, yb), (xa, yb)])
+        s.add("steel", 0.04 * cell)
+        s.add("organic", 0.5 * cell)
     s.add(
         "copper",
         0.03 * s.poly([(ln * 0.15, -wd / 2 + 1.5), (ln * 0.7, -wd / 2 + 1.5), (ln * 0.7, 0), (ln * 0.15, 0)]),
@@ -222,5 +216,97 @@ def coins(rng: Rng, px: float) -> np.ndarray:
     return trim(s.depth)
 
 
+def phone(rng: Rng, px: float) -> np.ndarray:
+    ln, wd = U(rng, 13.5, 16.5), U(rng, 6.5, 7.8)
+    s = Sprite(ln, wd, px)
+    body = s.poly([(0, -wd / 2), (ln, -wd / 2), (ln, wd / 2), (0, wd / 2)])
+    s.add("glass", 0.12 * body)  # front and back glass
+    s.add(
+        "aluminium",
+        0.5
+        * (
+            body
+            - s.poly(
+                [
+                    (0.3, -wd / 2 + 0.3),
+                    (ln - 0.3, -wd / 2 + 0.3),
+                    (ln - 0.3, wd / 2 - 0.3),
+                    (0.3, wd / 2 - 0.3),
+                ]
+            )
+        ),
+    )  # frame
+    s.add(
+        "organic",
+        0.45
+        * s.poly(
+            [(ln * 0.3, -wd * 0.4), (ln * 0.95, -wd * 0.4), (ln * 0.95, wd * 0.4), (ln * 0.3, wd * 0.4)]
+        ),
+    )
+    s.add(
+        "copper",
+        0.05 * s.poly([(0.5, -wd * 0.4), (ln * 0.28, -wd * 0.4), (ln * 0.28, wd * 0.4), (0.5, wd * 0.4)]),
+    )
+    s.add("steel", 0.3 * s.ring((1.5, -wd * 0.25), (0.6, 0.6), 0.15))  # camera ring
+    return trim(s.depth)
+
+
+def belt(rng: Rng, px: float) -> np.ndarray:
+    box = U(rng, 18, 30)
+    s = Sprite(box, box, px)
+    pts = _wiggle(rng, U(rng, 50, 100), box)
+    s.add("organic", 0.45 * s.bar(pts, U(rng, 2.8, 3.8)))  # leather strap
+    x, y = pts[0]
+    bw, bh = U(rng, 4, 6), U(rng, 4, 5.5)
+    s.add("steel", U(rng, 0.3, 0.6) * s.ring((x, y), (bw / 2, bh / 2), 0.5))  # buckle frame
+    s.add("steel", 0.3 * s.bar([(x - bw / 2, y), (x + bw / 2, y)], 0.35))  # prong
+    return trim(s.depth)
+
+
+def shoe(rng: Rng, px: float) -> np.ndarray:
+    ln, wd = U(rng, 24, 31), U(rng, 8, 11)
+    s = Sprite(ln, wd, px)
+    t = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+    waist = 1 - 0.25 * np.exp(-(((np.cos(t) + 0.1) / 0.35) ** 2))  # narrow arch
+    sole = s.poly(
+        [(ln / 2 + ln / 2 * np.cos(a), wd / 2 * np.sin(a) * k) for a, k in zip(t, waist, strict=True)]
+    )
+    s.add("organic", U(rng, 2.0, 3.5) * sole)  # rubber sole
+    s.add(
+        "organic",
+        U(rng, 1.0, 3.0)
+        * s.poly(
+            [(ln * 0.15, -wd * 0.35), (ln * 0.75, -wd * 0.35), (ln * 0.75, wd * 0.35), (ln * 0.15, wd * 0.35)]
+        ),
+    )  # upper, folded
+    if rng.random() < 0.5:
+        s.add("steel", 0.2 * s.bar([(ln * 0.35, 0), (ln * 0.6, 0)], 1.0))  # steel shank
+    for k in range(int(rng.integers(0, 6))):
+        s.add("steel", (s.disc((ln * (0.5 + 0.05 * k), -wd * 0.2), 0.25) > 0) * 0.3)  # eyelets
+    return trim(s.depth)
+
+
+def book(rng: Rng, px: float) -> np.ndarray:
+    ln, wd = U(rng, 15, 25), U(rng, 11, 17)
+    s = Sprite(ln, wd, px)
+    s.add("paper", U(rng, 1.2, 4.0) * s.poly([(0, -wd / 2), (ln, -wd / 2), (ln, wd / 2), (0, wd / 2)]))
+    return trim(s.depth)
+
+
+def umbrella(rng: Rng, px: float) -> np.ndarray:
+    ln = U(rng, 22, 30)
+    s = Sprite(ln + 8, 6, px)
+    s.add("organic", 1.2 * s.poly([(6, -2.2), (6 + ln, -0.4), (6 + ln, 0.4), (6, 2.2)]))  # folded canopy
+    for k in range(8):
+        y = (k - 3.5) * 0.45
+        s.add("steel", 0.15 * s.bar([(6, y), (6 + ln, y * 0.15)], 0.2))  # ribs
+    s.add("aluminium", s.chord(0.6) * s.span(0, 6 + ln))  # shaft
+    s.add("plastic", 2.5 * s.poly([(0, -1.5), (6, -1.5), (6, 1.5), (0, 1.5)]))  # handle
+    return trim(s.depth)
+
+
 # (model, mean count per bag)
-CLUTTER_ITEMS = ((cable, 1.3), (laptop, 0.25), (charger, 0.4), (keys, 0.5), (zip_line, 1.0), (coins, 0.3))
+CLUTTER_ITEMS = (
+    (cable, 1.3), (laptop, 0.25), (charger, 0.4), (keys, 0.5), (zip_line, 1.0), (coins, 0.3),
+    (phone, 0.4), (belt, 0.25), (shoe, 0.35), (book, 0.35), (umbrella, 0.15),
+)  # fmt: skip
