@@ -1,0 +1,168 @@
+"""Inference latency of ATSS, ATSS+LAcls, ATSS+LAreg and torchvision FCOS R-50-FPN on one random input.
+
+Usage: python benchmarks/model_latency.py --variant r50 --size 800x1333 [--runs 3] [--device cpu]
+
+All four detectors run in this process on the same random 0..255 image, with random weights
+(nothing is downloaded). Each is warmed up once, then timed ``--runs`` times; the table shows
+medians. Input geometry is made identical: our detectors get min_size/max_size equal to the input,
+FCOS gets the same, so neither resizes. Peak memory: on CUDA torch.cuda.max_memory_allocated during
+one inference; on CPU the growth of the process's peak resident set (ru_maxrss) during one
+inference, measured in a fresh subprocess per model (so one model's peak does not hide another's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from model import build_detector, load_config
+from model.detector import TIMING_KEYS
+
+VARIANTS = {
+    "r50": ("atss_r50", "atss_lacls_r50", "atss_lareg_r50"),
+    "small": ("small_atss", "small_lacls", "small_lareg"),
+}
+LABELS = {"none": "ATSS", "cls": "ATSS+LAcls", "reg": "ATSS+LAreg"}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 800x1333, got {text!r}") from None
+    if h < 32 or w < 32:
+        raise argparse.ArgumentTypeError(f"size must be at least 32x32, got {text!r}")
+    return h, w
+
+
+def build(name: str, size: tuple[int, int], device: str, batched_grad: bool = False):
+    """A detector by config name, or 'fcos' for torchvision's FCOS R-50-FPN, in eval mode."""
+    h, w = size
+    if name == "fcos":
+        from torchvision.models.detection import fcos_resnet50_fpn
+
+        model = fcos_resnet50_fpn(weights=None, weights_backbone=None, min_size=min(h, w), max_size=max(h, w))
+    else:
+        cfg = load_config(name).with_overrides(min_size=min(h, w), max_size=max(h, w))
+        model = build_detector(cfg, la_batched_grad=batched_grad)
+    return model.to(device).eval()
+
+
+def run_once(model, image: torch.Tensor, stages: dict | None) -> float:
+    device = image.device
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        if hasattr(model, "predict"):
+            model.predict([image], stages)
+        else:
+            model([image / 255.0])  # torchvision detection models take 0..1 images
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def time_model(model, image, runs: int) -> tuple[float, dict[str, float]]:
+    run_once(model, image, None)  # warm-up
+    totals, per_stage = [], []
+    for _ in range(runs):
+        stages: dict[str, float] = {}
+        totals.append(run_once(model, image, stages))
+        per_stage.append(stages)
+    stage_median = {k: statistics.median(s.get(k, 0.0) for s in per_stage) for k in TIMING_KEYS}
+    return statistics.median(totals), stage_median
+
+
+def peak_memory_mib(name: str, size: tuple[int, int], device: str, batched_grad: bool) -> float:
+    """Peak memory of one inference (see module docstring), measured in a child process."""
+    cmd = [sys.executable, __file__, "--_memory-child", name, "--size", f"{size[0]}x{size[1]}"]
+    cmd += ["--device", device]
+    if batched_grad:
+        cmd.append("--batched-grad")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"])
+
+
+def _memory_child(name: str, size: tuple[int, int], device: str, batched_grad: bool) -> None:
+    import resource
+
+    torch.manual_seed(0)
+    model = build(name, size, device, batched_grad)
+    image = (torch.rand(3, *size) * 255).to(device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        run_once(model, image, None)
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        run_once(model, image, None)
+        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    print(json.dumps({"peak_mib": peak}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--variant", choices=sorted(VARIANTS), default="r50")
+    p.add_argument("--size", type=parse_size, default=(800, 1333), help="input HxW, e.g. 800x1333")
+    p.add_argument("--runs", type=int, default=3, help="timed runs per model (median reported, >= 3)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batched-grad", action="store_true", help="LA: one batched VJP for g1 and g2")
+    p.add_argument("--no-memory", action="store_true", help="skip the per-model memory subprocesses")
+    p.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.memory_child:
+        _memory_child(args.memory_child, args.size, args.device, args.batched_grad)
+        return 0
+    if args.runs < 3:
+        p.error("--runs must be at least 3 (the table reports medians)")
+    torch.manual_seed(0)
+    image = (torch.rand(3, *args.size) * 255).to(args.device)
+    names = [*VARIANTS[args.variant], "fcos"]
+    results = {}
+    for name in names:
+        model = build(name, args.size, args.device, args.batched_grad)
+        results[name] = time_model(model, image, args.runs)
+        del model
+        print(f"# {name}: {results[name][0]:.3f} s", file=sys.stderr, flush=True)
+    memory = {}
+    if not args.no_memory:
+        for name in names:
+            memory[name] = peak_memory_mib(name, args.size, args.device, args.batched_grad)
+    fcos_s = results["fcos"][0]
+    atss_s = results[names[0]][0]
+    threads = torch.get_num_threads()
+    h, w = args.size
+    mem_what = "CUDA max_memory_allocated" if args.device.startswith("cuda") else "peak RSS growth"
+    print(
+        f"Input {h}x{w}, device {args.device} ({threads} threads), "
+        f"median of {args.runs} runs, random weights.\n"
+    )
+    print(
+        f"| model | seconds | / FCOS | / ATSS | backbone+FPN | head 1st | LA grads | head 2nd | post | "
+        f"peak MiB ({mem_what}) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in names:
+        total, st = results[name]
+        label = "FCOS R-50 (torchvision)" if name == "fcos" else LABELS[load_config(name).la_mode]
+        if name == "fcos":
+            split = "| - | - | - | - | - "
+        else:
+            split = (
+                f"| {st['backbone_fpn']:.3f} | {st['head_first']:.3f} | {st['la_grad']:.3f} "
+                f"| {st['head_second']:.3f} | {st['postprocess']:.3f} "
+            )
+        mem = f"{memory[name]:.0f}" if name in memory else "-"
+        print(f"| {label} | {total:.3f} | {total / fcos_s:.2f} | {total / atss_s:.2f} {split}| {mem} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
