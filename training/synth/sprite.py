@@ -102,13 +102,14 @@ class Sprite:
 
 def depth_of(paths: dict[str, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     """Per-material path maps (cm, clipped at 0) -> optical depth [h, w, 2] (low, high)."""
-    out = np.zeros(shape + (2,), _F)
+    lo = np.zeros(shape, _F)
+    hi = np.zeros(shape, _F)
     for material, path in paths.items():
-        t = np.maximum(path, 0.0)
+        t = np.maximum(np.broadcast_to(path, shape), 0.0, dtype=_F)
         c_lo, c_hi = COEF[material]
-        out[..., 0] += t * c_lo
-        out[..., 1] += t * c_hi
-    return out
+        cv2.scaleAdd(t, float(c_lo), lo, dst=lo)  # lo += c_lo * t (SIMD)
+        cv2.scaleAdd(t, float(c_hi), hi, dst=hi)
+    return cv2.merge([lo, hi])
 
 
 def trim(depth: np.ndarray, eps: float = 1e-4) -> np.ndarray:
