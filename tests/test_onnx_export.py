@@ -31,8 +31,9 @@ SIZES = ((256, 320), (320, 224), (288, 288))  # raw scan sizes (h, w): three dif
 
 
 def _detector(name: str, seed: int = 0, **overrides):
-    """A small detector with a 'sharpened' random head (std 0.05 convs, class bias -2)."""
-    cfg = load_config(name).with_overrides(**{"min_size": 320, "max_size": 416, **overrides})
+    """A small detector (ResNet-18, 64-channel FPN) with a 'sharpened' random head (std 0.05, bias -2)."""
+    base = {"min_size": 256, "max_size": 320, "fpn_channels": 64}
+    cfg = load_config(name).with_overrides(**{**base, **overrides})
     torch.manual_seed(seed)
     det = build_detector(cfg).eval()
     with torch.no_grad():
@@ -66,7 +67,7 @@ def _batch(det, image: np.ndarray) -> torch.Tensor:
 def lacls(tmp_path_factory):
     """(detector, weights path, sha256, onnx path): exported through the `xscreen export` command."""
     tmp = tmp_path_factory.mktemp("onnx")
-    det = _detector("small_lacls", score_thresh=0.8)
+    det = _detector("small_lacls", score_thresh=0.7)
     weights = tmp / "lacls.safetensors"
     sha = save_weights(det, weights, metadata={"name": "onnx-test-lacls", "version": "7.1"})
     out = tmp / "lacls.onnx"
@@ -165,7 +166,7 @@ def _check_raw_and_la(det, path: str, images: list[np.ndarray]) -> None:
 
 def test_lacls_la_weights_and_raw_outputs_match_autograd(lacls):
     det, _, _, path = lacls
-    _check_raw_and_la(det, path, _scans()[:2])
+    _check_raw_and_la(det, path, _scans()[:1])
 
 
 def test_lareg_la_weights_and_raw_outputs_match_autograd(tmp_path):
