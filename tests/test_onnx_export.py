@@ -303,3 +303,55 @@ def test_export_and_detect_cli_errors_are_one_line(lacls, tmp_path, capsys):
     assert xscreen_main([*args, "--backend", "onnxruntime", "--onnx-path", str(junk), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"xscreen detect: error: {junk}: not a loadable ONNX model") and "\n" not in err
+
+
+# ----------------------------------------------------------------------------- the service
+
+
+def test_service_answers_the_same_through_both_backends(lacls, tmp_path):
+    """Two real `xscreen serve` processes (uvicorn on loopback): backend torch and backend onnxruntime."""
+    import cv2
+    from service_fixtures import ServiceProcess, box_iou, post_scan
+
+    _, weights, sha, path = lacls
+    common = {"weights": weights, "device": "cpu", "score_threshold": 0.05, "max_batch_size": 2}
+    servers = [
+        ServiceProcess(tmp_path / "torch.log", backend="torch", **common),
+        ServiceProcess(tmp_path / "ort.log", backend="onnxruntime", onnx_path=path, **common),
+    ]
+    try:
+        for srv in servers:
+            srv.start()
+        for srv in servers:
+            srv.wait_ready(timeout=180)
+        rng = np.random.default_rng(11)
+        for h, w in SIZES[:2]:
+            s = make_scan(rng, h, w)
+            high, low = (cv2.imencode(".png", im)[1].tobytes() for im in (s.high, s.low))
+            answers = []
+            for srv in servers:
+                r = post_scan(srv.url, high, low, key=None, scan_id="same-scan")
+                assert r.status_code == 200, r.text
+                answers.append(r.json())
+            a, b = answers
+            assert (a["model"]["backend"], b["model"]["backend"]) == ("torch", "onnxruntime")
+            for key in ("name", "version", "sha256"):
+                assert a["model"][key] == b["model"][key]
+            assert b["model"]["sha256"] == sha
+            assert a["image"] == b["image"] == {"width": w, "height": h}
+            assert a["scan_id"] == b["scan_id"] == "same-scan"
+            assert len(a["detections"]) == len(b["detections"]) >= 3
+            for da, db in zip(a["detections"], b["detections"], strict=True):
+                assert (da["class_id"], da["class_name"], da["group"]) == (
+                    db["class_id"],
+                    db["class_name"],
+                    db["group"],
+                )
+                assert abs(da["score"] - db["score"]) < 1e-3
+                ba = np.array([[da["box"][k] for k in ("x1", "y1", "x2", "y2")]])
+                bb = np.array([[db["box"][k] for k in ("x1", "y1", "x2", "y2")]])
+                assert box_iou(ba, bb)[0, 0] > 0.99
+            assert {"network", "postprocess"} <= set(b["timings"])
+    finally:
+        for srv in servers:
+            srv.stop()
