@@ -141,7 +141,7 @@ def test_compressed_tiff_reads():
         (_png_bytes(SCAN)[:-20], "truncated PNG"),
         (_png_bytes(SCAN)[:30], "truncated or corrupt PNG"),
         (_tiff_bytes(SCAN.astype(np.uint8)), "TIFF pixels are uint8"),
-        (_tiff_bytes(np.zeros((5, 5, 3), np.uint16), photometric="rgb"), "colour or multi-sample TIFF"),
+        (_tiff_bytes(np.zeros((5, 5, 3), np.uint16), photometric="rgb"), "multi-sample or stacked TIFF"),
         (_tiff_bytes(SCAN)[:40], "truncated or corrupt TIFF"),
         (_npy_bytes(SCAN.astype(np.float32)), "dtype float32; a raw scan must be uint16"),
         (_npy_bytes(SCAN.astype(np.int16)), "dtype int16"),

@@ -90,7 +90,7 @@ def _read_tiff(buf: bytes, max_pixels: int | None, name: str | None) -> np.ndarr
             if len(shape) != 2:
                 raise ScanError(
                     f"{_label(name)}TIFF image has shape {shape}; a raw scan must be "
-                    "a single-channel 16-bit greyscale image (colour or multi-sample TIFF given)"
+                    "a single 2-D 16-bit greyscale image (colour, multi-sample or stacked TIFF given)"
                 )
             if dtype != np.uint16:
                 raise ScanError(
