@@ -140,3 +140,38 @@ def test_render_cli_with_weights(dataset, tmp_path, capsys):
     )
     assert "(192x160, 5 boxes)" in capsys.readouterr().out
     assert cv2.imread(str(out)).shape == (160, 192, 3)
+
+
+def test_render_cli_from_a_converted_image(dataset, tmp_path, capsys):
+    coco = json.loads((dataset / "annotations" / "test.json").read_text())
+    im = coco["images"][0]
+    conv = str(dataset / "images" / "test" / im["file_name"])
+    ann = str(dataset / "annotations" / "test.json")
+    out = tmp_path / "c.png"
+    assert (
+        main(
+            [
+                "render",
+                "--converted",
+                conv,
+                "--out",
+                str(out),
+                "--annotations",
+                ann,
+                "--image-id",
+                str(im["id"]),
+            ]
+        )
+        == 0
+    )
+    from_raw = tmp_path / "r.png"
+    raw = ["--high", str(dataset / im["raw_high"]), "--low", str(dataset / im["raw_low"])]
+    assert (
+        main(["render", *raw, "--out", str(from_raw), "--annotations", ann, "--image-id", str(im["id"])]) == 0
+    )
+    a, b = cv2.imread(str(out)).astype(int), cv2.imread(str(from_raw)).astype(int)
+    assert a.shape == b.shape and np.abs(a - b).mean() < 3.0  # same picture up to 8-bit quantisation
+    assert main(["render", "--converted", conv, *raw, "--out", str(out)]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["render", "--out", str(out)]) == 2
+    assert "--high and --low (raw scans) or --converted" in capsys.readouterr().err

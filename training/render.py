@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from model.classes import CLASS_NAMES, CLCXRAY_CLASSES
-from training.scans import check_pair, read_scan
+from training.scans import check_pair, read_converted, read_scan
 from xscreen.errors import XscreenError
 
 
@@ -67,6 +67,18 @@ def pseudo_colour(high: np.ndarray, low: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
 
+def raw_from_converted(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate raw pair of a converted [H, W, 3] image (channels 1, 2 = high/256, low/256).
+
+    For datasets that ship only converted images (CLCXray); exact up to the 8-bit quantisation.
+    """
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise RenderError(f"converted image must be [H, W, 3], got shape {image.shape}")
+    high = np.clip(np.rint(image[..., 0].astype(np.float64) * 256.0), 0, 65535).astype(np.uint16)
+    low = np.clip(np.rint(image[..., 1].astype(np.float64) * 256.0), 0, 65535).astype(np.uint16)
+    return high, low
+
+
 def draw_detections(rgb, boxes, labels, scores, class_names) -> np.ndarray:
     """Boxes with 'name score' labels on a copy of an RGB uint8 image.
 
@@ -110,8 +122,13 @@ def draw_detections(rgb, boxes, labels, scores, class_names) -> np.ndarray:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--high", required=True, help="high-energy raw scan (16-bit PNG/TIFF or .npy)")
-    parser.add_argument("--low", required=True, help="low-energy raw scan (16-bit PNG/TIFF or .npy)")
+    parser.add_argument("--high", help="high-energy raw scan (16-bit PNG/TIFF or .npy)")
+    parser.add_argument("--low", help="low-energy raw scan (16-bit PNG/TIFF or .npy)")
+    parser.add_argument(
+        "--converted",
+        help="instead of --high/--low: a converted 3-channel image (e.g. a CLCXray image); the raw pair "
+        "is approximated as channel 1 x 256 and channel 2 x 256",
+    )
     parser.add_argument("--out", required=True, help="output picture (.png or .jpg)")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--annotations", help="COCO json: draw the ground-truth boxes of --image-id")
@@ -138,8 +155,15 @@ def _xyxy(bbox) -> list[float]:
 
 
 def run(args) -> int:
-    high = read_scan(args.high, name=args.high)
-    low = read_scan(args.low, name=args.low)
+    if args.converted and (args.high or args.low):
+        raise RenderError("give either --high and --low, or --converted, not both")
+    if args.converted:
+        high, low = raw_from_converted(read_converted(args.converted))
+    elif args.high and args.low:
+        high = read_scan(args.high, name=args.high)
+        low = read_scan(args.low, name=args.low)
+    else:
+        raise RenderError("--high and --low (raw scans) or --converted (a converted image) are required")
     check_pair(high, low)
     boxes, labels, scores, names = [], [], None, list(CLASS_NAMES)
     if args.annotations:
@@ -186,7 +210,8 @@ def run(args) -> int:
 
         model, _ = load_weights(args.weights, device=args.device)
         names = list(model.cfg.class_names)
-        image = torch.from_numpy(convert_scan(high, low)).permute(2, 0, 1).contiguous().to(args.device)
+        conv = read_converted(args.converted) if args.converted else convert_scan(high, low)
+        image = torch.from_numpy(conv).permute(2, 0, 1).contiguous().to(args.device)
         with torch.inference_mode():
             det = model.predict([image])[0]
         keep = det["scores"] >= args.score_thresh
