@@ -1,0 +1,145 @@
+"""ONNX Runtime (CPU) vs torch eager for the ATSS+LA network, with ORT graph-optimisation and thread settings.
+
+Usage: python benchmarks/onnx_vs_torch.py [--variants small_lacls,atss_lacls_r50] [--runs 3]
+       [--threads 1,2] [--levels basic,extended,all] [--out-dir DIR]
+
+For each variant (random weights, nothing downloaded) the detector is exported with
+model.onnx_export (the LA loop as explicit operators) and both run the network part on the same
+normalised, padded batch of one image: torch ``forward_raw`` (autograd LA loop) under
+``torch.inference_mode`` vs ``InferenceSession.run``; pre/post-processing is the same Python code
+for both and is not timed. Sizes: small_* at its own 512x512, *_r50 at 800x1333. Every setting is
+warmed up once, then timed ``--runs`` times; the table shows the fastest run (robust to other load on
+the machine) and the median. "speed-up" = torch seconds / ORT seconds at the same thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SIZES = {"small": (512, 512), "r50": (800, 1333)}
+
+
+def _timed(fn, runs: int) -> list[float]:
+    fn()  # warm-up (first-run allocations, ORT's lazy kernel selection)
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def bench_variant(name: str, threads: list[int], levels: list[str], runs: int, out_dir: Path) -> list[dict]:
+    import onnxruntime as ort
+
+    from model import build_detector
+    from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
+    from service.onnx_backend import session_options
+
+    h, w = SIZES["r50" if name.endswith("r50") else "small"]
+    torch.manual_seed(0)
+    det = build_detector(name).eval()
+    path = out_dir / f"{name}.onnx"
+    t0 = time.perf_counter()
+    export_onnx(det, path, name=name, version="bench", sha256="0" * 64)
+    export_s = time.perf_counter() - t0
+    batch = torch.randn(1, 3, h, w)
+    feed = {INPUT_NAME: batch.numpy()}
+    rows = []
+    for n in threads:
+        torch.set_num_threads(n)
+
+        def run_torch():
+            with torch.inference_mode():
+                det.forward_raw(batch)
+
+        t_torch = _timed(run_torch, runs)
+        with torch.inference_mode():
+            ref = [t.numpy() for t in det.forward_raw(batch)]
+        rows.append(
+            dict(
+                variant=name,
+                size=f"{h}x{w}",
+                engine="torch eager",
+                level="-",
+                threads=n,
+                best=min(t_torch),
+                median=statistics.median(t_torch),
+                diff=0.0,
+                export_s=export_s,
+            )
+        )
+        for level in levels:
+            sess = ort.InferenceSession(
+                str(path), sess_options=session_options(level, n, 1), providers=["CPUExecutionProvider"]
+            )
+            t_ort = _timed(lambda s=sess: s.run(list(OUTPUT_NAMES), feed), runs)
+            got = sess.run(list(OUTPUT_NAMES), feed)
+            diff = max(float(np.abs(a - b).max()) for a, b in zip(ref, got, strict=True))
+            rows.append(
+                dict(
+                    variant=name,
+                    size=f"{h}x{w}",
+                    engine="onnxruntime",
+                    level=level,
+                    threads=n,
+                    best=min(t_ort),
+                    median=statistics.median(t_ort),
+                    diff=diff,
+                    export_s=export_s,
+                )
+            )
+            del sess
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| variant | input | engine | graph opt | threads | best s | median s | speed-up | max abs diff |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    torch_best = {(r["variant"], r["threads"]): r["best"] for r in rows if r["engine"] == "torch eager"}
+    for r in rows:
+        ratio = torch_best[(r["variant"], r["threads"])] / r["best"]
+        lines.append(
+            f"| {r['variant']} | {r['size']} | {r['engine']} | {r['level']} | {r['threads']} | "
+            f"{r['best']:.3f} | {r['median']:.3f} | {ratio:.2f}x | {r['diff']:.1e} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--variants", default="small_lacls,atss_lacls_r50")
+    p.add_argument("--threads", default=None, help="comma-separated intra-op thread counts (default: 1,ncpu)")
+    p.add_argument("--levels", default="basic,extended,all", help="ORT graph optimisation levels")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--out-dir", type=Path, default=None, help="keep the exported .onnx files here")
+    args = p.parse_args(argv)
+    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, ncpu})
+    levels = [v.strip() for v in args.levels.split(",") if v.strip()]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        out_dir = args.out_dir or Path(tmp)
+        for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
+            rows += bench_variant(name, threads, levels, args.runs, out_dir)
+            print(f"# {name}: exported in {rows[-1]['export_s']:.1f} s", flush=True)
+    print(
+        f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}, {ncpu} CPU(s), "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
