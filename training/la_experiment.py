@@ -37,10 +37,12 @@ def make_dataset(out: Path, args: argparse.Namespace) -> Path:
     if (data / "annotations" / "test.json").is_file():
         log.info("reusing synthetic set %s", data)
         return data
+    total = args.train_images + args.val_images + args.test_images
+    splits = ",".join(f"{n / total:.6f}" for n in (args.train_images, args.val_images, args.test_images))
     cmd = [
-        sys.executable, "-m", "xscreen.cli", "synth", "--out", str(data),
-        "--images", str(args.train_images), "--val-images", str(args.val_images),
-        "--test-images", str(args.test_images), "--seed", str(args.data_seed),
+        sys.executable, "-m", "xscreen.cli", "synth", "--out", str(data), "--images", str(total),
+        "--splits", splits, "--seed", str(args.data_seed), "--size", args.scan_size,
+        "--overlap", args.overlap, "--workers", str(args.synth_workers), "--no-progress",
         *args.synth_args.split(),
     ]  # fmt: skip
     log.info("making the synthetic set: %s", " ".join(cmd))
@@ -104,13 +106,14 @@ def evaluate_one(weights: Path, data: Path, run: Path, args: argparse.Namespace)
         m = evaluate_model(
             model, str(data), "test", subset=subset, batch_size=2, device=str(args.device_resolved)
         )
-        res[name] = {k: float(m[k]) for k in COLUMNS}
+        res[name] = {k: (None if m.get(k) is None else float(m[k])) for k in COLUMNS}
     cached.write_text(json.dumps(res, indent=2) + "\n")
     return res
 
 
 def _cell(values: list[float]) -> str:
-    pct = [100 * v if v >= 0 else float("nan") for v in values]  # pycocotools uses -1 for "no objects"
+    # undefined metric (None: no objects of that size in the split) -> n/a
+    pct = [float("nan") if v is None or v < 0 else 100 * v for v in values]
     if any(v != v for v in pct):
         return "n/a"
     mean = statistics.fmean(pct)
@@ -145,7 +148,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-images", type=int, default=300)
     parser.add_argument("--test-images", type=int, default=600)
     parser.add_argument("--data-seed", type=int, default=2022)
-    parser.add_argument("--synth-args", default="", help="extra flags for xscreen synth (e.g. overlap rate)")
+    parser.add_argument("--scan-size", default="640x640", help="synthetic scan WIDTHxHEIGHT")
+    parser.add_argument("--overlap", default="high", help="xscreen synth --overlap (default high: 0.6)")
+    parser.add_argument("--synth-workers", type=int, default=2)
+    parser.add_argument("--synth-args", default="", help="extra flags for xscreen synth")
     parser.add_argument(
         "--input-size", type=int, default=None, help="set min_size = max_size of every variant (reduced runs)"
     )

@@ -473,12 +473,12 @@ def _train(
 ) -> dict[str, Any]:
     import torch
     import torch.distributed as torch_dist
-    from model.weights import save_weights
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data import DataLoader, DistributedSampler
     from tqdm import tqdm
 
     from model import build_detector
+    from model.weights import save_weights
     from training.checkpoint import read_training_state, restore_training_state, save_training_state
     from training.dataset import CocoDetection, collate
     from training.schedule import WarmupStepSchedule, scaled_lr
@@ -594,6 +594,25 @@ def _train(
             out / STATE_FILE, model=model, optimizer=optimizer, scaler=scaler, progress=progress
         )
 
+    def _record_val(metrics: dict, epochs_done: int) -> None:
+        # pycocotools leaves a metric undefined (None here) when the split has no such objects (e.g. APs)
+        nonlocal best, best_epoch
+        vals = {k: (float("nan") if metrics.get(k) is None else float(metrics[k])) for k in VAL_METRICS}
+        if not math.isnan(vals["mAP"]) and (best is None or vals["mAP"] > best):
+            best, best_epoch = vals["mAP"], epochs_done
+            meta = {"epoch": epochs_done, "iteration": iteration, "run": run_info}
+            meta["val"] = {k: metrics.get(k) for k in VAL_METRICS}
+            save_weights(model, out / BEST_FILE, metadata=meta)
+        row = {"epoch": epochs_done, "iteration": iteration}
+        val_csv.write({**row, **{k: round(v, 6) for k, v in vals.items()}})
+        for k, v in vals.items():
+            if not math.isnan(v):
+                writer.add_scalar(f"val/{k}", v, epochs_done)
+        log.info(
+            "epoch %d: val mAP %.4f AP50 %.4f (best %s at epoch %s)",
+            epochs_done, vals["mAP"], vals["AP50"], f"{best:.4f}" if best is not None else "n/a", best_epoch,
+        )  # fmt: skip
+
     start_epoch = iteration // iters_per_epoch
     last_epoch = s.epochs - 1
     epochs_done = start_epoch
@@ -699,35 +718,7 @@ def _train(
             if s.eval_every and (epochs_done % s.eval_every == 0 or epoch == last_epoch):
                 metrics = _evaluate(model, s, device, dist)
                 if dist.is_main:
-                    if best is None or metrics["mAP"] > best:
-                        best, best_epoch = metrics["mAP"], epochs_done
-                        save_weights(
-                            model,
-                            out / BEST_FILE,
-                            metadata={
-                                "epoch": epochs_done,
-                                "iteration": iteration,
-                                "run": run_info,
-                                "val": {k: metrics.get(k) for k in VAL_METRICS},
-                            },
-                        )
-                    val_csv.write(
-                        {
-                            "epoch": epochs_done,
-                            "iteration": iteration,
-                            **{k: round(float(metrics.get(k, float("nan"))), 6) for k in VAL_METRICS},
-                        }
-                    )
-                    for k in VAL_METRICS:
-                        writer.add_scalar(f"val/{k}", float(metrics.get(k, float("nan"))), epochs_done)
-                    log.info(
-                        "epoch %d: val mAP %.4f AP50 %.4f (best %.4f at epoch %d)",
-                        epochs_done,
-                        metrics["mAP"],
-                        metrics["AP50"],
-                        best,
-                        best_epoch,
-                    )
+                    _record_val(metrics, epochs_done)
             save_all(epochs_done, metrics, "epoch")
             if stop.requested or (s.max_iters is not None and iteration >= s.max_iters):
                 break

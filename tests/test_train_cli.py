@@ -1,0 +1,211 @@
+"""`xscreen train` end to end on a tiny scan set: outputs, exact resume, and every failure's message."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _train_data import tiny_config, write_tiny_set
+
+from model.weights import load_weights
+from training.train import TrainSettings, train
+from xscreen.cli import main
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # One intra-op thread: on a shared 2-core machine OpenMP spin-waiting under oversubscription
+    # made the same steps ~10x slower with 2 threads.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    data = write_tiny_set(root / "data", n_train=4, n_val=2)
+    return data, tiny_config(root / "tiny.json")
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_cli_run_writes_checkpoints_logs_and_plot(tiny, tmp_path):
+    data, cfg = tiny
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "xscreen.cli", "train", "--config", str(cfg), "--data", str(data)]
+    cmd += ["--out", str(out), "--epochs", "2", "--batch-size", "2", "--workers", "0", "--device", "cpu"]
+    cmd += ["--log-every", "1", "--seed", "3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "trained 4 iterations (2 epochs)" in proc.stdout
+    assert "epoch 2/2" in proc.stderr  # tqdm progress bar
+    for name in (
+        "last.safetensors",
+        "best.safetensors",
+        "train_state.safetensors",
+        "config.json",
+        "curves.png",
+    ):
+        assert (out / name).stat().st_size > 0, name
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+    rows = _rows(out / "train_log.csv")
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
+    assert [int(r["epoch"]) for r in rows] == [1, 1, 2, 2]
+    assert all(math.isfinite(float(r["loss"])) and float(r["loss"]) > 0 for r in rows)
+    lrs = [float(r["lr"]) for r in rows]
+    # warm-up of 2 iterations from 0.001 x lr (tiny config), lr 0.01 x 2/8; of 4 iterations the decays
+    # at 8/12 and 11/12 fall on 0-based iterations round(2.67) = 3 and round(3.67) = 4 (after the run)
+    base = 0.01 * 2 / 8
+    assert lrs[0] == pytest.approx(base * 0.001) and lrs[1] == pytest.approx(base * (1 - 0.5 * 0.999))
+    assert lrs[2] == pytest.approx(base) and lrs[3] == pytest.approx(base * 0.1)
+    val = _rows(out / "val_log.csv")
+    assert [int(r["epoch"]) for r in val] == [1, 2]
+    assert all(0.0 <= float(r["mAP"]) <= 1.0 for r in val)
+
+    model, info = load_weights(out / "last.safetensors")
+    assert info.config.name == "tiny_small_lacls"
+    assert info.metadata["epoch"] == 2 and info.metadata["iteration"] == 4
+    best = max(float(r["mAP"]) for r in val)
+    _, best_info = load_weights(out / "best.safetensors")
+    assert best_info.metadata["val"]["mAP"] == pytest.approx(best)
+    assert all(torch.isfinite(p).all() for p in model.state_dict().values())
+
+
+def _settings(data, cfg, out, **kw) -> TrainSettings:
+    base = dict(config=str(cfg), data=str(data), out=str(out), epochs=2, batch_size=2, workers=0)
+    base.update(device="cpu", eval_every=0, seed=7, progress=False, log_every=1)
+    base.update(kw)
+    return TrainSettings(**base)
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tiny, tmp_path):
+    data, cfg = tiny
+    full = train(_settings(data, cfg, tmp_path / "full"))
+    assert full["iteration"] == 4
+    part = train(_settings(data, cfg, tmp_path / "part", max_iters=3))  # stops mid-epoch 2
+    assert part["iteration"] == 3 and part["digest"] != full["digest"]
+    torch.manual_seed(999)  # disturb the global RNG: resume must restore it
+    resumed = train(_settings(data, cfg, tmp_path / "part", resume=True))
+    assert resumed["iteration"] == 4
+    a, _ = load_weights(tmp_path / "full" / "last.safetensors")
+    b, _ = load_weights(tmp_path / "part" / "last.safetensors")
+    sa, sb = a.state_dict(), b.state_dict()
+    for k in sa:
+        assert torch.allclose(sa[k], sb[k], atol=1e-6, rtol=0), k
+    assert resumed["digest"] == full["digest"]  # bitwise on CPU with workers=0
+    rows = _rows(tmp_path / "part" / "train_log.csv")
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in _rows(tmp_path / "full" / "train_log.csv")]
+
+
+def _fail(argv, capsys) -> str:
+    assert main(["train", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_missing_and_malformed_data(tiny, tmp_path, capsys):
+    data, cfg = tiny
+    common = ["--config", str(cfg), "--out", str(tmp_path / "r"), "--device", "cpu", "--workers", "0"]
+    err = _fail(["--data", str(tmp_path / "nope"), *common], capsys)
+    assert "xscreen train: error: data folder" in err and "does not exist" in err
+
+    bad = tmp_path / "bad"
+    (bad / "annotations").mkdir(parents=True)
+    err = _fail(["--data", str(bad), *common], capsys)
+    assert "missing annotation file" in err and "train.json" in err
+
+    (bad / "annotations" / "train.json").write_text("{not json")
+    assert "is not readable COCO JSON" in _fail(["--data", str(bad), *common], capsys)
+
+    (bad / "annotations" / "train.json").write_text(json.dumps({"images": [], "categories": []}))
+    assert "missing or malformed 'annotations' list" in _fail(["--data", str(bad), *common], capsys)
+
+    (bad / "annotations" / "train.json").write_text(
+        json.dumps({"images": [], "annotations": [], "categories": []})
+    )
+    assert "the train split has no images" in _fail(["--data", str(bad), *common], capsys)
+
+
+def test_class_list_must_match_the_config(tiny, tmp_path, capsys):
+    data, cfg = tiny
+    coco = json.loads((data / "annotations" / "train.json").read_text())
+    coco["categories"][0]["name"] = "hammer"
+    other = tmp_path / "other"
+    (other / "annotations").mkdir(parents=True)
+    (other / "annotations" / "train.json").write_text(json.dumps(coco))
+    err = _fail(
+        ["--config", str(cfg), "--data", str(other), "--out", str(tmp_path / "r"), "--eval-every", "0"],
+        capsys,
+    )
+    assert "does not match the config" in err
+    assert (
+        "in the data but not the config: ['hammer']" in err
+        and "in the config but not the data: ['blade']" in err
+    )
+
+
+def test_output_folder_not_writable_and_bad_flags(tiny, tmp_path, capsys):
+    data, cfg = tiny
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    err = _fail(["--config", str(cfg), "--data", str(data), "--out", str(blocker / "run")], capsys)
+    assert f"output folder {blocker / 'run'} is not writable" in err
+    err = _fail(["--config", str(cfg), "--data", str(data), "--out", str(tmp_path / "r"), "--resume"], capsys)
+    assert "--resume" in err and "nothing to continue" in err
+    err = _fail(["--config", "no_such_variant", "--data", str(data), "--out", str(tmp_path / "r")], capsys)
+    assert "no detector config 'no_such_variant'" in err
+    for flag, value, msg in (
+        ("--epochs", "0", "must be >= 1"),
+        ("--lr", "-1", "must be a finite number > 0"),
+        ("--lr", "nan", "must be a finite number > 0"),
+        ("--batch-size", "two", "expected a whole number"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(
+                [
+                    "train",
+                    "--config",
+                    str(cfg),
+                    "--data",
+                    str(data),
+                    "--out",
+                    str(tmp_path / "r"),
+                    flag,
+                    value,
+                ]
+            )
+        assert exc.value.code == 2
+        assert msg in capsys.readouterr().err
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path, capsys):
+    data, cfg = tiny
+    out = tmp_path / "run"
+    args = ["--config", str(cfg), "--data", str(data), "--out", str(out), "--epochs", "2", "--workers", "0"]
+    args += ["--device", "cpu", "--eval-every", "0", "--no-progress", "--clip-grad", "0"]
+    assert main(["train", *args, "--max-iters", "2"]) == 0  # one good epoch
+    capsys.readouterr()
+    good = (out / "last.safetensors").read_bytes()
+    err = _fail([*args, "--resume", "--lr", "1e30"], capsys)  # diverges in epoch 2
+    assert "non-finite loss at epoch 2, iteration " in err
+    assert f"kept the last good checkpoint {out / 'last.safetensors'}" in err
+    assert (out / "last.safetensors").read_bytes() == good
+    _, info = load_weights(out / "last.safetensors")
+    assert info.metadata["epoch"] == 1
