@@ -140,5 +140,11 @@ def make_backend(settings: Settings) -> InferenceBackend:
             from service.onnx_backend import OnnxBackend  # written by the ONNX export work (issue 6)
         except ImportError as exc:
             raise BackendError(f"the onnxruntime backend is not available: {exc}") from None
-        return OnnxBackend(settings.onnx_path, settings.device)
+        return OnnxBackend(
+            settings.onnx_path,
+            settings.device,
+            graph_optimization=settings.ort_graph_optimization,
+            intra_op_threads=settings.ort_intra_op_threads,
+            expected_sha256=settings.weights_sha256,
+        )
     raise BackendError(f"unknown backend {settings.backend!r} (expected torch or onnxruntime)")

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     device: Literal["auto", "cuda", "cpu"] = "auto"
     backend: Literal["torch", "onnxruntime"] = "torch"
     onnx_path: Path | None = Field(None, description="ONNX model file for backend=onnxruntime")
+    ort_graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        "all", description="ONNX Runtime graph optimisation level (backend=onnxruntime)"
+    )
+    ort_intra_op_threads: int = Field(0, ge=0, le=1024, description="ONNX Runtime threads, 0 = one per core")
     max_batch_size: int = Field(4, ge=1, le=64)
     max_queue_delay_ms: float = Field(5.0, ge=0, le=10_000)
     queue_size: int = Field(64, ge=1, le=100_000, description="scans waiting for the model; full -> 503")

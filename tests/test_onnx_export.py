@@ -317,7 +317,15 @@ def test_service_answers_the_same_through_both_backends(lacls, tmp_path):
     common = {"weights": weights, "device": "cpu", "score_threshold": 0.05, "max_batch_size": 2}
     servers = [
         ServiceProcess(tmp_path / "torch.log", backend="torch", **common),
-        ServiceProcess(tmp_path / "ort.log", backend="onnxruntime", onnx_path=path, **common),
+        ServiceProcess(
+            tmp_path / "ort.log",
+            backend="onnxruntime",
+            onnx_path=path,
+            weights_sha256=sha,  # pins the export's weights too
+            ort_graph_optimization="extended",
+            ort_intra_op_threads=1,
+            **common,
+        ),
     ]
     try:
         for srv in servers:
@@ -355,3 +363,26 @@ def test_service_answers_the_same_through_both_backends(lacls, tmp_path):
     finally:
         for srv in servers:
             srv.stop()
+
+
+def test_make_backend_passes_the_onnx_settings(lacls):
+    from service.inference import make_backend
+    from service.settings import load_settings
+
+    _, _, sha, path = lacls
+    settings = load_settings(
+        backend="onnxruntime",
+        onnx_path=path,
+        device="cpu",
+        ort_graph_optimization="basic",
+        ort_intra_op_threads=1,
+    )
+    backend = make_backend(settings)
+    assert isinstance(backend, OnnxBackend) and backend.info.sha256 == sha
+    opts = backend.session.get_session_options()
+    assert opts.intra_op_num_threads == 1
+    assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert backend.session.get_providers() == ["CPUExecutionProvider"]
+    pinned = load_settings(backend="onnxruntime", onnx_path=path, device="cpu", weights_sha256="f" * 64)
+    with pytest.raises(OnnxModelRefused, match="weights sha256 mismatch"):
+        make_backend(pinned)
