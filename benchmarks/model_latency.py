@@ -6,8 +6,9 @@ All four detectors run in this process on the same random 0..255 image, with ran
 (nothing is downloaded). Each is warmed up once, then timed ``--runs`` times; the table shows
 medians. Input geometry is made identical: our detectors get min_size/max_size equal to the input,
 FCOS gets the same, so neither resizes. Peak memory: on CUDA torch.cuda.max_memory_allocated during
-one inference; on CPU the growth of the process's peak resident set (ru_maxrss) during one
-inference, measured in a fresh subprocess per model (so one model's peak does not hide another's).
+one inference; on CPU the peak resident set during one inference minus the resident set just before
+it (Linux VmHWM, reset through /proc/self/clear_refs; ru_maxrss growth where that is unavailable),
+measured in a fresh subprocess per model (so one model's peak does not hide another's).
 """
 
 from __future__ import annotations
@@ -88,6 +89,14 @@ def peak_memory_mib(name: str, size: tuple[int, int], device: str, batched_grad:
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"])
 
 
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise OSError(f"{key} not in /proc/self/status")
+
+
 def _memory_child(name: str, size: tuple[int, int], device: str, batched_grad: bool) -> None:
     import resource
 
@@ -101,9 +110,18 @@ def _memory_child(name: str, size: tuple[int, int], device: str, batched_grad: b
         run_once(model, image, None)
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-        run_once(model, image, None)
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+        # Reset the kernel's peak-RSS mark (VmHWM) so that building the model does not count, then
+        # report the peak reached during one inference minus the resident set just before it.
+        rss_before = _status_kib("VmRSS")
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            run_once(model, image, None)
+            peak = (_status_kib("VmHWM") - rss_before) / 1024
+        except OSError:  # no clear_refs: fall back to the growth of ru_maxrss
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            run_once(model, image, None)
+            peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     print(json.dumps({"peak_mib": peak}))
 
 
@@ -139,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     atss_s = results[names[0]][0]
     threads = torch.get_num_threads()
     h, w = args.size
-    mem_what = "CUDA max_memory_allocated" if args.device.startswith("cuda") else "peak RSS growth"
+    mem_what = "CUDA max_memory_allocated" if args.device.startswith("cuda") else "peak RSS over start"
     print(
         f"Input {h}x{w}, device {args.device} ({threads} threads), "
         f"median of {args.runs} runs, random weights.\n"
