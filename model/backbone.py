@@ -6,6 +6,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet18, resnet34, resnet50, resnet101
 from torchvision.models._utils import IntermediateLayerGetter
@@ -22,6 +23,16 @@ class BackboneWeightsError(XscreenError):
     """ImageNet backbone weights that cannot be read or do not fit the ResNet."""
 
 
+class FrozenBatchNorm2dFused(FrozenBatchNorm2d):
+    """torchvision's FrozenBatchNorm2d (same state dict, same maths) computed by the fused inference
+    kernel of F.batch_norm instead of torchvision's separate rsqrt / multiply / add passes."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, training=False, eps=self.eps
+        )
+
+
 class ResNetFPN(nn.Module):
     """ResNet C3-C5 -> FPN P3-P5 (+P6, P7 from P5's output), ``out_channels`` each (method.md §2).
 
@@ -32,7 +43,7 @@ class ResNetFPN(nn.Module):
 
     def __init__(self, depth: int = 50, out_channels: int = 256, frozen_stages: int = 1):
         super().__init__()
-        resnet = _RESNETS[depth](weights=None, norm_layer=FrozenBatchNorm2d)
+        resnet = _RESNETS[depth](weights=None, norm_layer=FrozenBatchNorm2dFused)
         self.body = IntermediateLayerGetter(
             resnet, return_layers={"layer2": "c3", "layer3": "c4", "layer4": "c5"}
         )
