@@ -1,0 +1,210 @@
+"""Service latency under load: p50/p95/p99 and throughput at several client concurrencies, on CPU.
+
+Starts ``xscreen serve`` (a real uvicorn process) on a free loopback port with the given weights
+(default: the bundled model/weights/xscreen-small-lacls.safetensors), posts 16-bit PNG scans from the
+synthetic scanner from N client threads, and compares the end-to-end p50 at concurrency 1 with the
+model's own latency (TorchBackend.predict on one converted scan, measured in this process before the
+server starts, so the two never share the CPU). Prints a markdown table.
+
+    python benchmarks/service_load.py [--weights W] [--concurrency 1,4,16] [--requests 40] [--size 640]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import requests
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def make_scans(n: int, size: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, bytes, bytes]]:
+    from training.synth.scene import make_scan
+
+    out = []
+    for i in range(n):
+        s = make_scan(np.random.default_rng(seed + i), size, size)
+        out.append(
+            (
+                s.high,
+                s.low,
+                cv2.imencode(".png", s.high)[1].tobytes(),
+                cv2.imencode(".png", s.low)[1].tobytes(),
+            )
+        )
+    return out
+
+
+def model_latency(weights: Path, scans, runs: int) -> float:
+    """Median seconds of the model alone (TorchBackend.predict, batch of 1) on the converted scans."""
+    from service.inference import TorchBackend
+    from training.scans import convert_scan
+
+    backend = TorchBackend(weights, "cpu")
+    images = [convert_scan(h, lo) for h, lo, _, _ in scans]
+    # Measured in a one-thread executor, exactly as the service's batcher calls it (on a busy machine
+    # the main thread's OpenMP team can be several times slower than a worker thread's).
+    with ThreadPoolExecutor(1) as worker:
+        worker.submit(backend.predict, [images[0]]).result()  # warm-up
+        times = []
+        for i in range(runs):
+            t0 = time.perf_counter()
+            worker.submit(backend.predict, [images[i % len(images)]]).result()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def metric(text: str, name: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == name and not s.labels
+    )
+
+
+def run_level(url: str, scans, concurrency: int, n: int) -> dict:
+    lat: list[float] = []
+    statuses: list[int] = []
+    lock = threading.Lock()
+    sessions = threading.local()
+
+    def one(i: int) -> None:
+        if not hasattr(sessions, "s"):
+            sessions.s = requests.Session()
+        _, _, hi, lo = scans[i % len(scans)]
+        t0 = time.perf_counter()
+        r = sessions.s.post(url + "/detect", files={"high": hi, "low": lo}, timeout=600)
+        dt = time.perf_counter() - t0
+        with lock:
+            statuses.append(r.status_code)
+            if r.status_code == 200:
+                lat.append(dt)
+
+    before = requests.get(url + "/metrics").text
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(n)))
+    wall = time.perf_counter() - t0
+    after = requests.get(url + "/metrics").text
+    batches = metric(after, "xscreen_batch_size_count") - metric(before, "xscreen_batch_size_count")
+    scans_in = metric(after, "xscreen_batch_size_sum") - metric(before, "xscreen_batch_size_sum")
+    return {
+        "concurrency": concurrency,
+        "requests": n,
+        "ok": statuses.count(200),
+        "other": len(statuses) - statuses.count(200),
+        "p50": pct(lat, 50),
+        "p95": pct(lat, 95),
+        "p99": pct(lat, 99),
+        "throughput": statuses.count(200) / wall,
+        "mean_batch": scans_in / batches if batches else float("nan"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from service.settings import bundled_weights_path
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--weights", type=Path, default=bundled_weights_path())
+    p.add_argument("--concurrency", default="1,4,16")
+    p.add_argument("--requests", type=int, default=40, help="requests per concurrency level")
+    p.add_argument("--size", type=int, default=640, help="scan side in pixels (synthetic scanner)")
+    p.add_argument("--scans", type=int, default=8, help="distinct scans cycled through")
+    p.add_argument("--max-batch-size", type=int, default=4)
+    p.add_argument("--max-queue-delay-ms", type=float, default=5.0)
+    p.add_argument("--model-runs", type=int, default=15)
+    p.add_argument("--seed", type=int, default=500)
+    args = p.parse_args(argv)
+    if not args.weights.is_file():
+        p.error(f"weights file not found: {args.weights} (give --weights)")
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    scans = make_scans(args.scans, args.size, args.seed)
+    model_s = model_latency(args.weights, scans, args.model_runs)
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XSCREEN_")}
+    env.update(
+        XSCREEN_PORT=str(port),
+        XSCREEN_WEIGHTS=str(args.weights),
+        XSCREEN_DEVICE="cpu",
+        XSCREEN_MAX_BATCH_SIZE=str(args.max_batch_size),
+        XSCREEN_MAX_QUEUE_DELAY_MS=str(args.max_queue_delay_ms),
+        XSCREEN_QUEUE_SIZE=str(max(64, 2 * max(levels))),
+        XSCREEN_REQUEST_TIMEOUT_S="600",
+        XSCREEN_LOG_LEVEL="warning",
+    )
+    xscreen = str(Path(sys.executable).with_name("xscreen"))
+    proc = subprocess.Popen([xscreen, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        end = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                print(proc.stderr.read().decode(errors="replace"), file=sys.stderr)
+                return 1
+            try:
+                if requests.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > end:
+                print("server not ready after 180 s", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        for _ in range(3):  # warm the HTTP path and the allocator
+            requests.post(url + "/detect", files={"high": scans[0][2], "low": scans[0][3]}, timeout=600)
+        rows = [run_level(url, scans, c, args.requests) for c in levels]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+    print(f"\nweights: {args.weights.name}, scans {args.size}x{args.size} 16-bit PNG, device cpu, "
+          f"{os.cpu_count()} cores, max_batch_size {args.max_batch_size}, "
+          f"max_queue_delay {args.max_queue_delay_ms:g} ms\n")  # fmt: skip
+    print(
+        "| concurrency | requests | 200 | other | p50 s | p95 s | p99 s | throughput scans/s | mean batch |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['concurrency']} | {r['requests']} | {r['ok']} | {r['other']} | {r['p50']:.3f} "
+            f"| {r['p95']:.3f} | {r['p99']:.3f} | {r['throughput']:.2f} | {r['mean_batch']:.2f} |"
+        )
+    c1 = next((r for r in rows if r["concurrency"] == 1), None)
+    print(
+        f"\nmodel alone (TorchBackend.predict in a worker thread, 1 scan, median of {args.model_runs}): "
+        f"{model_s:.3f} s"
+    )
+    if c1:
+        ratio = c1["p50"] / model_s
+        verdict = "meets" if ratio <= 1.10 else "misses"
+        print(f"end-to-end p50 at concurrency 1 / model latency = {ratio:.3f} ({verdict} the <= 1.10 target)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
