@@ -31,3 +31,8 @@ LA_ARGS ?=
 .PHONY: la-experiment
 la-experiment: $(STAMP)
 	$(BIN)/python -m training.la_experiment $(LA_ARGS)
+
+# The inference service on the bundled weights (docs/service.md); XSCREEN_* variables configure it.
+.PHONY: run
+run: $(STAMP)
+	$(BIN)/xscreen serve
