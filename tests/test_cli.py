@@ -27,3 +27,24 @@ def test_unknown_command_is_a_usage_error():
     assert proc.returncode == 2
     assert "invalid choice" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_help_lists_every_subcommand_without_loading_torch():
+    code = (
+        "import sys; from xscreen.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported for --help'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("serve", "detect", "train", "export", "synth", "render", "eval"):
+        assert f"    {name} " in proc.stdout
+
+
+def test_each_subcommand_help_has_its_own_options():
+    for name, flag in (("synth", "--images"), ("eval", "--weights"), ("train", "--config")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "xscreen.cli", name, "--help"], capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert flag in proc.stdout

@@ -10,26 +10,23 @@ import sys
 from xscreen import __version__
 from xscreen.errors import XscreenError
 
-# Subcommand name -> module. Each module provides ``add_arguments(parser)`` (fills the
-# subparser), ``run(args) -> int`` and a module docstring whose first line is the help text.
-# Modules are imported lazily so `xscreen --help` stays fast and a broken optional piece
-# cannot take down unrelated commands.
-SUBCOMMANDS: dict[str, str] = {
-    "serve": "service.serve_cli",
-    "detect": "service.detect_cli",
-    "train": "training.train",
-    "export": "model.export_cli",
-    "synth": "training.synth.cli",
-    "render": "training.render",
-    "eval": "training.evaluate",
+# Subcommand name -> (module, one-line help). Each module provides ``add_arguments(parser)``
+# (fills the subparser) and ``run(args) -> int``. Only the chosen command's module is imported,
+# so `xscreen --help` stays fast (torch is not loaded) and a broken optional piece cannot take
+# down unrelated commands.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("service.serve_cli", "run the inference service (FastAPI on uvicorn)"),
+    "detect": ("service.detect_cli", "detect threats in one dual-energy scan offline"),
+    "train": ("training.train", "train a detector on a COCO-layout dataset (CLCXray or synthetic)"),
+    "export": ("model.export_cli", "export weights to ONNX, including the test-time LA loop"),
+    "synth": ("training.synth.cli", "generate a synthetic dual-energy scan dataset"),
+    "render": ("training.render", "draw the pseudo-colour picture of a scan with boxes"),
+    "eval": ("training.evaluate", "evaluate weights or detections with COCO metrics"),
 }
 
 
-def _first_line(doc: str | None) -> str:
-    return (doc or "").strip().splitlines()[0] if doc else ""
-
-
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
+def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, object | None]:
+    """The parser; the subparser of ``command`` (if given and known) gets its full arguments."""
     parser = argparse.ArgumentParser(
         prog="xscreen",
         description="Threat detection on dual-energy X-ray scans (ATSS + Label-aware Mechanism).",
@@ -37,18 +34,27 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     parser.add_argument("--version", action="version", version=f"xscreen {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    modules: dict[str, object] = {}
-    for name, module_name in SUBCOMMANDS.items():
-        module = importlib.import_module(module_name)
-        modules[name] = module
-        help_text = _first_line(module.__doc__)
+    chosen = None
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(p)
-    return parser, modules
+        if name == command:
+            chosen = importlib.import_module(module_name)
+            chosen.add_arguments(p)
+    return parser, chosen
+
+
+def _command_in(argv: list[str]) -> str | None:
+    for arg in argv:
+        if arg in SUBCOMMANDS:
+            return arg
+        if not arg.startswith("-"):
+            return None
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, modules = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser, module = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -58,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(modules[args.command].run(args) or 0)
+        return int(module.run(args) or 0)
     except XscreenError as exc:
         print(f"xscreen {args.command}: error: {exc}", file=sys.stderr)
         return 2
