@@ -3,9 +3,11 @@
 Usage: python benchmarks/model_latency.py --variant r50 --size 800x1333 [--runs 3] [--device cpu]
 
 All four detectors run in this process on the same random 0..255 image, with random weights
-(nothing is downloaded). Each is warmed up once, then timed ``--runs`` times; the table shows
-medians. Input geometry is made identical: our detectors get min_size/max_size equal to the input,
-FCOS gets the same, so neither resizes. Peak memory: on CUDA torch.cuda.max_memory_allocated during
+(nothing is downloaded). Each is warmed up once, then all are timed round-robin ``--runs`` times;
+the table shows medians. Input geometry is made identical: our detectors get
+min_size/max_size equal to the input, FCOS gets the same, so neither resizes. Our detectors run on
+channels-last (NHWC) tensors, their default (--nchw to compare). Peak memory: on CUDA
+torch.cuda.max_memory_allocated during
 one inference; on CPU the peak resident set during one inference minus the resident set just before
 it (Linux VmHWM, reset through /proc/self/clear_refs; ru_maxrss growth where that is unavailable),
 measured in a fresh subprocess per model (so one model's peak does not hide another's).
@@ -42,7 +44,9 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def build(name: str, size: tuple[int, int], device: str, batched_grad: bool = False):
+def build(
+    name: str, size: tuple[int, int], device: str, batched_grad: bool = False, channels_last: bool = True
+):
     """A detector by config name, or 'fcos' for torchvision's FCOS R-50-FPN, in eval mode."""
     h, w = size
     if name == "fcos":
@@ -51,7 +55,7 @@ def build(name: str, size: tuple[int, int], device: str, batched_grad: bool = Fa
         model = fcos_resnet50_fpn(weights=None, weights_backbone=None, min_size=min(h, w), max_size=max(h, w))
     else:
         cfg = load_config(name).with_overrides(min_size=min(h, w), max_size=max(h, w))
-        model = build_detector(cfg, la_batched_grad=batched_grad)
+        model = build_detector(cfg, la_batched_grad=batched_grad, channels_last=channels_last)
     return model.to(device).eval()
 
 
@@ -68,23 +72,38 @@ def run_once(model, image: torch.Tensor, stages: dict | None) -> float:
     return time.perf_counter() - t0
 
 
-def time_model(model, image, runs: int) -> tuple[float, dict[str, float]]:
-    run_once(model, image, None)  # warm-up
-    totals, per_stage = [], []
-    for _ in range(runs):
-        stages: dict[str, float] = {}
-        totals.append(run_once(model, image, stages))
-        per_stage.append(stages)
-    stage_median = {k: statistics.median(s.get(k, 0.0) for s in per_stage) for k in TIMING_KEYS}
-    return statistics.median(totals), stage_median
+def time_models(models: dict, image, runs: int) -> dict[str, tuple[float, dict[str, float]]]:
+    """Warm each model up once, then time them round-robin (so load drift on a shared machine hits
+    every model alike); median total and median per stage for each."""
+    for model in models.values():
+        run_once(model, image, None)
+    totals: dict[str, list[float]] = {n: [] for n in models}
+    stages: dict[str, list[dict]] = {n: [] for n in models}
+    for r in range(runs):
+        for name, model in models.items():
+            st: dict[str, float] = {}
+            totals[name].append(run_once(model, image, st))
+            stages[name].append(st)
+            print(f"# run {r + 1}: {name} {totals[name][-1]:.3f} s", file=sys.stderr, flush=True)
+    return {
+        n: (
+            statistics.median(totals[n]),
+            {k: statistics.median(s.get(k, 0.0) for s in stages[n]) for k in TIMING_KEYS},
+        )
+        for n in models
+    }
 
 
-def peak_memory_mib(name: str, size: tuple[int, int], device: str, batched_grad: bool) -> float:
+def peak_memory_mib(
+    name: str, size: tuple[int, int], device: str, batched_grad: bool, channels_last: bool
+) -> float:
     """Peak memory of one inference (see module docstring), measured in a child process."""
     cmd = [sys.executable, __file__, "--_memory-child", name, "--size", f"{size[0]}x{size[1]}"]
     cmd += ["--device", device]
     if batched_grad:
         cmd.append("--batched-grad")
+    if not channels_last:
+        cmd.append("--nchw")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"])
 
@@ -97,11 +116,13 @@ def _status_kib(key: str) -> int:
     raise OSError(f"{key} not in /proc/self/status")
 
 
-def _memory_child(name: str, size: tuple[int, int], device: str, batched_grad: bool) -> None:
+def _memory_child(
+    name: str, size: tuple[int, int], device: str, batched_grad: bool, channels_last: bool
+) -> None:
     import resource
 
     torch.manual_seed(0)
-    model = build(name, size, device, batched_grad)
+    model = build(name, size, device, batched_grad, channels_last)
     image = (torch.rand(3, *size) * 255).to(device)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -132,27 +153,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3, help="timed runs per model (median reported, >= 3)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batched-grad", action="store_true", help="LA: one batched VJP for g1 and g2")
+    p.add_argument("--nchw", dest="channels_last", action="store_false", help="our detectors on NCHW tensors")
     p.add_argument("--no-memory", action="store_true", help="skip the per-model memory subprocesses")
     p.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory_child:
-        _memory_child(args.memory_child, args.size, args.device, args.batched_grad)
+        _memory_child(args.memory_child, args.size, args.device, args.batched_grad, args.channels_last)
         return 0
     if args.runs < 3:
         p.error("--runs must be at least 3 (the table reports medians)")
     torch.manual_seed(0)
     image = (torch.rand(3, *args.size) * 255).to(args.device)
     names = [*VARIANTS[args.variant], "fcos"]
-    results = {}
-    for name in names:
-        model = build(name, args.size, args.device, args.batched_grad)
-        results[name] = time_model(model, image, args.runs)
-        del model
-        print(f"# {name}: {results[name][0]:.3f} s", file=sys.stderr, flush=True)
+    models = {n: build(n, args.size, args.device, args.batched_grad, args.channels_last) for n in names}
+    results = time_models(models, image, args.runs)
+    del models
     memory = {}
     if not args.no_memory:
         for name in names:
-            memory[name] = peak_memory_mib(name, args.size, args.device, args.batched_grad)
+            memory[name] = peak_memory_mib(
+                name, args.size, args.device, args.batched_grad, args.channels_last
+            )
     fcos_s = results["fcos"][0]
     atss_s = results[names[0]][0]
     threads = torch.get_num_threads()

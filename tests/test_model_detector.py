@@ -189,3 +189,18 @@ def test_bad_inputs_raise_clear_errors():
         model(img, [{"boxes": torch.tensor([[1.0, 1, 10, 10]]), "labels": torch.tensor([12])}])
     with pytest.raises(DetectorInputError, match="x2 > x1"):
         model(img, [{"boxes": torch.tensor([[10.0, 1, 10, 10]]), "labels": torch.tensor([0])}])
+
+
+def test_channels_last_default_matches_nchw_and_saves_contiguous():
+    torch.manual_seed(0)
+    model = _spread_head(build_detector(_tiny("small_lacls"))).eval()
+    assert model.channels_last and model.head.cls_convs[0].weight.is_contiguous(
+        memory_format=torch.channels_last
+    )
+    batch = torch.randn(2, 3, 96, 128)
+    with torch.inference_mode():
+        nhwc = model.forward_raw(batch)
+        nchw = model.use_channels_last(False).forward_raw(batch)
+    for a, b in zip(nhwc, nchw, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert model.head.cls_convs[0].weight.is_contiguous()
