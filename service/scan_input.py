@@ -8,7 +8,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.errors import ApiError
-from training.scans import ScanError, check_pair, convert_scan, decode_raw_uint16, read_scan
+from training.scans import (
+    _NPY_MAGIC,
+    _PNG_MAGIC,
+    _TIFF_MAGICS,
+    ScanError,
+    check_pair,
+    convert_scan,
+    decode_raw_uint16,
+    read_scan,
+)
 
 
 @dataclass
@@ -23,6 +32,37 @@ class PreparedScan:
     def size(self) -> tuple[int, int]:
         """(width, height)"""
         return int(self.high.shape[1]), int(self.high.shape[0])
+
+
+def sniff_format(buf: bytes) -> str | None:
+    """'png', 'tiff' or 'npy' from the magic bytes (the same ones training.scans.read_scan sniffs)."""
+    if buf.startswith(_PNG_MAGIC):
+        return "png"
+    if buf[:4] in _TIFF_MAGICS:
+        return "tiff"
+    if buf.startswith(_NPY_MAGIC):
+        return "npy"
+    return None
+
+
+def check_formats(high_bytes: bytes, low_bytes: bytes, raw: bool, accepted: list[str] | None) -> None:
+    """415 when a part's encoding is not among the accepted formats (setting XSCREEN_FORMATS)."""
+    if accepted is None:
+        return
+    if raw:
+        if "raw" not in accepted:
+            raise ApiError(
+                415, "unsupported_format", f"raw uint16 buffers are not accepted here (accepted: {accepted})"
+            )
+        return
+    for label, buf in (("high", high_bytes), ("low", low_bytes)):
+        kind = sniff_format(buf)
+        if kind is not None and kind not in accepted:
+            raise ApiError(
+                415,
+                "unsupported_format",
+                f"{label}: {kind} files are not accepted here (accepted: {accepted})",
+            )
 
 
 def scan_error_to_api(exc: ScanError) -> ApiError:
@@ -44,6 +84,7 @@ def prepare_scan(
     width: int | None,
     height: int | None,
     max_pixels: int,
+    formats: list[str] | None = None,
 ) -> PreparedScan:
     """Decode both energy images (files, or raw little-endian uint16 with width/height), check, convert.
 
@@ -51,6 +92,7 @@ def prepare_scan(
     """
     if (width is None) != (height is None):
         raise ApiError(400, "invalid_parameter", "raw uint16 buffers need both 'width' and 'height'")
+    check_formats(high_bytes, low_bytes, width is not None, formats)
     t0 = time.perf_counter()
     try:
         if width is not None and height is not None:

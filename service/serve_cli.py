@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--request-timeout-s", type=float, help="per-request deadline, answered with 504 (default 30)")
     a("--max-upload-bytes", type=int, help="request body limit (default 64 MiB)")
     a("--max-pixels", type=int, help="pixels per energy image limit (default 25,000,000)")
+    a("--formats", help="accepted scan encodings, comma-separated (default png,tiff,npy,raw)")
     a("--api-keys-file", help="file with one API key per line")
     a("--protect-metrics", action="store_true", default=None, help="require an API key for /metrics")
     a("--score-threshold", type=float, help="default minimum score in responses (default 0.3)")
@@ -38,6 +39,7 @@ def _overrides(args: argparse.Namespace) -> dict:
     names = vars(args).keys() & {
         "host", "port", "weights", "weights_sha256", "device", "backend", "onnx_path", "max_batch_size",
         "max_queue_delay_ms", "queue_size", "request_timeout_s", "max_upload_bytes", "max_pixels",
+        "formats",
         "api_keys_file", "protect_metrics", "score_threshold", "log_level", "warmup",
     }  # fmt: skip
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}

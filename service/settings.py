@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, le=3600, description="per-request deadline -> 504")
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="whole request body limit")
     max_pixels: int = Field(25_000_000, ge=4, description="per image (width x height) limit")
+    formats: Annotated[list[Literal["png", "tiff", "npy", "raw"]], NoDecode] = Field(
+        default_factory=lambda: ["png", "tiff", "npy", "raw"],
+        description="accepted scan encodings (comma-separated); others are answered 415",
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, repr=False, description="comma-separated; never logged"
     )
@@ -96,6 +100,16 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_keys(cls, value: Any) -> Any:
         return _split_keys(value)
+
+    @field_validator("formats", mode="before")
+    @classmethod
+    def _parse_formats(cls, value: Any) -> Any:
+        value = _split_keys(value)
+        if isinstance(value, list):
+            value = [v.lower() if isinstance(v, str) else v for v in value]
+            if not value:
+                raise ValueError("at least one format must be accepted (png, tiff, npy, raw)")
+        return value
 
     @field_validator("log_level", "device", "backend", mode="before")
     @classmethod

@@ -152,3 +152,15 @@ def test_protected_metrics_and_graceful_shutdown(demo, tmp_path):
         assert '"msg":"stopped"' in srv.log() and "stopped by SIGTERM" in srv.log()
     finally:
         srv.stop()
+
+
+def test_formats_setting_limits_accepted_encodings(demo):
+    scan = demo.scans[0]
+    with InThreadServer(weights=demo.weights, formats="png,npy", warmup=False) as srv:
+        assert post_scan(srv.url, *scan.png(), key=None).status_code == 200
+        assert post_scan(srv.url, *scan.npy(), key=None).status_code == 200
+        tiff = post_scan(srv.url, *scan.tiff(), key=None)
+        assert tiff.status_code == 415 and tiff.json()["error"] == "unsupported_format"
+        assert "tiff files are not accepted" in tiff.json()["detail"]
+        raw = post_scan(srv.url, *scan.raw(), key=None, width=scan.high.shape[1], height=scan.high.shape[0])
+        assert raw.status_code == 415 and "raw uint16 buffers are not accepted" in raw.json()["detail"]

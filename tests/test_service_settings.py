@@ -51,6 +51,8 @@ def test_keys_file_and_keys_never_in_repr(tmp_path):
         ({"api_keys_file": "/nonexistent/keys"}, "cannot read API keys file"),
         ({"backend": "onnxruntime"}, "XSCREEN_ONNX_PATH"),
         ({"no_such_setting": 1}, "XSCREEN_NO_SUCH_SETTING"),
+        ({"formats": "png,jpeg"}, "XSCREEN_FORMATS"),
+        ({"formats": ""}, "at least one format"),
     ],
 )
 def test_bad_values_give_one_clear_line(overrides, fragment):
@@ -79,3 +81,9 @@ def test_default_weights_point_into_model_package():
     s = Settings()
     assert s.weights.name == "xscreen-small-lacls.safetensors"
     assert s.weights.parent.name == "weights" and s.weights.parent.parent.name == "model"
+
+
+def test_formats_from_environment(monkeypatch):
+    assert load_settings().formats == ["png", "tiff", "npy", "raw"]
+    monkeypatch.setenv("XSCREEN_FORMATS", "PNG, raw")
+    assert load_settings().formats == ["png", "raw"]

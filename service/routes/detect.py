@@ -84,6 +84,7 @@ async def _run_detection(
         width=width,
         height=height,
         max_pixels=service.settings.max_pixels,
+        formats=service.settings.formats,
     )
     service.metrics.stage_seconds.labels(stage="decode").observe(prepared.decode_seconds)
     service.metrics.stage_seconds.labels(stage="convert").observe(prepared.convert_seconds)
@@ -178,6 +179,7 @@ async def render(
 def render_png(prepared: PreparedScan, response: DetectResponse) -> bytes:
     """training.render's pseudo-colour picture with the response's detections, encoded as PNG."""
     import cv2
+
     from training.render import draw_detections, pseudo_colour
 
     names = sorted({d.class_name for d in response.detections})
