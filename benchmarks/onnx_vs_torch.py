@@ -101,6 +101,41 @@ def bench_variant(name: str, threads: list[int], levels: list[str], runs: int, o
     return rows
 
 
+def interleaved(name: str, threads: int, rounds: int, out_dir: Path) -> list[tuple[float, float]]:
+    """torch and ORT (level all) run alternately, so both see the same background load."""
+    import onnxruntime as ort
+
+    from model import build_detector
+    from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
+    from service.onnx_backend import session_options
+
+    h, w = SIZES["r50" if name.endswith("r50") else "small"]
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    det = build_detector(name).eval()
+    path = export_onnx(det, out_dir / f"{name}-interleaved.onnx", name=name, version="bench", sha256="0" * 64)
+    sess = ort.InferenceSession(
+        str(path), sess_options=session_options("all", threads, 1), providers=["CPUExecutionProvider"]
+    )
+    batch = torch.randn(1, 3, h, w)
+    feed = {INPUT_NAME: batch.numpy()}
+
+    def run_torch():
+        with torch.inference_mode():
+            det.forward_raw(batch)
+
+    run_torch()
+    sess.run(list(OUTPUT_NAMES), feed)
+    out = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        run_torch()
+        t1 = time.perf_counter()
+        sess.run(list(OUTPUT_NAMES), feed)
+        out.append((t1 - t0, time.perf_counter() - t1))
+    return out
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| variant | input | engine | graph opt | threads | best s | median s | speed-up | max abs diff |",
@@ -123,11 +158,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--levels", default="basic,extended,all", help="ORT graph optimisation levels")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--out-dir", type=Path, default=None, help="keep the exported .onnx files here")
+    p.add_argument(
+        "--interleaved",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="instead: alternate torch and ORT (all) ROUNDS times per variant at the first thread count",
+    )
     args = p.parse_args(argv)
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, ncpu})
     levels = [v.strip() for v in args.levels.split(",") if v.strip()]
     rows = []
+    if args.interleaved:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(
+                "| variant | threads | round | torch s | ORT s | speed-up |\n|---|---:|---:|---:|---:|---:|"
+            )
+            for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
+                for i, (a, b) in enumerate(interleaved(name, threads[0], args.interleaved, Path(tmp))):
+                    print(f"| {name} | {threads[0]} | {i} | {a:.3f} | {b:.3f} | {a / b:.2f}x |", flush=True)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = args.out_dir or Path(tmp)
         for name in [v.strip() for v in args.variants.split(",") if v.strip()]:

@@ -12,6 +12,7 @@ Every exported file carries ``metadata_props`` (see :func:`onnx_metadata`) that
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import warnings
@@ -217,7 +218,10 @@ def export_onnx(
         raise OnnxModelError(f"output directory {out_path.parent} does not exist")
     if out_path.is_dir():
         raise OnnxModelError(f"output path {out_path} is a directory; give a file name such as model.onnx")
-    wrapper = ExportableDetector(detector.eval().float().cpu(), debug_la=debug_la).eval()
+    param = next(detector.parameters())
+    if param.device.type != "cpu" or param.dtype != torch.float32:
+        detector = copy.deepcopy(detector).float().cpu()  # export in fp32 on CPU; leave the caller's model
+    wrapper = ExportableDetector(detector.eval(), debug_la=debug_la).eval()
     outputs = output_names(cfg, debug_la)
     dynamic = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
     for o in outputs:

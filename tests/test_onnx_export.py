@@ -19,7 +19,7 @@ from model import build_detector, load_config, save_weights
 from model.classes import CLASS_NAMES
 from model.label_aware import label_aware_weights
 from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
-from service.inference import TorchBackend
+from service.inference import BackendError, TorchBackend
 from service.onnx_backend import OnnxBackend, OnnxModelRefused
 from training.scans import convert_scan
 from training.synth.scene import make_scan
@@ -46,13 +46,14 @@ def _detector(name: str, seed: int = 0, **overrides):
     return det
 
 
-def _scans(seed: int = 7) -> list[np.ndarray]:
+def _raw_scans(seed: int = 7) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(high, low) uint16 scans from the synthetic scanner, one per size in SIZES."""
     rng = np.random.default_rng(seed)
-    out = []
-    for h, w in SIZES:
-        s = make_scan(rng, h, w)
-        out.append(convert_scan(s.high, s.low))
-    return out
+    return [(s.high, s.low) for s in (make_scan(rng, h, w) for h, w in SIZES)]
+
+
+def _scans(seed: int = 7) -> list[np.ndarray]:
+    return [convert_scan(high, low) for high, low in _raw_scans(seed)]
 
 
 def _batch(det, image: np.ndarray) -> torch.Tensor:
@@ -67,7 +68,15 @@ def _batch(det, image: np.ndarray) -> torch.Tensor:
 def lacls(tmp_path_factory):
     """(detector, weights path, sha256, onnx path): exported through the `xscreen export` command."""
     tmp = tmp_path_factory.mktemp("onnx")
-    det = _detector("small_lacls", score_thresh=0.7)
+    det = _detector("small_lacls")
+    # Score threshold from the model's own scores on the test scans: every scan keeps at least
+    # ~40 candidate locations before NMS, so the detections compared below are never trivially few.
+    top = []
+    for image in _scans():
+        with torch.no_grad():
+            cls, _, _ = det.forward_raw(_batch(det, image))
+        top.append(float(torch.sigmoid(cls[0]).amax(dim=1).topk(40).values[-1]))
+    det.cfg = det.cfg.with_overrides(score_thresh=round(min(top), 4))
     weights = tmp / "lacls.safetensors"
     sha = save_weights(det, weights, metadata={"name": "onnx-test-lacls", "version": "7.1"})
     out = tmp / "lacls.onnx"
@@ -332,10 +341,8 @@ def test_service_answers_the_same_through_both_backends(lacls, tmp_path):
             srv.start()
         for srv in servers:
             srv.wait_ready(timeout=180)
-        rng = np.random.default_rng(11)
-        for h, w in SIZES[:2]:
-            s = make_scan(rng, h, w)
-            high, low = (cv2.imencode(".png", im)[1].tobytes() for im in (s.high, s.low))
+        for (h, w), scan in zip(SIZES[:2], _raw_scans()[:2], strict=True):
+            high, low = (cv2.imencode(".png", im)[1].tobytes() for im in scan)
             answers = []
             for srv in servers:
                 r = post_scan(srv.url, high, low, key=None, scan_id="same-scan")
@@ -386,3 +393,27 @@ def test_make_backend_passes_the_onnx_settings(lacls):
     pinned = load_settings(backend="onnxruntime", onnx_path=path, device="cpu", weights_sha256="f" * 64)
     with pytest.raises(OnnxModelRefused, match="weights sha256 mismatch"):
         make_backend(pinned)
+
+
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()),
+    reason="needs a CUDA GPU and onnxruntime's CUDA execution provider",
+)
+def test_cuda_execution_provider_gives_the_cpu_detections(lacls):
+    _, weights, _, path = lacls
+    images = _scans()[:2]
+    gpu = OnnxBackend(path, "cuda")
+    assert gpu.device == "cuda" and gpu.session.get_providers()[0] == "CUDAExecutionProvider"
+    ref, _ = TorchBackend(weights, "cpu").predict(images)
+    got, _ = gpu.predict(images)
+    for r, g in zip(ref, got, strict=True):
+        _match(r, g)
+
+
+def test_cuda_request_without_a_gpu_is_refused(lacls):
+    _, _, _, path = lacls
+    if torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("a GPU is present")
+    with pytest.raises(BackendError, match="cuda"):
+        OnnxBackend(path, "cuda")
+    assert OnnxBackend(path, "auto").device == "cpu"
