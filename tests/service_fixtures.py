@@ -99,18 +99,23 @@ def _fallback_key(scans: list[Scan]) -> str:
     return h.hexdigest()[:16]
 
 
-def fallback_scans(count: int = 2) -> list[Scan]:
-    """The first synthetic scans (seeds 0, 1, ...) with at most two objects, each at least 28 px a side:
-    what a minute of training on a shared CPU can learn."""
+def easy_scans(count: int, size: int, start_seed: int = 0, min_side: float = 28) -> list[Scan]:
+    """The first synthetic scans (seeds start_seed, start_seed+1, ...) with at most two objects, each at
+    least ``min_side`` px a side: what the fallback's minute of training can learn, and what any demo
+    model should find."""
     chosen: list[Scan] = []
-    seed = 0
-    while len(chosen) < count and seed < 200:
-        scan = synthetic_scans([seed], FALLBACK_SIZE)[0]
+    seed = start_seed
+    while len(chosen) < count and seed < start_seed + 500:
+        scan = synthetic_scans([seed], size)[0]
         sides = np.concatenate([scan.boxes[:, 2] - scan.boxes[:, 0], scan.boxes[:, 3] - scan.boxes[:, 1]])
-        if 1 <= len(scan.names) <= 2 and sides.min() >= 28:
+        if 1 <= len(scan.names) <= 2 and sides.min() >= min_side:
             chosen.append(scan)
         seed += 1
     return chosen
+
+
+def fallback_scans(count: int = 2) -> list[Scan]:
+    return easy_scans(count, FALLBACK_SIZE, 0, 28)
 
 
 def train_fallback_weights(path: Path, scans: list[Scan], steps: int = 40) -> str:
@@ -166,7 +171,12 @@ def demo_model(cache_dir: Path) -> DemoModel:
         return _DEMO
     bundled = bundled_weights()
     if bundled.is_file():
-        _DEMO = DemoModel(bundled, synthetic_scans((9001, 9002, 9003), 640), 0.3, True)
+        # fresh scans (seeds never used for training data) at the size the bundled model was trained for
+        from model.config import config_from_json
+        from model.weights import read_header
+
+        size = max(int(config_from_json(read_header(bundled)["config"]).min_size), 192)
+        _DEMO = DemoModel(bundled, easy_scans(3, size, 9000, 0.12 * size), 0.25, True)
         return _DEMO
     scans = fallback_scans()
     path = cache_dir / f"service-test-{_fallback_key(scans)}.safetensors"
