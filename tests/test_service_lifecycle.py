@@ -18,6 +18,7 @@ from service_fixtures import (
     XSCREEN,
     InThreadServer,
     ServiceProcess,
+    bundled_weights,
     demo_model,
     metric_value,
     post_scan,
@@ -103,9 +104,11 @@ def test_deadline_is_answered_504(demo):
 
 
 def test_protected_metrics_and_graceful_shutdown(demo, tmp_path):
+    # no XSCREEN_WEIGHTS: the service runs on the bundled demo weights (model/weights/)
+    bundled = bundled_weights()
     srv = ServiceProcess(
         tmp_path / "serve.log",
-        weights=demo.weights,
+        **({} if bundled.is_file() else {"weights": demo.weights}),
         api_keys=API_KEY,
         protect_metrics="true",
         max_queue_delay_ms=2000,
@@ -147,6 +150,10 @@ def test_protected_metrics_and_graceful_shutdown(demo, tmp_path):
         t.join(60)
         assert refused, "a new connection was accepted after SIGTERM"
         assert answer.get("status") == 200 and answer["body"]["scan_id"] == "in-flight-1", answer
+        if bundled.is_file():
+            from model.weights import read_header
+
+            assert answer["body"]["model"]["sha256"] == read_header(bundled)["sha256"]
         srv.proc.wait(30)
         assert srv.proc.returncode == 0
         assert '"msg":"stopped"' in srv.log() and "stopped by SIGTERM" in srv.log()
