@@ -87,6 +87,7 @@ def metric(text: str, name: str) -> float:
 
 def run_level(url: str, scans, concurrency: int, n: int) -> dict:
     lat: list[float] = []
+    model: list[float] = []  # the backend's own predict time for the batch that held each scan
     statuses: list[int] = []
     lock = threading.Lock()
     sessions = threading.local()
@@ -102,6 +103,7 @@ def run_level(url: str, scans, concurrency: int, n: int) -> dict:
             statuses.append(r.status_code)
             if r.status_code == 200:
                 lat.append(dt)
+                model.append(r.json()["timings"]["inference"])
 
     before = requests.get(url + "/metrics").text
     t0 = time.perf_counter()
@@ -117,6 +119,7 @@ def run_level(url: str, scans, concurrency: int, n: int) -> dict:
         "ok": statuses.count(200),
         "other": len(statuses) - statuses.count(200),
         "p50": pct(lat, 50),
+        "model_p50": pct(model, 50),
         "p95": pct(lat, 95),
         "p99": pct(lat, 99),
         "throughput": statuses.count(200) / wall,
@@ -196,13 +199,20 @@ def main(argv: list[str] | None = None) -> int:
         )
     c1 = next((r for r in rows if r["concurrency"] == 1), None)
     print(
-        f"\nmodel alone (TorchBackend.predict in a worker thread, 1 scan, median of {args.model_runs}): "
-        f"{model_s:.3f} s"
+        f"\nmodel alone, measured in this process before the server started (TorchBackend.predict in a worker"
+        f" thread, 1 scan, median of {args.model_runs}): {model_s:.3f} s"
     )
     if c1:
-        ratio = c1["p50"] / model_s
+        # The same requests' own model time (response timings.inference: backend.predict of the batch of 1,
+        # inside the server) is measured at the same moment as the end-to-end time, so load drift on a
+        # shared machine cannot skew the ratio; the separately measured figure is printed for reference.
+        ratio = c1["p50"] / c1["model_p50"]
         verdict = "meets" if ratio <= 1.10 else "misses"
+        print(f"model inside the server at concurrency 1 (p50 of timings.inference): {c1['model_p50']:.3f} s")
         print(f"end-to-end p50 at concurrency 1 / model latency = {ratio:.3f} ({verdict} the <= 1.10 target)")
+        print(
+            f"end-to-end p50 at concurrency 1 / separately measured model latency = {c1['p50'] / model_s:.3f}"
+        )
     return 0
 
 

@@ -1,8 +1,9 @@
 """Dynamic micro-batching: a bounded asyncio queue feeding one worker that runs the backend in a thread.
 
 The event loop never runs inference itself: the worker hands each batch to a one-thread executor
-(``run_in_executor``). A batch closes when it holds ``max_batch_size`` scans or ``max_queue_delay``
-has passed since its first scan arrived. An exception in a batch fails that batch's scans only.
+(``run_in_executor``). A batch closes when it holds ``max_batch_size`` scans, when ``max_queue_delay``
+has passed since its first scan arrived, or at once when no other request is still decoding its scan
+(so a lone scan pays no batching delay). An exception in a batch fails that batch's scans only.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class MicroBatcher:
         self._worker: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._stopping = False
+        self._incoming = 0  # requests past admission whose scan is still being read/decoded
         self.batches_run = 0
 
     # lifecycle -------------------------------------------------------------------------------
@@ -114,6 +116,15 @@ class MicroBatcher:
     def full(self) -> bool:
         return self._queue is not None and self._queue.full()
 
+    @contextlib.contextmanager
+    def incoming(self):
+        """Mark a request whose scan is being decoded: a forming batch waits for it (up to the delay)."""
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
+
     async def submit(self, image: np.ndarray, deadline: float) -> BatchResult:
         """Queue one converted scan and wait for its result until ``deadline`` (time.monotonic())."""
         if self._queue is None or self._stopping:
@@ -148,7 +159,9 @@ class MicroBatcher:
             except asyncio.QueueEmpty:
                 pass
             remaining = close_at - time.monotonic()
-            if remaining <= 0:
+            # A lone scan is not held back waiting for company that is not on its way: wait only
+            # while other requests are still decoding their scans.
+            if remaining <= 0 or self._incoming == 0:
                 break
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), timeout=remaining))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,8 @@ from training.scans import (
     decode_raw_uint16,
     read_scan,
 )
+
+_DECODER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="xscreen-decode")
 
 
 @dataclass
@@ -105,8 +108,14 @@ def prepare_scan(
             high = decode_raw_uint16(high_bytes, width, height, max_pixels=max_pixels)
             low = decode_raw_uint16(low_bytes, width, height, max_pixels=max_pixels)
         else:
-            high = read_scan(high_bytes, name="high", max_pixels=max_pixels)
-            low = read_scan(low_bytes, name="low", max_pixels=max_pixels)
+            # the two images decode in parallel (OpenCV/tifffile release the GIL)
+            low_future = _DECODER.submit(read_scan, low_bytes, name="low", max_pixels=max_pixels)
+            try:
+                high = read_scan(high_bytes, name="high", max_pixels=max_pixels)
+            except BaseException:
+                wait([low_future])  # report the high image's problem first, leave nothing running
+                raise
+            low = low_future.result()
         check_pair(high, low)
         t1 = time.perf_counter()
         image = convert_scan(high, low)

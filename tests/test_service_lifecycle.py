@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import requests
 from service_fixtures import (
@@ -91,16 +93,19 @@ def test_bad_weights_stop_start_up_with_one_line(demo, tmp_path, capsys, monkeyp
 
 
 def test_deadline_is_answered_504(demo):
-    with InThreadServer(
-        weights=demo.weights, request_timeout_s=0.5, max_queue_delay_ms=3000, max_batch_size=8, warmup=False
-    ) as srv:
-        t0 = time.monotonic()
-        r = post_scan(srv.url, *demo.scans[0].png(), key=None)
+    # A 2000x2000 scan takes far longer than 50 ms to decode and convert, so its deadline has passed
+    # before it reaches the model: answered 504, and the worker skips it.
+    rng = np.random.default_rng(0)
+    high = rng.integers(20000, 60000, (2000, 2000), dtype=np.uint16)
+    low = (high * 0.9).astype(np.uint16)
+    big = cv2.imencode(".png", high)[1].tobytes(), cv2.imencode(".png", low)[1].tobytes()
+    with InThreadServer(weights=demo.weights, request_timeout_s=0.05, warmup=False) as srv:
+        r = post_scan(srv.url, *big, key=None)
         assert r.status_code == 504 and r.json()["error"] == "timeout", r.text
-        assert time.monotonic() - t0 < 3.0
         assert requests.get(srv.url + "/healthz").status_code == 200
         metrics = requests.get(srv.url + "/metrics").text
         assert metric_value(metrics, "xscreen_rejected_requests_total", reason="deadline") == 1
+        assert metric_value(metrics, "xscreen_batch_size_count") == 0  # never ran
 
 
 def test_protected_metrics_and_graceful_shutdown(demo, tmp_path):
@@ -111,8 +116,6 @@ def test_protected_metrics_and_graceful_shutdown(demo, tmp_path):
         **({} if bundled.is_file() else {"weights": demo.weights}),
         api_keys=API_KEY,
         protect_metrics="true",
-        max_queue_delay_ms=2000,
-        max_batch_size=4,
         graceful_timeout_s=30,
     ).start()
     try:
@@ -130,17 +133,36 @@ def test_protected_metrics_and_graceful_shutdown(demo, tmp_path):
         )
         assert requests.get(srv.url + "/healthz").status_code == 200
 
-        # A scan waits ~2 s for its batch to fill; SIGTERM arrives meanwhile.
+        # A scan whose upload takes ~2 s (the client pauses half-way through the body); SIGTERM arrives
+        # meanwhile, so the request is in flight in the server when the stop begins.
+        from urllib3 import encode_multipart_formdata
+
+        hi, lo = demo.scans[0].png()
+        body, ctype = encode_multipart_formdata(
+            {"high": ("h.png", hi), "low": ("l.png", lo), "scan_id": "in-flight-1"}
+        )
+
+        def slow_body():
+            yield body[: len(body) // 2]
+            time.sleep(2.0)
+            yield body[len(body) // 2 :]
+
         answer: dict = {}
 
         def in_flight():
-            r = post_scan(srv.url, *demo.scans[0].png(), scan_id="in-flight-1", timeout=60)
-            answer.update(status=r.status_code, body=r.json())
+            r = requests.post(
+                srv.url + "/detect",
+                data=slow_body(),
+                headers={"Content-Type": ctype, "Authorization": f"Bearer {API_KEY}"},
+                timeout=60,
+            )
+            answer.update(status=r.status_code, body=r.json(), at=time.monotonic())
 
         t = threading.Thread(target=in_flight)
         t.start()
         time.sleep(0.7)
         srv.proc.send_signal(signal.SIGTERM)
+        t_term = time.monotonic()
         time.sleep(0.5)
         refused = False
         try:
@@ -150,6 +172,7 @@ def test_protected_metrics_and_graceful_shutdown(demo, tmp_path):
         t.join(60)
         assert refused, "a new connection was accepted after SIGTERM"
         assert answer.get("status") == 200 and answer["body"]["scan_id"] == "in-flight-1", answer
+        assert answer["at"] > t_term + 0.5  # it really was in flight when the stop began
         if bundled.is_file():
             from model.weights import read_header
 

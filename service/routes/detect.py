@@ -76,16 +76,17 @@ async def _run_detection(
     if batcher.full():  # cheap early refusal, before decoding anything
         service.metrics.rejected.labels(reason="queue_full").inc()
         raise ApiError(503, "queue_full", "too many scans waiting", {"Retry-After": _retry_after(service)})
-    high_bytes, low_bytes = await high.read(), await low.read()
-    prepared = await asyncio.to_thread(
-        prepare_scan,
-        high_bytes,
-        low_bytes,
-        width=width,
-        height=height,
-        max_pixels=service.settings.max_pixels,
-        formats=service.settings.formats,
-    )
+    with batcher.incoming():
+        high_bytes, low_bytes = await high.read(), await low.read()
+        prepared = await asyncio.to_thread(
+            prepare_scan,
+            high_bytes,
+            low_bytes,
+            width=width,
+            height=height,
+            max_pixels=service.settings.max_pixels,
+            formats=service.settings.formats,
+        )
     service.metrics.stage_seconds.labels(stage="decode").observe(prepared.decode_seconds)
     service.metrics.stage_seconds.labels(stage="convert").observe(prepared.convert_seconds)
     try:
