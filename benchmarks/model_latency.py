@@ -45,7 +45,12 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def build(
-    name: str, size: tuple[int, int], device: str, batched_grad: bool = False, channels_last: bool = True
+    name: str,
+    size: tuple[int, int],
+    device: str,
+    batched_grad: bool = False,
+    channels_last: bool = True,
+    la_bf16: bool = False,
 ):
     """A detector by config name, or 'fcos' for torchvision's FCOS R-50-FPN, in eval mode."""
     h, w = size
@@ -55,7 +60,9 @@ def build(
         model = fcos_resnet50_fpn(weights=None, weights_backbone=None, min_size=min(h, w), max_size=max(h, w))
     else:
         cfg = load_config(name).with_overrides(min_size=min(h, w), max_size=max(h, w))
-        model = build_detector(cfg, la_batched_grad=batched_grad, channels_last=channels_last)
+        model = build_detector(
+            cfg, la_batched_grad=batched_grad, channels_last=channels_last, la_grad_bf16=la_bf16
+        )
     return model.to(device).eval()
 
 
@@ -95,7 +102,7 @@ def time_models(models: dict, image, runs: int) -> dict[str, tuple[float, dict[s
 
 
 def peak_memory_mib(
-    name: str, size: tuple[int, int], device: str, batched_grad: bool, channels_last: bool
+    name: str, size: tuple[int, int], device: str, batched_grad: bool, channels_last: bool, la_bf16: bool
 ) -> float:
     """Peak memory of one inference (see module docstring), measured in a child process."""
     cmd = [sys.executable, __file__, "--_memory-child", name, "--size", f"{size[0]}x{size[1]}"]
@@ -104,6 +111,8 @@ def peak_memory_mib(
         cmd.append("--batched-grad")
     if not channels_last:
         cmd.append("--nchw")
+    if la_bf16:
+        cmd.append("--la-bf16")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"])
 
@@ -117,12 +126,12 @@ def _status_kib(key: str) -> int:
 
 
 def _memory_child(
-    name: str, size: tuple[int, int], device: str, batched_grad: bool, channels_last: bool
+    name: str, size: tuple[int, int], device: str, batched_grad: bool, channels_last: bool, la_bf16: bool
 ) -> None:
     import resource
 
     torch.manual_seed(0)
-    model = build(name, size, device, batched_grad, channels_last)
+    model = build(name, size, device, batched_grad, channels_last, la_bf16)
     image = (torch.rand(3, *size) * 255).to(device)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -146,6 +155,24 @@ def _memory_child(
     print(json.dumps({"peak_mib": peak}))
 
 
+def bf16_deviation(models: dict, image: torch.Tensor) -> dict[str, float]:
+    """Max |sigmoid(cls logits) bf16-LA - fp32-LA| per LA model: the check of the bf16 speed mode."""
+    from model.transform import normalize, pad_batch
+
+    batch, _ = pad_batch([normalize(image)])
+    out = {}
+    for name, model in models.items():
+        if not hasattr(model, "la_grad_bf16") or model.cfg.la_mode == "none":
+            continue
+        with torch.inference_mode():
+            model.la_grad_bf16 = False
+            ref = torch.sigmoid(model.forward_raw(batch)[0])
+            model.la_grad_bf16 = True
+            fast = torch.sigmoid(model.forward_raw(batch)[0])
+        out[name] = float((fast - ref).abs().max())
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variant", choices=sorted(VARIANTS), default="r50")
@@ -154,25 +181,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batched-grad", action="store_true", help="LA: one batched VJP for g1 and g2")
     p.add_argument("--nchw", dest="channels_last", action="store_false", help="our detectors on NCHW tensors")
+    p.add_argument(
+        "--la-bf16", action="store_true", help="LA: first prediction and gradient passes under bf16 autocast"
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the per-model memory subprocesses")
     p.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory_child:
-        _memory_child(args.memory_child, args.size, args.device, args.batched_grad, args.channels_last)
+        _memory_child(
+            args.memory_child, args.size, args.device, args.batched_grad, args.channels_last, args.la_bf16
+        )
         return 0
     if args.runs < 3:
         p.error("--runs must be at least 3 (the table reports medians)")
     torch.manual_seed(0)
     image = (torch.rand(3, *args.size) * 255).to(args.device)
     names = [*VARIANTS[args.variant], "fcos"]
-    models = {n: build(n, args.size, args.device, args.batched_grad, args.channels_last) for n in names}
+    models = {
+        n: build(n, args.size, args.device, args.batched_grad, args.channels_last, args.la_bf16)
+        for n in names
+    }
     results = time_models(models, image, args.runs)
+    deviations = bf16_deviation(models, image) if args.la_bf16 else {}
     del models
     memory = {}
     if not args.no_memory:
         for name in names:
             memory[name] = peak_memory_mib(
-                name, args.size, args.device, args.batched_grad, args.channels_last
+                name, args.size, args.device, args.batched_grad, args.channels_last, args.la_bf16
             )
     fcos_s = results["fcos"][0]
     atss_s = results[names[0]][0]
@@ -200,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         mem = f"{memory[name]:.0f}" if name in memory else "-"
         print(f"| {label} | {total:.3f} | {total / fcos_s:.2f} | {total / atss_s:.2f} {split}| {mem} |")
+    for name, dev in deviations.items():
+        print(f"\n{name}: bf16 LA gradients vs fp32, max |score difference| over all anchors = {dev:.2e}")
     return 0
 
 

@@ -83,16 +83,20 @@ def label_aware_weights(
     reg_max: int = 16,
     batched: bool = False,
     timings: dict | None = None,
+    bf16: bool = False,
 ) -> list[list[Tensor]]:
     """Label-aware weights per level: [[w1 per level], [w2 per level]] (LAcls) or [[w1 per level]] (LAreg).
 
     feats: head inputs P3..P7 [N, ch, H, W]. targets: per level, LAcls [N, H, W] class or -1;
     LAreg [N, 4, H, W] bin or -1; None -> pseudo-labels. Works under no_grad / inference_mode:
     gradients are enabled locally on a copy of the features. Returned weights carry no graph.
+    bf16: run the first prediction and the two gradient passes under bfloat16 autocast (opt-in speed
+    mode, issue #2: "bf16 autocast ... with outputs checked against fp32"); weights come back fp32.
     """
     device = feats[0].device
     t0 = time.perf_counter()
-    with torch.inference_mode(False), torch.enable_grad():
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    with torch.inference_mode(False), torch.enable_grad(), autocast:
         x0 = [_leaf(x) for x in feats]
         if mode == "cls":
             probs = [torch.sigmoid(head.cls_logits(x)) for x in x0]  # [N, C, H, W]
@@ -125,7 +129,7 @@ def label_aware_weights(
             t0 = t1
         # d/dx0 sum(y * onehot) is the VJP of y with the one-hot mask as cotangent
         grads = _vjp(probs, x0, masks, batched)
-    weights = [[torch.sigmoid(g) for g in gs] for gs in grads]
+    weights = [[torch.sigmoid(g.float()) for g in gs] for gs in grads]
     if timings is not None:
         _sync(device)
         timings["la_grad"] = timings.get("la_grad", 0.0) + time.perf_counter() - t0
@@ -162,9 +166,10 @@ def label_aware_forward(
     reg_max: int = 16,
     batched: bool = False,
     timings: dict | None = None,
+    bf16: bool = False,
 ) -> list[tuple[Tensor, Tensor, Tensor]]:
     """First prediction -> LA weights -> second prediction on x_new; per level (cls, reg, centerness)."""
-    weights = label_aware_weights(head, feats, mode, targets, reg_max, batched, timings)
+    weights = label_aware_weights(head, feats, mode, targets, reg_max, batched, timings, bf16)
     t0 = time.perf_counter()
     out = []
     for level, x in enumerate(feats):
