@@ -76,7 +76,13 @@ def groups_for(class_names: tuple[str, ...]) -> tuple[str, ...]:
 class TorchBackend:
     """The PyTorch detector from a safetensors file, with the test-time LA loop (method.md §3)."""
 
-    def __init__(self, weights_path: str | Path, device: str = "auto", expected_sha256: str | None = None):
+    def __init__(
+        self,
+        weights_path: str | Path,
+        device: str = "auto",
+        expected_sha256: str | None = None,
+        la_bf16: bool = False,
+    ):
         from model.weights import load_weights
 
         path = Path(weights_path)
@@ -95,6 +101,7 @@ class TorchBackend:
                 f"weights sha256 mismatch for {path}: file has {winfo.sha256}, expected {expected_sha256}"
             )
         self.model.eval()
+        self.model.la_grad_bf16 = la_bf16  # opt-in bf16 LA gradient passes (model/label_aware.py)
         names = tuple(winfo.config.class_names)
         self.info = ModelInfo(
             name=str(winfo.name),
@@ -132,7 +139,12 @@ class TorchBackend:
 def make_backend(settings: Settings) -> InferenceBackend:
     """Build the backend named by ``settings.backend`` ("torch" or "onnxruntime")."""
     if settings.backend == "torch":
-        return TorchBackend(settings.weights, settings.device, expected_sha256=settings.weights_sha256)
+        return TorchBackend(
+            settings.weights,
+            settings.device,
+            expected_sha256=settings.weights_sha256,
+            la_bf16=settings.la_bf16,
+        )
     if settings.backend == "onnxruntime":
         if settings.onnx_path is None:
             raise BackendError("backend 'onnxruntime' needs onnx_path (XSCREEN_ONNX_PATH)")

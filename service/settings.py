@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     device: Literal["auto", "cuda", "cpu"] = "auto"
     backend: Literal["torch", "onnxruntime"] = "torch"
     onnx_path: Path | None = Field(None, description="ONNX model file for backend=onnxruntime")
+    la_bf16: bool = Field(
+        False,
+        description="backend=torch: run LA's gradient passes under bf16 autocast (faster on CPUs with "
+        "bf16 units; scores differ from fp32 by rounding only, see docs/model.md)",
+    )
     ort_graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
         "all", description="ONNX Runtime graph optimisation level (backend=onnxruntime)"
     )

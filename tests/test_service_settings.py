@@ -87,3 +87,25 @@ def test_formats_from_environment(monkeypatch):
     assert load_settings().formats == ["png", "tiff", "npy", "raw"]
     monkeypatch.setenv("XSCREEN_FORMATS", "PNG, raw")
     assert load_settings().formats == ["png", "raw"]
+
+
+def test_la_bf16_setting_reaches_the_torch_backend(monkeypatch):
+    import numpy as np
+
+    from service.inference import make_backend
+
+    monkeypatch.setenv("XSCREEN_LA_BF16", "true")
+    monkeypatch.setenv("XSCREEN_DEVICE", "cpu")
+    fast = make_backend(load_settings())
+    assert fast.model.la_grad_bf16 is True
+    monkeypatch.setenv("XSCREEN_LA_BF16", "false")
+    exact = make_backend(load_settings())
+    assert exact.model.la_grad_bf16 is False
+    image = np.random.default_rng(0).uniform(0, 255, (96, 128, 3)).astype(np.float32)
+    det_fast, _ = fast.predict([image])
+    det_exact, _ = exact.predict([image])
+    n = min(len(det_fast[0]["scores"]), len(det_exact[0]["scores"]), 5)
+    assert n > 0
+    assert np.allclose(det_fast[0]["scores"][:n], det_exact[0]["scores"][:n], atol=5e-3)
+    with pytest.raises(SettingsError, match="XSCREEN_LA_BF16"):
+        load_settings(la_bf16="maybe")
