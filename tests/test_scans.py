@@ -70,6 +70,25 @@ def test_conversion_values_on_known_pixels():
     assert out.min() >= 0.0 and out.max() < 256.0  # high/256 tops out at 65535/256
 
 
+def test_conversion_equals_the_textbook_formula_and_leaves_its_inputs_alone():
+    # convert_scan works in place for speed; it must still be Eq. 1 computed in float32, bit for bit
+    rng = np.random.default_rng(5)
+    for dtype in (np.uint16, np.float32, np.float64):
+        high = rng.integers(0, 65536, size=(33, 47)).astype(dtype)
+        low = rng.integers(0, 65536, size=(33, 47)).astype(dtype)
+        low[0, :5] = 0
+        high_before, low_before = high.copy(), low.copy()
+        h, lo = high.astype(np.float32), low.astype(np.float32)
+        expected = np.stack(
+            [h / 256.0, lo / 256.0, 510.0 / (1.0 + np.exp(-(h / np.maximum(lo, 1.0)))) - 255.0], axis=-1
+        )
+        out = convert_scan(high, low)
+        assert out.dtype == np.float32 and out.flags["C_CONTIGUOUS"]
+        np.testing.assert_array_equal(out, expected)
+        np.testing.assert_array_equal(high, high_before)
+        np.testing.assert_array_equal(low, low_before)
+
+
 def test_conversion_rejects_mismatched_and_tiny_pairs():
     with pytest.raises(ScanError, match="size mismatch: high is 11x7, low is 7x11"):
         convert_scan(SCAN, SCAN.T.copy())

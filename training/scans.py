@@ -237,12 +237,19 @@ def convert_scan(high: np.ndarray, low: np.ndarray) -> np.ndarray:
     check_pair(high, low)
     h = _as_float(high, "high")
     lo = _as_float(low, "low")
-    ratio = h / np.maximum(lo, 1.0)
     out = np.empty(h.shape + (3,), dtype=np.float32)
-    out[..., 0] = h / 256.0
-    out[..., 1] = lo / 256.0
+    # The same float32 operations as h / 256, lo / 256 and 510 / (1 + exp(-h / max(lo, 1))) - 255,
+    # written in place: this runs on every scan the service receives, before the model.
+    np.multiply(h, 1.0 / 256.0, out=out[..., 0])  # 1/256 is exact: identical to h / 256
+    np.multiply(lo, 1.0 / 256.0, out=out[..., 1])
+    ratio = np.maximum(lo, 1.0, out=lo)  # lo is our own float32 copy
+    np.divide(h, ratio, out=ratio)
     # 510*sigmoid(r) - 255; exp(-r) underflows harmlessly to 0 for large r (ratio >= 0 always).
-    out[..., 2] = 510.0 / (1.0 + np.exp(-ratio)) - 255.0
+    np.negative(ratio, out=ratio)
+    np.exp(ratio, out=ratio)
+    ratio += 1.0
+    np.divide(510.0, ratio, out=ratio)
+    np.subtract(ratio, 255.0, out=out[..., 2])
     return out
 
 
