@@ -36,14 +36,30 @@ class FrozenBatchNorm2dFused(FrozenBatchNorm2d):
 class ResNetFPN(nn.Module):
     """ResNet C3-C5 -> FPN P3-P5 (+P6, P7 from P5's output), ``out_channels`` each (method.md §2).
 
-    BatchNorm is torchvision's FrozenBatchNorm2d: running statistics and affine parameters fixed,
-    i.e. mmdet's ``norm_eval=True`` behaviour in every mode. ``frozen_stages=1`` freezes the stem and
+    ``norm="frozen_bn"`` (method.md §2, ImageNet-initialised training): BatchNorm is torchvision's
+    FrozenBatchNorm2d, running statistics and affine parameters fixed, i.e. mmdet's ``norm_eval=True``
+    behaviour in every mode. ``norm="group_norm"``: trainable GroupNorm(32), for training from scratch.
+    ``frozen_stages=1`` freezes the stem and
     layer1 (mmdet numbering); -1 freezes nothing beyond BatchNorm.
     """
 
-    def __init__(self, depth: int = 50, out_channels: int = 256, frozen_stages: int = 1):
+    def __init__(
+        self, depth: int = 50, out_channels: int = 256, frozen_stages: int = 1, norm: str = "frozen_bn"
+    ):
         super().__init__()
-        resnet = _RESNETS[depth](weights=None, norm_layer=FrozenBatchNorm2dFused)
+        if norm == "frozen_bn":
+            norm_layer = FrozenBatchNorm2dFused
+        elif norm == "group_norm":
+            # Training from random initialisation (no ImageNet weights, as on the synthetic scans):
+            # frozen BN is then an identity and the deep trunk trains poorly; trainable GroupNorm(32)
+            # is the usual from-scratch choice (He et al., "Rethinking ImageNet Pre-training", 2019).
+            # Batch-independent like the head's GroupNorm (method.md §3).
+            def norm_layer(channels: int) -> nn.Module:
+                return nn.GroupNorm(32, channels)
+        else:
+            raise ValueError(f"unknown backbone norm {norm!r}")
+        self.norm = norm
+        resnet = _RESNETS[depth](weights=None, norm_layer=norm_layer)
         self.body = IntermediateLayerGetter(
             resnet, return_layers={"layer2": "c3", "layer3": "c4", "layer4": "c5"}
         )
@@ -104,6 +120,11 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> list[str]:
     backbone = model.backbone if hasattr(model, "backbone") else model
     body: nn.Module = backbone.body
     path = Path(path)
+    if getattr(backbone, "norm", "frozen_bn") != "frozen_bn":
+        raise WeightsError(
+            f"{path}: ImageNet ResNet weights come with BatchNorm statistics, but this config's "
+            f"backbone_norm is {backbone.norm!r} (training from scratch); use backbone_norm 'frozen_bn'"
+        )
     try:
         sd = _read_state_dict(path)
     except BackboneWeightsError as exc:

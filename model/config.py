@@ -18,6 +18,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 # training-schedule settings that may differ between the saved weights and the caller's config.
 ARCHITECTURE_FIELDS = (
     "depth",
+    "backbone_norm",
     "fpn_channels",
     "stacked_convs",
     "class_names",
@@ -48,6 +49,9 @@ class DetectorConfig(BaseModel):
     stacked_convs: int = Field(4, ge=1, le=8)
     class_names: tuple[str, ...] = CLASS_NAMES
     frozen_stages: int = Field(1, ge=-1, le=4)  # mmdet frozen_stages=1: stem + layer1 frozen
+    # frozen_bn: method.md §2 (ImageNet-initialised). group_norm: trainable GroupNorm(32) for training
+    # from random initialisation (the synthetic-scan models; docs/la_experiment.md).
+    backbone_norm: Literal["frozen_bn", "group_norm"] = "frozen_bn"
     # --- Label-aware mechanism (method.md §3-4) ---
     la_mode: Literal["none", "cls", "reg"] = "none"
     # x_new = a*x + b*w1*x - c*w2*x (Eq. 7). LAreg has no "misleading" term: (a, b, c) = (0.5, 1, 0).

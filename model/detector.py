@@ -56,7 +56,7 @@ class ATSSDetector(nn.Module):
     ):
         super().__init__()
         self.cfg = cfg
-        self.backbone = ResNetFPN(cfg.depth, cfg.fpn_channels, cfg.frozen_stages)
+        self.backbone = ResNetFPN(cfg.depth, cfg.fpn_channels, cfg.frozen_stages, cfg.backbone_norm)
         reg_channels = 4 * (cfg.reg_max + 1) if cfg.la_mode == "reg" else 4
         self.head = ATSSHead(cfg.fpn_channels, cfg.num_classes, cfg.stacked_convs, reg_channels)
         # one stacked vector-Jacobian product for g1 and g2 instead of two backward passes

@@ -150,3 +150,33 @@ def test_backbone_imagenet_weights_from_local_files(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="cannot read backbone weights"):
         load_backbone_weights(model, bad)
+
+
+def test_group_norm_backbone_trains_round_trips_and_refuses_imagenet_weights(tmp_path):
+    # backbone_norm=group_norm (training from scratch, docs/la_experiment.md): trainable GroupNorm
+    # in the ResNet, saved and reloaded like any variant, and never mixed with frozen-BN weights.
+    torch.manual_seed(0)
+    cfg = _cfg(backbone_norm="group_norm", frozen_stages=-1)
+    model = build_detector(cfg)
+    norms = [m for m in model.backbone.body.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 1 + 2 * 8 + 3  # stem + 2 per basic block + 3 downsample branches (ResNet-18)
+    assert all(m.num_groups == 32 and m.weight.requires_grad for m in norms)
+    assert not any(isinstance(m, torchvision.ops.misc.FrozenBatchNorm2d) for m in model.modules())
+    model.train()
+    images = [torch.rand(3, 96, 128) * 255]
+    targets = [{"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0]]), "labels": torch.tensor([3])}]
+    sum(model(images, targets).values()).backward()
+    assert norms[0].weight.grad is not None and norms[0].weight.grad.abs().sum() > 0
+    path = tmp_path / "gn.safetensors"
+    save_weights(model.eval(), path)
+    loaded, info = load_weights(path)
+    assert info.config.backbone_norm == "group_norm"
+    with torch.inference_mode():
+        a, b = model.predict(images), loaded.predict(images)
+    assert torch.equal(a[0]["scores"], b[0]["scores"])
+    with pytest.raises(WeightsError, match="backbone_norm"):
+        load_weights(path, expected_config=_cfg())
+    pth = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), pth)
+    with pytest.raises(WeightsError, match="BatchNorm statistics.*'group_norm'"):
+        load_backbone_weights(model, pth)
