@@ -14,6 +14,9 @@ from training.scans import (
     _PNG_MAGIC,
     _TIFF_MAGICS,
     ScanError,
+    ScanSizeMismatchError,
+    ScanTooLargeError,
+    UnsupportedScanFormatError,
     check_pair,
     convert_scan,
     decode_raw_uint16,
@@ -71,11 +74,11 @@ def check_formats(high_bytes: bytes, low_bytes: bytes, raw: bool, accepted: list
 def scan_error_to_api(exc: ScanError) -> ApiError:
     """ScanError -> 413 (pixel limit), 415 (not a supported format), 400 (everything else)."""
     msg = str(exc)
-    if "more than the limit of" in msg:
+    if isinstance(exc, ScanTooLargeError):
         return ApiError(413, "too_many_pixels", msg)
-    if "unknown file format" in msg or "JPEG is 8-bit" in msg:
+    if isinstance(exc, UnsupportedScanFormatError):
         return ApiError(415, "unsupported_format", msg)
-    if "size mismatch" in msg:
+    if isinstance(exc, ScanSizeMismatchError):
         return ApiError(400, "scan_size_mismatch", msg)
     return ApiError(400, "invalid_scan", msg)
 

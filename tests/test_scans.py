@@ -15,6 +15,9 @@ import torch
 
 from training.scans import (
     ScanError,
+    ScanSizeMismatchError,
+    ScanTooLargeError,
+    UnsupportedScanFormatError,
     check_pair,
     convert_scan,
     decode_raw_uint16,
@@ -104,6 +107,24 @@ def test_conversion_rejects_mismatched_and_tiny_pairs():
 
 def test_scan_error_is_a_user_error():
     assert issubclass(ScanError, XscreenError)
+
+
+def test_scan_error_kinds_the_service_maps_to_http_statuses():
+    # service.scan_input maps these classes to 413 / 415 / 400 (scan_size_mismatch); every other
+    # ScanError is a plain 400
+    img = np.zeros((40, 50), np.uint16)
+    with pytest.raises(ScanTooLargeError, match="more than the limit of 1000 pixels"):
+        read_scan(_png_bytes(img), name="high", max_pixels=1000)
+    with pytest.raises(ScanTooLargeError):
+        decode_raw_uint16(img.tobytes(), 50, 40, max_pixels=1000)
+    for junk in (b"\xff\xd8\xff\xe0JFIF", b"GIF89a......"):
+        with pytest.raises(UnsupportedScanFormatError):
+            read_scan(junk, name="low")
+    with pytest.raises(ScanSizeMismatchError, match="size mismatch"):
+        check_pair(img, img.T.copy())
+    with pytest.raises(ScanError) as info:
+        read_scan(_png_bytes(img.astype(np.uint8)), name="high")
+    assert type(info.value) is ScanError  # 8-bit: a plain invalid scan
 
 
 def test_converted_file_round_trip_matches_direct_conversion(tmp_path):

@@ -38,6 +38,18 @@ class ScanError(XscreenError):
     """A raw scan that cannot be used: unreadable, wrong format, wrong bit depth or size."""
 
 
+class ScanTooLargeError(ScanError):
+    """More pixels than the configured limit (checked from the header, before decoding)."""
+
+
+class UnsupportedScanFormatError(ScanError):
+    """Bytes that are none of the accepted encodings (16-bit PNG, 16-bit TIFF, .npy)."""
+
+
+class ScanSizeMismatchError(ScanError):
+    """The high- and low-energy images differ in size."""
+
+
 def _label(name: str | None) -> str:
     return f"{name}: " if name else ""
 
@@ -51,7 +63,7 @@ def _check_size(height: int, width: int, max_pixels: int | None, name: str | Non
             f"{_label(name)}image is {width}x{height} pixels; a scan needs at least {MIN_SIDE}x{MIN_SIDE}"
         )
     if height * width > limit:
-        raise ScanError(
+        raise ScanTooLargeError(
             f"{_label(name)}image is {width}x{height} = {height * width} pixels, "
             f"more than the limit of {limit} pixels"
         )
@@ -169,10 +181,10 @@ def read_scan(
     if buf.startswith(_NPY_MAGIC):
         return _read_npy(buf, max_pixels, name)
     if buf[:3] == b"\xff\xd8\xff":
-        raise ScanError(
+        raise UnsupportedScanFormatError(
             f"{_label(name)}JPEG is 8-bit and lossy; a raw scan must be 16-bit PNG, 16-bit TIFF or .npy"
         )
-    raise ScanError(
+    raise UnsupportedScanFormatError(
         f"{_label(name)}unknown file format (first bytes {buf[:8]!r}); "
         "expected a 16-bit PNG, a 16-bit TIFF or a .npy array"
     )
@@ -210,7 +222,7 @@ def check_pair(high: np.ndarray, low: np.ndarray) -> None:
                 f"a scan needs at least {MIN_SIDE}x{MIN_SIDE}"
             )
     if high.shape != low.shape:
-        raise ScanError(
+        raise ScanSizeMismatchError(
             f"high/low size mismatch: high is {high.shape[1]}x{high.shape[0]}, "
             f"low is {low.shape[1]}x{low.shape[0]}"
         )
