@@ -129,13 +129,13 @@ def test_missing_and_malformed_data(tiny, tmp_path, capsys):
     bad = tmp_path / "bad"
     (bad / "annotations").mkdir(parents=True)
     err = _fail(["--data", str(bad), *common], capsys)
-    assert "missing annotation file" in err and "train.json" in err
+    assert "annotation file not found" in err and "train.json" in err
 
     (bad / "annotations" / "train.json").write_text("{not json")
-    assert "is not readable COCO JSON" in _fail(["--data", str(bad), *common], capsys)
+    assert "train.json: not valid JSON" in _fail(["--data", str(bad), *common], capsys)
 
     (bad / "annotations" / "train.json").write_text(json.dumps({"images": [], "categories": []}))
-    assert "missing or malformed 'annotations' list" in _fail(["--data", str(bad), *common], capsys)
+    assert "COCO key 'annotations' missing or not a list" in _fail(["--data", str(bad), *common], capsys)
 
     (bad / "annotations" / "train.json").write_text(
         json.dumps({"images": [], "annotations": [], "categories": []})
@@ -154,10 +154,10 @@ def test_class_list_must_match_the_config(tiny, tmp_path, capsys):
         ["--config", str(cfg), "--data", str(other), "--out", str(tmp_path / "r"), "--eval-every", "0"],
         capsys,
     )
-    assert "does not match the config" in err
+    assert "train.json: categories do not match the configured classes" in err
     assert (
-        "in the data but not the config: ['hammer']" in err
-        and "in the config but not the data: ['blade']" in err
+        "in the json but not in the model's classes: 'hammer'" in err
+        and "in the model's classes but not in the json: 'blade'" in err
     )
 
 

@@ -30,12 +30,13 @@ class DatasetWarning(UserWarning):
     """Annotations skipped while loading (degenerate boxes)."""
 
 
-def _load_json(path: Path) -> dict:
+def load_coco_json(path: Path) -> dict:
+    """A COCO annotation file as a dict, checked for the three lists every reader here needs."""
     if not path.is_file():
         raise DatasetError(f"annotation file not found: {path}")
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected a COCO object with images/annotations/categories")
@@ -109,7 +110,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.root, self.split = root, split
         self.class_names = tuple(class_names)
         self.train, self.min_size, self.max_size, self.flip_prob = train, min_size, max_size, flip_prob
-        self.coco = _load_json(self.ann_file)
+        self.coco = load_coco_json(self.ann_file)
         self.cat_to_label = match_categories(self.coco["categories"], self.class_names, str(self.ann_file))
         self.label_to_cat = {v: k for k, v in self.cat_to_label.items()}
         try:

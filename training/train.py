@@ -193,21 +193,6 @@ def run(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------ checks
 
 
-def _read_coco(path: Path) -> dict:
-    if not path.is_file():
-        raise TrainError(f"missing annotation file {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TrainError(f"{path} is not readable COCO JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise TrainError(f"{path}: expected a JSON object with images/annotations/categories")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise TrainError(f"{path}: missing or malformed {key!r} list")
-    return data
-
-
 def check_dataset(
     data_dir: str | Path, class_names: tuple[str, ...], splits: tuple[str, ...]
 ) -> dict[str, int]:
@@ -217,30 +202,18 @@ def check_dataset(
     category names are exactly the config's class names (compared with model.classes.normalise_name).
     Returns {split: number of images}.
     """
-    from model.classes import normalise_name
+    from training.dataset import load_coco_json, match_categories
 
     root = Path(data_dir)
     if not root.is_dir():
         raise TrainError(f"data folder {root} does not exist or is not a folder")
     counts: dict[str, int] = {}
-    want = {normalise_name(n): n for n in class_names}
     for split in splits:
         path = root / "annotations" / f"{split}.json"
-        coco = _read_coco(path)
+        coco = load_coco_json(path)  # DatasetError names the file and what is wrong with it
         if not coco["images"]:
             raise TrainError(f"{path}: the {split} split has no images")
-        try:
-            have = {normalise_name(str(c["name"])): str(c["name"]) for c in coco["categories"]}
-        except (TypeError, KeyError):
-            raise TrainError(f"{path}: every category needs a 'name'") from None
-        missing = sorted(want[k] for k in want.keys() - have.keys())
-        extra = sorted(have[k] for k in have.keys() - want.keys())
-        if missing or extra:
-            raise TrainError(
-                f"class list of {path} does not match the config: "
-                f"in the data but not the config: {extra or 'none'}; in the config but not the data: "
-                f"{missing or 'none'}"
-            )
+        match_categories(coco["categories"], class_names, source=str(path))
         counts[split] = len(coco["images"])
     return counts
 
