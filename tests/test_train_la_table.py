@@ -1,5 +1,7 @@
 """The LA experiment's table: mean +/- std over seeds in %, in the form of paper Tables III and VIII."""
 
+from pathlib import Path
+
 from training.la_experiment import format_tables
 
 
@@ -26,3 +28,64 @@ def test_table_rows_are_mean_and_sample_std_in_percent():
     # second table: challenging subset
     second = text.split("Challenging subset")[1]
     assert "| ATSS | 10.0 ± 5.0 |" in second and "| ATSS+LAcls | 20.0 ± 0.0 |" in second
+
+
+def test_overrides_are_parsed_validated_and_name_the_config(tmp_path):
+    import json
+
+    import pytest
+
+    from training.la_experiment import parse_overrides, variant_config
+    from xscreen.errors import XscreenError
+
+    assert variant_config("small_lacls", tmp_path, None) == "small_lacls"
+    o = parse_overrides(["frozen_stages=-1", "la_coeffs=[1,1,0]", "backbone_norm=group_norm"])
+    assert o == {"frozen_stages": -1, "la_coeffs": [1, 1, 0], "backbone_norm": "group_norm"}
+    path = variant_config("small_lacls", tmp_path, 256, o)
+    cfg = json.loads(Path(path).read_text())
+    assert (cfg["min_size"], cfg["frozen_stages"], cfg["la_coeffs"]) == (256, -1, [1.0, 1.0, 0.0])
+    assert "frozen_stages=-1" in path and "la_coeffs=[1,1,0]" in path
+    with pytest.raises(XscreenError, match="expected KEY=VALUE"):
+        parse_overrides(["frozen_stages"])
+    with pytest.raises(XscreenError, match="bad --set override.*nope"):
+        variant_config("small_lacls", tmp_path, 256, {"nope": 1})
+
+
+def test_the_one_command_runs_every_variant_and_seed_and_resumes_from_its_cache(tmp_path):
+    # A tiny but complete experiment through the real command: synthetic set, training, test-split and
+    # challenging-subset evaluation, tables; a re-run reuses the finished runs.
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "exp"
+    cmd = [
+        sys.executable, "-m", "training.la_experiment", "--out", str(out),
+        "--variants", "small_atss", "small_lacls", "--seeds", "0", "1", "--train-images", "8",
+        "--val-images", "2", "--test-images", "6", "--scan-size", "128x128", "--input-size", "128",
+        "--epochs", "1", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--no-progress",
+        "--set", "frozen_stages=-1",
+    ]  # fmt: skip
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"small_atss", "small_lacls"}
+    for per_seed in results.values():
+        assert set(per_seed) == {"0", "1"}
+        for seed in per_seed.values():
+            assert 0.0 <= seed["test"]["mAP"] <= 1.0 and 0.0 <= seed["challenging"]["AP50"] <= 1.0
+    for run in ("small_atss_seed0", "small_lacls_seed1"):
+        assert (out / "runs" / run / "last.safetensors").is_file()
+        assert (out / "runs" / run / "done.json").is_file()
+    table = (out / "tables.md").read_text()
+    assert table.startswith("Command: `python -m training.la_experiment")
+    assert "| ATSS | " in table and "| ATSS+LAcls | " in table and "mean ± std over seeds 0, 1" in table
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "reusing synthetic set" in second.stderr
+    assert second.stdout.split("(2 seeds")[0] == first.stdout.split("(2 seeds")[0]  # the same tables
+    bad = subprocess.run(
+        [*cmd[:5], "--data", str(tmp_path / "none")], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert bad.returncode == 2 and "no annotations/test.json" in bad.stderr

@@ -33,6 +33,11 @@ HEADERS = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")
 
 def make_dataset(out: Path, args: argparse.Namespace) -> Path:
     """Generate the synthetic set once (``xscreen synth``); reuse it when it already exists."""
+    if args.data is not None:  # an existing set (e.g. another experiment's), used as it is
+        data = Path(args.data)
+        if not (data / "annotations" / "test.json").is_file():
+            raise XscreenError(f"--data {data}: no annotations/test.json (make one with xscreen synth)")
+        return data
     data = out / "data"
     if (data / "annotations" / "test.json").is_file():
         log.info("reusing synthetic set %s", data)
@@ -53,14 +58,39 @@ def make_dataset(out: Path, args: argparse.Namespace) -> Path:
     return data
 
 
-def variant_config(name: str, out: Path, input_size: int | None) -> str:
-    """The bundled config, or a copy with a smaller input size written next to the runs."""
-    if input_size is None:
-        return name
-    from model.config import load_config
+def parse_overrides(items: list[str]) -> dict[str, object]:
+    """``--set KEY=VALUE`` pairs (VALUE as JSON, else a plain string) -> config overrides."""
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise XscreenError(f"--set {item!r}: expected KEY=VALUE, e.g. frozen_stages=-1")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
 
-    cfg = load_config(name).with_overrides(min_size=input_size, max_size=input_size)
-    path = out / "configs" / f"{name}_{input_size}.json"
+
+def variant_config(
+    name: str, out: Path, input_size: int | None, overrides: dict[str, object] | None = None
+) -> str:
+    """The bundled config, or a copy with a smaller input size and/or ``--set`` overrides next to the runs."""
+    if input_size is None and not overrides:
+        return name
+    from model.config import ConfigError, load_config
+
+    changes: dict[str, object] = dict(overrides or {})
+    if input_size is not None:
+        changes.update(min_size=input_size, max_size=input_size)
+    try:
+        cfg = load_config(name).with_overrides(**changes)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise XscreenError(f"{name}: bad --set override ({exc})") from None
+    suffix = "" if input_size is None else f"_{input_size}"
+    for key, value in sorted((overrides or {}).items()):
+        suffix += f"_{key}={json.dumps(value, separators=(',', ':'))}"
+    path = out / "configs" / f"{name}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(cfg.to_json() + "\n")
     return str(path)
@@ -147,6 +177,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--variants", nargs="+", default=["small_atss", "small_lacls"], help="detector configs"
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--data", default=None, help="use this synthetic set (e.g. another experiment's OUT/data) as it is"
+    )
     parser.add_argument("--train-images", type=int, default=3000, help="synthetic training scans")
     parser.add_argument("--val-images", type=int, default=300)
     parser.add_argument("--test-images", type=int, default=600)
@@ -157,6 +190,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--synth-args", default="", help="extra flags for xscreen synth")
     parser.add_argument(
         "--input-size", type=int, default=None, help="set min_size = max_size of every variant (reduced runs)"
+    )
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for every variant (investigations), e.g. frozen_stages=-1 la_coeffs=[1,1,0]",
     )
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -179,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     data = make_dataset(out, args)
     results: dict[str, dict[int, dict]] = {}
-    configs = {c: variant_config(c, out, args.input_size) for c in args.variants}
+    overrides = parse_overrides(args.set)
+    configs = {c: variant_config(c, out, args.input_size, overrides) for c in args.variants}
     for seed in args.seeds:  # seed-major: a partial experiment still has every variant for the first seeds
         for config in args.variants:
             run_dir = out / "runs" / f"{config}_seed{seed}"
