@@ -1,13 +1,14 @@
 """ONNX Runtime (CPU) vs torch eager for the ATSS+LA network, with ORT graph-optimisation and thread settings.
 
-Usage: python benchmarks/onnx_vs_torch.py [--variants small_lacls,atss_lacls_r50] [--runs 3]
+Usage: python benchmarks/onnx_vs_torch.py [--variants small_lacls@256x256,atss_lacls_r50] [--runs 3]
        [--threads 1,2] [--levels basic,extended,all] [--out-dir DIR]
 
 For each variant (random weights, nothing downloaded) the detector is exported with
 model.onnx_export (the LA loop as explicit operators) and both run the network part on the same
 normalised, padded batch of one image: torch ``forward_raw`` (autograd LA loop) under
 ``torch.inference_mode`` vs ``InferenceSession.run``; pre/post-processing is the same Python code
-for both and is not timed. Sizes: small_* at its own 512x512, *_r50 at 800x1333. Every setting is
+for both and is not timed. Sizes: ``NAME@HxW``, else small_* at its config's 512x512 and *_r50 at
+800x1333; the default list adds small_lacls at 256x256, the bundled weights' input size. Every setting is
 warmed up once, then timed ``--runs`` times; the table shows the fastest run (robust to other load on
 the machine) and the median. "speed-up" = torch seconds / ORT seconds at the same thread count.
 """
@@ -25,6 +26,16 @@ import numpy as np
 import torch
 
 SIZES = {"small": (512, 512), "r50": (800, 1333)}
+DEFAULT_VARIANTS = "small_lacls@256x256,small_lacls,atss_lacls_r50"
+
+
+def parse_variant(spec: str) -> tuple[str, tuple[int, int]]:
+    """'small_lacls@256x256' -> ('small_lacls', (256, 256)); without '@', the variant's default size."""
+    name, _, size = spec.strip().partition("@")
+    if not size:
+        return name, SIZES["r50" if name.endswith("r50") else "small"]
+    h, _, w = size.partition("x")
+    return name, (int(h), int(w))
 
 
 def _timed(fn, runs: int) -> list[float]:
@@ -37,17 +48,19 @@ def _timed(fn, runs: int) -> list[float]:
     return out
 
 
-def bench_variant(name: str, threads: list[int], levels: list[str], runs: int, out_dir: Path) -> list[dict]:
+def bench_variant(
+    name: str, size: tuple[int, int], threads: list[int], levels: list[str], runs: int, out_dir: Path
+) -> list[dict]:
     import onnxruntime as ort
 
     from model import build_detector
     from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
     from service.onnx_backend import session_options
 
-    h, w = SIZES["r50" if name.endswith("r50") else "small"]
+    h, w = size
     torch.manual_seed(0)
     det = build_detector(name).eval()
-    path = out_dir / f"{name}.onnx"
+    path = out_dir / f"{name}-{h}x{w}.onnx"
     t0 = time.perf_counter()
     export_onnx(det, path, name=name, version="bench", sha256="0" * 64)
     export_s = time.perf_counter() - t0
@@ -101,7 +114,9 @@ def bench_variant(name: str, threads: list[int], levels: list[str], runs: int, o
     return rows
 
 
-def interleaved(name: str, threads: int, rounds: int, out_dir: Path) -> list[tuple[float, float]]:
+def interleaved(
+    name: str, size: tuple[int, int], threads: int, rounds: int, out_dir: Path
+) -> list[tuple[float, float]]:
     """torch and ORT (level all) run alternately, so both see the same background load."""
     import onnxruntime as ort
 
@@ -109,7 +124,7 @@ def interleaved(name: str, threads: int, rounds: int, out_dir: Path) -> list[tup
     from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
     from service.onnx_backend import session_options
 
-    h, w = SIZES["r50" if name.endswith("r50") else "small"]
+    h, w = size
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     det = build_detector(name).eval()
@@ -141,9 +156,11 @@ def markdown(rows: list[dict]) -> str:
         "| variant | input | engine | graph opt | threads | best s | median s | speed-up | max abs diff |",
         "|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
-    torch_best = {(r["variant"], r["threads"]): r["best"] for r in rows if r["engine"] == "torch eager"}
+    torch_best = {
+        (r["variant"], r["size"], r["threads"]): r["best"] for r in rows if r["engine"] == "torch eager"
+    }
     for r in rows:
-        ratio = torch_best[(r["variant"], r["threads"])] / r["best"]
+        ratio = torch_best[(r["variant"], r["size"], r["threads"])] / r["best"]
         lines.append(
             f"| {r['variant']} | {r['size']} | {r['engine']} | {r['level']} | {r['threads']} | "
             f"{r['best']:.3f} | {r['median']:.3f} | {ratio:.2f}x | {r['diff']:.1e} |"
@@ -153,7 +170,7 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--variants", default="small_lacls,atss_lacls_r50")
+    p.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma-separated NAME[@HxW]")
     p.add_argument("--threads", default=None, help="comma-separated intra-op thread counts (default: 1,ncpu)")
     p.add_argument("--levels", default="basic,extended,all", help="ORT graph optimisation levels")
     p.add_argument("--runs", type=int, default=3)
@@ -169,20 +186,22 @@ def main(argv: list[str] | None = None) -> int:
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, ncpu})
     levels = [v.strip() for v in args.levels.split(",") if v.strip()]
+    specs = [parse_variant(v) for v in args.variants.split(",") if v.strip()]
     rows = []
     if args.interleaved:
         with tempfile.TemporaryDirectory() as tmp:
             print(
                 "| variant | threads | round | torch s | ORT s | speed-up |\n|---|---:|---:|---:|---:|---:|"
             )
-            for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
-                for i, (a, b) in enumerate(interleaved(name, threads[0], args.interleaved, Path(tmp))):
-                    print(f"| {name} | {threads[0]} | {i} | {a:.3f} | {b:.3f} | {a / b:.2f}x |", flush=True)
+            for name, size in specs:
+                for i, (a, b) in enumerate(interleaved(name, size, threads[0], args.interleaved, Path(tmp))):
+                    label = f"{name} {size[0]}x{size[1]}"
+                    print(f"| {label} | {threads[0]} | {i} | {a:.3f} | {b:.3f} | {a / b:.2f}x |", flush=True)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = args.out_dir or Path(tmp)
-        for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
-            rows += bench_variant(name, threads, levels, args.runs, out_dir)
+        for name, size in specs:
+            rows += bench_variant(name, size, threads, levels, args.runs, out_dir)
             print(f"# {name}: exported in {rows[-1]['export_s']:.1f} s", flush=True)
     print(
         f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}, {ncpu} CPU(s), "
