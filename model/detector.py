@@ -273,6 +273,31 @@ class ATSSDetector(nn.Module):
                 timings[k] = timings.get(k, 0.0) + v
         return results  # type: ignore[return-value]
 
+    def predict_with_oracle_labels(
+        self, images: list[Tensor], targets: list[dict]
+    ) -> list[dict[str, Tensor]]:
+        """Detections with the LA labels of training (ATSS-assigned from ground truth) instead of the
+        pseudo-labels of Sec. IV-D. An analysis tool (training.la_probe): it bounds what better
+        pseudo-labels could give; deployment never has ground truth. One image at a time."""
+        self._check_images(images)
+        self._check_targets(images, targets)
+        if self.cfg.la_mode == "none":
+            raise DetectorInputError("oracle LA labels need an LA model (la_mode cls or reg)")
+        out = []
+        with torch.no_grad():
+            for image, target in zip(images, targets, strict=True):
+                original = (int(image.shape[-2]), int(image.shape[-1]))
+                imgs, boxes = self._resize([image], [target["boxes"]])
+                batch, sizes = pad_batch(imgs)
+                anchors, per_level = self.anchors_for(batch.shape)
+                strides = anchor_strides(per_level, anchors.device)
+                matched = atss_assign(anchors, per_level, boxes[0], self.cfg.atss_topk)[None]
+                labels = [target["labels"].to(self.device, torch.long)]
+                la_targets = self._la_targets(matched, anchors, strides, boxes, labels)
+                cls, reg, ctr = self.forward_raw(batch, la_targets)
+                out += postprocess_detections(cls, reg, ctr, anchors, per_level, sizes, [original], self.cfg)
+        return out
+
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
         if self.training:
             return self.compute_losses(images, targets)

@@ -158,6 +158,12 @@ class CocoDetection(torch.utils.data.Dataset):
     def image_path(self, index: int) -> Path:
         return self.img_dir / self.images[index]["file_name"]
 
+    def annotations(self, index: int) -> tuple[Tensor, Tensor]:
+        """Image ``index``'s boxes [K, 4] x1y1x2y2 in the file's own pixels and labels [K] (0-based)."""
+        pairs = self._boxes[int(self.images[index]["id"])]
+        boxes = torch.tensor([b for b, _ in pairs], dtype=torch.float32).reshape(-1, 4)
+        return boxes, torch.tensor([lab for _, lab in pairs], dtype=torch.int64)
+
     def __getitem__(self, index: int) -> tuple[Tensor, dict]:
         info = self.images[index]
         path = self.image_path(index)

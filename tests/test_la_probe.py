@@ -1,0 +1,65 @@
+"""LA label-source analysis: oracle (training) labels at test time, and the probe command's table."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _train_data import tiny_config, write_tiny_set
+
+from model import build_detector, load_config, save_weights
+from model.detector import DetectorInputError
+from training.la_probe import main as probe_main
+
+
+def _model(coeffs, la_mode="cls"):
+    torch.manual_seed(0)
+    base = "small_lacls" if la_mode == "cls" else "small_atss"
+    cfg = load_config(base).with_overrides(
+        min_size=96, max_size=96, fpn_channels=64, stacked_convs=1, la_coeffs=coeffs, score_thresh=0.0
+    )
+    model = build_detector(cfg).eval()
+    with torch.no_grad():  # a head whose gradients are far from zero, so labels visibly matter
+        for p in model.head.parameters():
+            p.mul_(8.0)
+    return model
+
+
+IMAGE = torch.rand(3, 90, 100) * 255
+TARGET = {
+    "boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0], [40.0, 30.0, 95.0, 85.0]]),
+    "labels": torch.tensor([2, 7]),
+}
+
+
+def test_oracle_labels_change_the_answer_only_through_the_reweighting():
+    off, strong = _model((1.0, 0.0, 0.0)), _model((1.0, 1e4, 1e4))
+    with torch.inference_mode():
+        # LA switched off, (a, b, c) = (1, 0, 0): the labels cannot matter, outputs are identical
+        a, b = off.predict([IMAGE])[0], off.predict_with_oracle_labels([IMAGE], [TARGET])[0]
+        assert torch.equal(a["scores"], b["scores"]) and torch.equal(a["boxes"], b["boxes"])
+        # strong reweighting: pseudo-labels (arg-max) and assigned labels give different features
+        a, b = strong.predict([IMAGE])[0], strong.predict_with_oracle_labels([IMAGE], [TARGET])[0]
+        assert a["scores"].shape != b["scores"].shape or not torch.allclose(a["scores"], b["scores"])
+    with pytest.raises(DetectorInputError, match="need an LA model"):
+        _model((1.0, 1.0, 1.0), la_mode="none").predict_with_oracle_labels([IMAGE], [TARGET])
+    with pytest.raises(DetectorInputError, match="1 images but 2 targets"):
+        off.predict_with_oracle_labels([IMAGE], [TARGET, TARGET])
+
+
+def test_probe_command_prints_one_row_per_mode(tmp_path, capsys):
+    data = write_tiny_set(tmp_path / "data", n_train=2, n_val=4)
+    cfg = load_config(str(tiny_config(tmp_path / "cfg.json")))
+    torch.manual_seed(0)
+    weights = tmp_path / "lacls.safetensors"
+    save_weights(build_detector(cfg).eval(), weights)
+    out = tmp_path / "probe.json"
+    assert probe_main(["--weights", str(weights), "--data", str(data), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| LA labels at test | test mAP | test AP50 | challenging mAP | challenging AP50 |" in text
+    for mode in ("pseudo", "oracle", "off"):
+        assert f"| {mode} | " in text
+    assert out.is_file() and str(weights) in out.read_text()
+    atss = tmp_path / "atss.safetensors"
+    save_weights(build_detector(load_config(str(tiny_config(tmp_path / "a.json", "small_atss")))), atss)
+    assert probe_main(["--weights", str(atss), "--data", str(data)]) == 2
+    assert "an ATSS model without LA has no label source to probe" in capsys.readouterr().err

@@ -1,0 +1,146 @@
+"""Test-time label sources of trained LA models: how much of LA's effect rides on its pseudo-labels.
+
+    python -m training.la_probe --weights RUN1/last.safetensors [RUN2/...] --data DIR [--split test]
+
+For every mode, every weights file detects on the split; the table gives COCO AP (%) on the split
+and on its challenging subset, mean ± std over the files:
+
+- ``pseudo``: the paper's inference (Sec. IV-D): the arg-max class is the label at every location.
+- ``oracle``: the labels of training, ATSS-assigned from the ground-truth boxes (background
+  locations carry none): what perfect pseudo-labels would give. Needs ground truth, so it is an
+  analysis, never a deployment mode.
+- ``off``: the same weights with the reweighting switched off, (a, b, c) = (1, 0, 0) in Eq. 7, so
+  the second prediction runs on x itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+from pathlib import Path
+
+from xscreen.errors import XscreenError
+
+MODES = ("pseudo", "oracle", "off")
+
+
+def _results(ds, index: int, det: dict) -> list[dict]:
+    image_id = int(ds.images[index]["id"])
+    out = []
+    for box, score, label in zip(
+        det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist(), strict=True
+    ):
+        x1, y1, x2, y2 = box
+        out.append(
+            {
+                "image_id": image_id,
+                "category_id": int(ds.label_to_cat[int(label)]),
+                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                "score": round(float(score), 5),
+            }
+        )
+    return out
+
+
+def probe(weights: Path, data: Path, split: str, modes: list[str], limit: int | None) -> dict[str, dict]:
+    """{mode: {"test": metrics, "challenging": metrics}} for one weights file."""
+    import torch
+
+    from model import build_detector
+    from model.weights import load_weights
+    from training.dataset import CocoDetection
+    from training.evaluate import evaluate_detections
+    from training.scans import read_converted
+
+    model, _ = load_weights(weights)
+    if model.cfg.la_mode == "none":
+        raise XscreenError(f"{weights}: an ATSS model without LA has no label source to probe")
+    model.eval()
+    off = build_detector(model.cfg.with_overrides(la_coeffs=(1.0, 0.0, 0.0))).eval()
+    off.load_state_dict(model.state_dict())
+    ds = CocoDetection(data, split, class_names=model.cfg.class_names)
+    indices = range(len(ds) if limit is None else min(limit, len(ds)))
+    results: dict[str, list[dict]] = {m: [] for m in modes}
+    with torch.inference_mode():
+        for i in indices:
+            image = torch.from_numpy(read_converted(ds.image_path(i))).permute(2, 0, 1).contiguous()
+            for mode in modes:
+                if mode == "oracle":
+                    boxes, labels = ds.annotations(i)
+                    det = model.predict_with_oracle_labels([image], [{"boxes": boxes, "labels": labels}])[0]
+                else:
+                    det = (model if mode == "pseudo" else off).predict([image])[0]
+                results[mode] += _results(ds, i, det)
+    gt = dict(ds.coco)
+    if limit is not None:
+        keep = {int(ds.images[i]["id"]) for i in indices}
+        gt = {
+            **gt,
+            "images": [im for im in gt["images"] if int(im["id"]) in keep],
+            "annotations": [a for a in gt["annotations"] if int(a["image_id"]) in keep],
+        }
+    out = {}
+    for mode in modes:
+        m = evaluate_detections(gt, results[mode])
+        out[mode] = {"test": m, "challenging": m.get("challenging", {})}
+    return out
+
+
+def _cell(values: list[float | None]) -> str:
+    if not values or any(v is None or v < 0 for v in values):
+        return "n/a"
+    pct = [100 * v for v in values]
+    std = statistics.stdev(pct) if len(pct) > 1 else 0.0
+    return f"{statistics.fmean(pct):.1f} ± {std:.1f}"
+
+
+def table(per_file: list[dict[str, dict]], modes: list[str]) -> str:
+    lines = [
+        "| LA labels at test | test mAP | test AP50 | challenging mAP | challenging AP50 |",
+        "|---|---|---|---|---|",
+    ]
+    for mode in modes:
+        cells = [
+            _cell([r[mode][part].get(key) for r in per_file])
+            for part, key in (
+                ("test", "mAP"),
+                ("test", "AP50"),
+                ("challenging", "mAP"),
+                ("challenging", "AP50"),
+            )
+        ]
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.la_probe", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--weights", nargs="+", required=True, help="LA model weights (.safetensors), e.g. one per seed"
+    )
+    p.add_argument("--data", required=True, help="dataset folder (annotations/, images/)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
+    p.add_argument("--out", default=None, help="also write the per-file metrics here (JSON)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        per_file = [probe(Path(w), Path(args.data), args.split, args.modes, args.limit) for w in args.weights]
+    except XscreenError as exc:
+        print(f"la_probe: error: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        Path(args.out).write_text(
+            json.dumps(dict(zip(args.weights, per_file, strict=True)), indent=2, default=str) + "\n"
+        )
+    print(f"{len(per_file)} weights file(s), split {args.split!r}; COCO AP in %, mean ± std over the files\n")
+    print(table(per_file, args.modes))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
