@@ -132,6 +132,10 @@ class ATSSDetector(nn.Module):
             out_boxes.append(b)
         return out_images, out_boxes
 
+    def resize_and_normalize(self, images: list[Tensor]) -> list[Tensor]:
+        """Images as the network sees them before padding: resized to fit the config, normalised."""
+        return self._resize(list(images))[0]
+
     # ------------------------------------------------------------------ network
     def forward_raw(
         self, batch: Tensor, la_targets: Tensor | None = None, timings: dict | None = None

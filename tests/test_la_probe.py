@@ -58,6 +58,12 @@ def test_probe_command_prints_one_row_per_mode(tmp_path, capsys):
     assert "| LA labels at test | test mAP | test AP50 | challenging mAP | challenging AP50 |" in text
     for mode in ("pseudo", "oracle", "off"):
         assert f"| {mode} | " in text
+    assert "| level | mean abs(w - 0.5) | max abs(w - 0.5) | mean norm(x_new - x) / norm(x) |" in text
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| P")]
+    assert [r[0].strip() for r in rows] == ["P3", "P4", "P5", "P6", "P7"]
+    for r in rows:  # sigmoid weights: 0 <= |w - 0.5| <= 0.5; the change is a non-negative ratio
+        w_mean, w_max, change = (float(v) for v in r[1:])
+        assert 0.0 <= w_mean <= w_max <= 0.5 and change >= 0.0
     assert out.is_file() and str(weights) in out.read_text()
     atss = tmp_path / "atss.safetensors"
     save_weights(build_detector(load_config(str(tiny_config(tmp_path / "a.json", "small_atss")))), atss)

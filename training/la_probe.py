@@ -11,6 +11,10 @@ and on its challenging subset, mean ± std over the files:
   analysis, never a deployment mode.
 - ``off``: the same weights with the reweighting switched off, (a, b, c) = (1, 0, 0) in Eq. 7, so
   the second prediction runs on x itself.
+
+A second table measures the LA weights themselves on the first ``--stat-images`` images (pseudo-labels):
+how far w1 and w2 are from 0.5 (where Eq. 7 leaves x unchanged) and the relative change of the
+features, |x_new - x| / |x|, per FPN level (LAcls only).
 """
 
 from __future__ import annotations
@@ -89,6 +93,46 @@ def probe(weights: Path, data: Path, split: str, modes: list[str], limit: int | 
     return out
 
 
+def weight_stats(weights: Path, data: Path, split: str, images: int) -> list[dict[str, float]]:
+    """Per FPN level: mean and max |w - 0.5| of the LA weights and the relative feature change (LAcls)."""
+    import torch
+
+    from model.label_aware import label_aware_weights, reweight
+    from model.transform import pad_batch
+    from model.weights import load_weights
+    from training.dataset import CocoDetection
+    from training.scans import read_converted
+
+    model, _ = load_weights(weights)
+    if model.cfg.la_mode != "cls":
+        return []
+    model.eval()
+    ds = CocoDetection(data, split, class_names=model.cfg.class_names)
+    acc: list[dict[str, list[float]]] = []
+    with torch.inference_mode():
+        for i in range(min(images, len(ds))):
+            image = torch.from_numpy(read_converted(ds.image_path(i))).permute(2, 0, 1).contiguous()
+            batch, _ = pad_batch(model.resize_and_normalize([image]))
+            feats = model.backbone(batch)
+            w1s, w2s = label_aware_weights(model.head, feats, "cls")
+            for level, (x, w1, w2) in enumerate(zip(feats, w1s, w2s, strict=True)):
+                x_new = reweight(x, [w1, w2], model.cfg.la_coeffs)
+                if len(acc) <= level:
+                    acc.append({"w_mean": [], "w_max": [], "change": []})
+                dev = torch.cat([(w1 - 0.5).abs().flatten(), (w2 - 0.5).abs().flatten()])
+                acc[level]["w_mean"].append(float(dev.mean()))
+                acc[level]["w_max"].append(float(dev.max()))
+                acc[level]["change"].append(float((x_new - x).norm() / x.norm().clamp(min=1e-12)))
+    return [
+        {
+            "w_mean": statistics.fmean(a["w_mean"]),
+            "w_max": max(a["w_max"]),
+            "change": statistics.fmean(a["change"]),
+        }
+        for a in acc
+    ]
+
+
 def _cell(values: list[float | None]) -> str:
     if not values or any(v is None or v < 0 for v in values):
         return "n/a"
@@ -125,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="test")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
+    p.add_argument("--stat-images", type=int, default=20, help="images for the LA-weight statistics")
     p.add_argument("--out", default=None, help="also write the per-file metrics here (JSON)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -139,6 +184,17 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"{len(per_file)} weights file(s), split {args.split!r}; COCO AP in %, mean ± std over the files\n")
     print(table(per_file, args.modes))
+    stats = [weight_stats(Path(w), Path(args.data), args.split, args.stat_images) for w in args.weights]
+    if any(stats):
+        print(
+            f"\nLA weights on the first {args.stat_images} images (pseudo-labels), worst file per level\n\n"
+            "| level | mean abs(w - 0.5) | max abs(w - 0.5) | mean norm(x_new - x) / norm(x) |\n"
+            "|---|---|---|---|"
+        )
+        for level in range(max(len(s) for s in stats)):
+            rows = [s[level] for s in stats if len(s) > level]
+            worst = {k: max(r[k] for r in rows) for k in ("w_mean", "w_max", "change")}
+            print(f"| P{level + 3} | {worst['w_mean']:.1e} | {worst['w_max']:.1e} | {worst['change']:.1e} |")
     return 0
 
 
