@@ -166,9 +166,9 @@ _DEMO: DemoModel | None = None
 def demo_model(cache_dir: Path) -> DemoModel:
     """Weights that detect the objects of known scans: a small LAcls detector overfitted to them (cached).
 
-    Deliberately not the bundled demo weights: those (model/weights/MODEL_CARD.md: 3.4 mAP, scores
-    <= 0.2 with false positives above true ones) cannot support "the object that is there is found".
-    The bundled file is checked as the service's default in test_service_lifecycle.py.
+    Not the bundled demo weights for these mechanics tests: those (model/weights/MODEL_CARD.md: 5.6 mAP,
+    scores mostly below 0.2, many false positives) find objects only at a low threshold and in bulk.
+    What the bundled file finds as the service's default is checked in test_service_bundled.py.
     """
     global _DEMO
     if _DEMO is not None:
