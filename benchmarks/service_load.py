@@ -1,12 +1,17 @@
 """Service latency under load: p50/p95/p99 and throughput at several client concurrencies, on CPU.
 
 Starts ``xscreen serve`` (a real uvicorn process) on a free loopback port with the given weights
-(default: the bundled model/weights/xscreen-small-lacls.safetensors), posts 16-bit PNG scans from the
-synthetic scanner from N client threads, and compares the end-to-end p50 at concurrency 1 with the
+(default: the bundled model/weights/xscreen-small-lacls.safetensors), posts 16-bit scans from the
+synthetic scanner (PNG by default; ``--format`` tiff, npy or raw uint16) from N client threads, and
+compares the end-to-end p50 at concurrency 1 with the
 model's own latency (TorchBackend.predict on one converted scan, measured in this process before the
 server starts, so the two never share the CPU). Prints a markdown table.
 
     python benchmarks/service_load.py [--weights W] [--concurrency 1,4,16] [--requests 40] [--size 640]
+        [--format png|tiff|npy|raw]
+
+It also prints where the time goes at concurrency 1: the server's own timings (decode, convert,
+queue wait, inference, handler total) and what remains outside the handler.
 """
 
 from __future__ import annotations
@@ -39,15 +44,42 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def make_scans(n: int, size: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, bytes, bytes]]:
+def _encode(img: np.ndarray, fmt: str) -> bytes:
+    if fmt == "png":
+        return cv2.imencode(".png", img)[1].tobytes()
+    if fmt == "tiff":
+        import io
+
+        import tifffile
+
+        buf = io.BytesIO()
+        tifffile.imwrite(buf, img)
+        return buf.getvalue()
+    if fmt == "npy":
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, img)
+        return buf.getvalue()
+    return img.astype("<u2").tobytes()  # raw: headerless little-endian uint16 + width/height fields
+
+
+def make_scans(
+    n: int, size: int, seed: int, fmt: str = "png"
+) -> list[tuple[np.ndarray, np.ndarray, bytes, bytes]]:
     from training.synth.scene import make_scan
 
     out = []
     for i in range(n):
         s = make_scan(np.random.default_rng(seed + i), size, size)
-        hi, lo = cv2.imencode(".png", s.high)[1].tobytes(), cv2.imencode(".png", s.low)[1].tobytes()
+        fields: dict = {
+            "high": (f"high.{fmt}", _encode(s.high, fmt)),
+            "low": (f"low.{fmt}", _encode(s.low, fmt)),
+        }
+        if fmt == "raw":
+            fields.update(width=str(size), height=str(size))
         # the multipart body is encoded once, as a scanner client streaming its own bytes would
-        body, ctype = encode_multipart_formdata({"high": ("high.png", hi), "low": ("low.png", lo)})
+        body, ctype = encode_multipart_formdata(fields)
         out.append((s.high, s.low, body, ctype))
     return out
 
@@ -85,6 +117,7 @@ def metric(text: str, name: str) -> float:
 def run_level(url: str, scans, concurrency: int, n: int) -> dict:
     lat: list[float] = []
     model: list[float] = []  # the backend's own predict time for the batch that held each scan
+    stages: dict[str, list[float]] = {}  # the server's own timings per request
     statuses: list[int] = []
     lock = threading.Lock()
     sessions = threading.local()
@@ -100,7 +133,11 @@ def run_level(url: str, scans, concurrency: int, n: int) -> dict:
             statuses.append(r.status_code)
             if r.status_code == 200:
                 lat.append(dt)
-                model.append(r.json()["timings"]["inference"])
+                timings = r.json()["timings"]
+                model.append(timings["inference"])
+                for k in ("decode", "convert", "queue_wait", "inference", "total"):
+                    stages.setdefault(k, []).append(timings[k])
+                stages.setdefault("outside", []).append(dt - timings["total"])
 
     before = requests.get(url + "/metrics").text
     t0 = time.perf_counter()
@@ -121,6 +158,7 @@ def run_level(url: str, scans, concurrency: int, n: int) -> dict:
         "p99": pct(lat, 99),
         "throughput": statuses.count(200) / wall,
         "mean_batch": scans_in / batches if batches else float("nan"),
+        "stages": {k: pct(v, 50) for k, v in stages.items()},
     }
 
 
@@ -132,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", default="1,4,16")
     p.add_argument("--requests", type=int, default=40, help="requests per concurrency level")
     p.add_argument("--size", type=int, default=640, help="scan side in pixels (synthetic scanner)")
+    p.add_argument(
+        "--format", choices=("png", "tiff", "npy", "raw"), default="png", help="how the scans are sent"
+    )
     p.add_argument("--scans", type=int, default=8, help="distinct scans cycled through")
     p.add_argument("--max-batch-size", type=int, default=4)
     p.add_argument("--max-queue-delay-ms", type=float, default=5.0)
@@ -142,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"weights file not found: {args.weights} (give --weights)")
     levels = [int(c) for c in args.concurrency.split(",")]
 
-    scans = make_scans(args.scans, args.size, args.seed)
+    scans = make_scans(args.scans, args.size, args.seed, args.format)
     model_s = model_latency(args.weights, scans, args.model_runs)
 
     port = free_port()
@@ -184,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
 
-    print(f"\nweights: {args.weights.name}, scans {args.size}x{args.size} 16-bit PNG, device cpu, "
+    print(f"\nweights: {args.weights.name}, scans {args.size}x{args.size} 16-bit {args.format}, device cpu, "
           f"{os.cpu_count()} cores, max_batch_size {args.max_batch_size}, "
           f"max_queue_delay {args.max_queue_delay_ms:g} ms\n")  # fmt: skip
     print(
@@ -211,6 +252,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"end-to-end p50 at concurrency 1 / model latency = {ratio:.3f} ({verdict} the <= 1.10 target)")
         print(
             f"end-to-end p50 at concurrency 1 / separately measured model latency = {c1['p50'] / model_s:.3f}"
+        )
+        st = c1["stages"]
+        print(
+            "where the time goes at concurrency 1 (p50 of each, seconds): "
+            + ", ".join(f"{k} {st[k]:.4f}" for k in ("decode", "convert", "queue_wait", "inference", "total"))
+            + f"; outside the handler (HTTP, multipart, response, client) {st['outside']:.4f}"
         )
     return 0
 
