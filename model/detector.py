@@ -216,16 +216,22 @@ class ATSSDetector(nn.Module):
             return out
         return None
 
+    def _assign(self, batch: Tensor, boxes: list[Tensor], labels: list[Tensor]):
+        """ATSS assignment for a padded batch: anchors, per-level counts, strides, matched GT index
+        per anchor [N, A] (-1 background) and the LA training labels (None without LA)."""
+        anchors, per_level = self.anchors_for(batch.shape)
+        strides = anchor_strides(per_level, anchors.device)
+        matched = torch.stack([atss_assign(anchors, per_level, b, self.cfg.atss_topk) for b in boxes])
+        la_targets = self._la_targets(matched, anchors, strides, boxes, labels)
+        return anchors, per_level, strides, matched, la_targets
+
     def compute_losses(self, images: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
         self._check_images(images)
         self._check_targets(images, targets)
         imgs, boxes = self._resize(images, [t["boxes"] for t in targets])
         labels = [t["labels"].to(self.device, torch.long) for t in targets]
         batch, _ = pad_batch(imgs)
-        anchors, per_level = self.anchors_for(batch.shape)
-        strides = anchor_strides(per_level, anchors.device)
-        matched = torch.stack([atss_assign(anchors, per_level, b, self.cfg.atss_topk) for b in boxes])
-        la_targets = self._la_targets(matched, anchors, strides, boxes, labels)
+        anchors, per_level, strides, matched, la_targets = self._assign(batch, boxes, labels)
         cls, reg, ctr = self.forward_raw(batch, la_targets)
         return atss_losses(
             cls,
@@ -293,11 +299,8 @@ class ATSSDetector(nn.Module):
                 original = (int(image.shape[-2]), int(image.shape[-1]))
                 imgs, boxes = self._resize([image], [target["boxes"]])
                 batch, sizes = pad_batch(imgs)
-                anchors, per_level = self.anchors_for(batch.shape)
-                strides = anchor_strides(per_level, anchors.device)
-                matched = atss_assign(anchors, per_level, boxes[0], self.cfg.atss_topk)[None]
                 labels = [target["labels"].to(self.device, torch.long)]
-                la_targets = self._la_targets(matched, anchors, strides, boxes, labels)
+                anchors, per_level, _, _, la_targets = self._assign(batch, boxes, labels)
                 cls, reg, ctr = self.forward_raw(batch, la_targets)
                 out += postprocess_detections(cls, reg, ctr, anchors, per_level, sizes, [original], self.cfg)
         return out

@@ -69,3 +69,8 @@ def test_probe_command_prints_one_row_per_mode(tmp_path, capsys):
     save_weights(build_detector(load_config(str(tiny_config(tmp_path / "a.json", "small_atss")))), atss)
     assert probe_main(["--weights", str(atss), "--data", str(data)]) == 2
     assert "an ATSS model without LA has no label source to probe" in capsys.readouterr().err
+    assert probe_main(["--weights", str(tmp_path / "none.safetensors"), "--data", str(data)]) == 2
+    assert "la_probe: error:" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        probe_main(["--weights", str(weights), "--data", str(data), "--limit", "0"])
+    assert info.value.code == 2 and "must be at least 1, got 0" in capsys.readouterr().err

@@ -252,23 +252,27 @@ def detect_dataset(
                 for i in chunk
             ]
             for i, det in zip(chunk, model.predict(images), strict=True):
-                image_id = int(ds.images[i]["id"])
-                for box, score, label in zip(
-                    det["boxes"].cpu().tolist(),
-                    det["scores"].cpu().tolist(),
-                    det["labels"].cpu().tolist(),
-                    strict=True,
-                ):
-                    x1, y1, x2, y2 = box
-                    results.append(
-                        {
-                            "image_id": image_id,
-                            "category_id": int(ds.label_to_cat[int(label)]),
-                            "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                            "score": round(float(score), 5),
-                        }
-                    )
+                results += coco_results(ds, i, det)
     return results
+
+
+def coco_results(ds, index: int, det: dict) -> list[dict]:
+    """One image's detections (model.predict output) -> COCO results with the dataset's category ids."""
+    image_id = int(ds.images[index]["id"])
+    out = []
+    for box, score, label in zip(
+        det["boxes"].cpu().tolist(), det["scores"].cpu().tolist(), det["labels"].cpu().tolist(), strict=True
+    ):
+        x1, y1, x2, y2 = box
+        out.append(
+            {
+                "image_id": image_id,
+                "category_id": int(ds.label_to_cat[int(label)]),
+                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                "score": round(float(score), 5),
+            }
+        )
+    return out
 
 
 def evaluate_model(

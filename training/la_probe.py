@@ -31,41 +31,27 @@ from xscreen.errors import XscreenError
 MODES = ("pseudo", "oracle", "off")
 
 
-def _results(ds, index: int, det: dict) -> list[dict]:
-    image_id = int(ds.images[index]["id"])
-    out = []
-    for box, score, label in zip(
-        det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist(), strict=True
-    ):
-        x1, y1, x2, y2 = box
-        out.append(
-            {
-                "image_id": image_id,
-                "category_id": int(ds.label_to_cat[int(label)]),
-                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                "score": round(float(score), 5),
-            }
-        )
-    return out
-
-
-def probe(weights: Path, data: Path, split: str, modes: list[str], limit: int | None) -> dict[str, dict]:
-    """{mode: {"test": metrics, "challenging": metrics}} for one weights file."""
-    import torch
-
-    from model import build_detector
+def load(weights: Path, data: Path, split: str):
+    """The LA model (eval mode) and the split's CocoDetection; XscreenError for an ATSS model."""
     from model.weights import load_weights
     from training.dataset import CocoDetection
-    from training.evaluate import evaluate_detections
-    from training.scans import read_converted
 
     model, _ = load_weights(weights)
     if model.cfg.la_mode == "none":
         raise XscreenError(f"{weights}: an ATSS model without LA has no label source to probe")
-    model.eval()
+    return model.eval(), CocoDetection(data, split, class_names=model.cfg.class_names)
+
+
+def probe(model, ds, modes: list[str], limit: int | None) -> dict[str, dict]:
+    """{mode: {"test": metrics, "challenging": metrics}} for one LA model on a dataset split."""
+    import torch
+
+    from model import build_detector
+    from training.evaluate import coco_results, evaluate_detections
+    from training.scans import read_converted
+
     off = build_detector(model.cfg.with_overrides(la_coeffs=(1.0, 0.0, 0.0))).eval()
     off.load_state_dict(model.state_dict())
-    ds = CocoDetection(data, split, class_names=model.cfg.class_names)
     indices = range(len(ds) if limit is None else min(limit, len(ds)))
     results: dict[str, list[dict]] = {m: [] for m in modes}
     with torch.inference_mode():
@@ -77,7 +63,7 @@ def probe(weights: Path, data: Path, split: str, modes: list[str], limit: int | 
                     det = model.predict_with_oracle_labels([image], [{"boxes": boxes, "labels": labels}])[0]
                 else:
                     det = (model if mode == "pseudo" else off).predict([image])[0]
-                results[mode] += _results(ds, i, det)
+                results[mode] += coco_results(ds, i, det)
     gt = dict(ds.coco)
     if limit is not None:
         keep = {int(ds.images[i]["id"]) for i in indices}
@@ -93,21 +79,16 @@ def probe(weights: Path, data: Path, split: str, modes: list[str], limit: int | 
     return out
 
 
-def weight_stats(weights: Path, data: Path, split: str, images: int) -> list[dict[str, float]]:
+def weight_stats(model, ds, images: int) -> list[dict[str, float]]:
     """Per FPN level: mean and max |w - 0.5| of the LA weights and the relative feature change (LAcls)."""
     import torch
 
     from model.label_aware import label_aware_weights, reweight
     from model.transform import pad_batch
-    from model.weights import load_weights
-    from training.dataset import CocoDetection
     from training.scans import read_converted
 
-    model, _ = load_weights(weights)
     if model.cfg.la_mode != "cls":
         return []
-    model.eval()
-    ds = CocoDetection(data, split, class_names=model.cfg.class_names)
     acc: list[dict[str, list[float]]] = []
     with torch.inference_mode():
         for i in range(min(images, len(ds))):
@@ -131,6 +112,16 @@ def weight_stats(weights: Path, data: Path, split: str, images: int) -> list[dic
         }
         for a in acc
     ]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _cell(values: list[float | None]) -> str:
@@ -168,13 +159,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="dataset folder (annotations/, images/)")
     p.add_argument("--split", default="test")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    p.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
-    p.add_argument("--stat-images", type=int, default=20, help="images for the LA-weight statistics")
+    p.add_argument("--limit", type=_positive_int, default=None, help="only the first N images of the split")
+    p.add_argument(
+        "--stat-images", type=_positive_int, default=20, help="images for the LA-weight statistics"
+    )
     p.add_argument("--out", default=None, help="also write the per-file metrics here (JSON)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    per_file, stats = [], []
     try:
-        per_file = [probe(Path(w), Path(args.data), args.split, args.modes, args.limit) for w in args.weights]
+        for w in args.weights:
+            model, ds = load(Path(w), Path(args.data), args.split)
+            per_file.append(probe(model, ds, args.modes, args.limit))
+            stats.append(weight_stats(model, ds, args.stat_images))
     except XscreenError as exc:
         print(f"la_probe: error: {exc}", file=sys.stderr)
         return 2
@@ -184,7 +181,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"{len(per_file)} weights file(s), split {args.split!r}; COCO AP in %, mean ± std over the files\n")
     print(table(per_file, args.modes))
-    stats = [weight_stats(Path(w), Path(args.data), args.split, args.stat_images) for w in args.weights]
     if any(stats):
         print(
             f"\nLA weights on the first {args.stat_images} images (pseudo-labels), worst file per level\n\n"
