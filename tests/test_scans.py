@@ -237,3 +237,23 @@ def test_decode_raw_uint16():
         decode_raw_uint16(b"\x00\x00", 1, 1)
     with pytest.raises(ScanError, match="more than the limit"):
         decode_raw_uint16(buf, 11, 7, max_pixels=10)
+
+
+def test_conversion_into_row_blocks_of_one_output_equals_the_whole():
+    # service.scan_input converts the two halves of a scan in two threads into one array
+    from service.scan_input import convert_parallel
+
+    rng = np.random.default_rng(8)
+    high = rng.integers(0, 65536, size=(301, 64), dtype=np.uint16)
+    low = rng.integers(0, 65536, size=(301, 64), dtype=np.uint16)
+    whole = convert_scan(high, low)
+    out = np.full((301, 64, 3), np.nan, dtype=np.float32)
+    assert convert_scan(high[:150], low[:150], out[:150]) is not None
+    convert_scan(high[150:], low[150:], out[150:])
+    np.testing.assert_array_equal(out, whole)
+    np.testing.assert_array_equal(convert_parallel(high, low), whole)
+    np.testing.assert_array_equal(convert_parallel(high[:5], low[:5]), whole[:5])  # small: one piece
+    with pytest.raises(ScanError, match="size mismatch"):
+        convert_parallel(high, low[:300])
+    with pytest.raises(ScanError, match=r"out must be float32 \(301, 64, 3\)"):
+        convert_scan(high, low, np.empty((301, 64, 3), np.float64))

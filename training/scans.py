@@ -239,17 +239,22 @@ def _as_float(img: np.ndarray, label: str) -> np.ndarray:
     return out
 
 
-def convert_scan(high: np.ndarray, low: np.ndarray) -> np.ndarray:
+def convert_scan(high: np.ndarray, low: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Raw dual-energy pair (uint16 [H, W] each) -> converted image float32 [H, W, 3] in 0..255.
 
     method.md §1 / paper Eq. 1: channel 1 = high/256, channel 2 = low/256,
     channel 3 = 510 * sigmoid(high / low) - 255. The denominator is clamped to >= 1 so
     ``low == 0`` gives a finite value (255 * (2 * sigmoid(high) - 1) there), never inf/NaN.
+    ``out``: a float32 [H, W, 3] array to write into (e.g. a block of rows of a larger image, so
+    that parts of one scan can be converted in parallel); returned.
     """
     check_pair(high, low)
     h = _as_float(high, "high")
     lo = _as_float(low, "low")
-    out = np.empty(h.shape + (3,), dtype=np.float32)
+    if out is None:
+        out = np.empty(h.shape + (3,), dtype=np.float32)
+    elif out.dtype != np.float32 or out.shape != h.shape + (3,):
+        raise ScanError(f"convert_scan: out must be float32 {h.shape + (3,)}, got {out.dtype} {out.shape}")
     # The same float32 operations as h / 256, lo / 256 and 510 / (1 + exp(-h / max(lo, 1))) - 255,
     # written in place: this runs on every scan the service receives, before the model.
     np.multiply(h, 1.0 / 256.0, out=out[..., 0])  # 1/256 is exact: identical to h / 256
