@@ -70,8 +70,15 @@ def test_exposed_host_with_key_is_accepted():
 
 @pytest.mark.parametrize(
     ("host", "loop"),
-    [("127.0.0.1", True), ("127.8.0.1", True), ("::1", True), ("localhost", True), ("0.0.0.0", False),
-     ("192.168.1.4", False), ("example.org", False)],
+    [
+        ("127.0.0.1", True),
+        ("127.8.0.1", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("192.168.1.4", False),
+        ("example.org", False),
+    ],
 )
 def test_loopback_detection(host, loop):
     assert is_loopback(host) is loop
