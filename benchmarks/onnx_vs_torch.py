@@ -1,7 +1,7 @@
 """ONNX Runtime (CPU) vs torch eager for the ATSS+LA network, with ORT graph-optimisation and thread settings.
 
 Usage: python benchmarks/onnx_vs_torch.py [--variants small_lacls@256x256,atss_lacls_r50] [--runs 3]
-       [--threads 1,2] [--levels basic,extended,all] [--out-dir DIR]
+       [--threads 1,2] [--levels basic,extended,all] [--int8] [--out-dir DIR]
 
 For each variant (random weights, nothing downloaded) the detector is exported with
 model.onnx_export (the LA loop as explicit operators) and both run the network part on the same
@@ -11,6 +11,9 @@ for both and is not timed. Sizes: ``NAME@HxW``, else small_* at its config's 512
 800x1333; the default list adds small_lacls at 256x256, the bundled weights' input size. Every setting is
 warmed up once, then timed ``--runs`` times; the table shows the fastest run (robust to other load on
 the machine) and the median. "speed-up" = torch seconds / ORT seconds at the same thread count.
+``--int8`` adds the static int8 export (model.onnx_quantize, calibrated on 4 synthetic scans) as
+"onnxruntime int8" rows; its max abs diff shows how far quantisation moves the raw outputs (with random
+weights; `xscreen eval --onnx` measures what that does to accuracy on trained weights).
 """
 
 from __future__ import annotations
@@ -49,12 +52,17 @@ def _timed(fn, runs: int) -> list[float]:
 
 
 def bench_variant(
-    name: str, size: tuple[int, int], threads: list[int], levels: list[str], runs: int, out_dir: Path
+    name: str,
+    size: tuple[int, int],
+    threads: list[int],
+    levels: list[str],
+    runs: int,
+    out_dir: Path,
+    int8: bool = False,
 ) -> list[dict]:
-    import onnxruntime as ort
-
     from model import build_detector
-    from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
+    from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx, ort_session
+    from model.onnx_quantize import network_inputs, synthetic_calibration_images
     from service.onnx_backend import session_options
 
     h, w = size
@@ -64,6 +72,12 @@ def bench_variant(
     t0 = time.perf_counter()
     export_onnx(det, path, name=name, version="bench", sha256="0" * 64)
     export_s = time.perf_counter() - t0
+    engines = [("onnxruntime", path)]
+    if int8:
+        calib = network_inputs(synthetic_calibration_images(det.cfg, 4), det.cfg)
+        path8 = out_dir / f"{name}-{h}x{w}-int8.onnx"
+        export_onnx(det, path8, name=name, version="bench", sha256="0" * 64, calibration=calib)
+        engines.append(("onnxruntime int8", path8))
     batch = torch.randn(1, 3, h, w)
     feed = {INPUT_NAME: batch.numpy()}
     rows = []
@@ -90,10 +104,8 @@ def bench_variant(
                 export_s=export_s,
             )
         )
-        for level in levels:
-            sess = ort.InferenceSession(
-                str(path), sess_options=session_options(level, n, 1), providers=["CPUExecutionProvider"]
-            )
+        for (engine, onnx_path), level in [(e, lv) for e in engines for lv in levels]:
+            sess = ort_session(onnx_path, session_options(level, n, 1))
             t_ort = _timed(lambda s=sess: s.run(list(OUTPUT_NAMES), feed), runs)
             got = sess.run(list(OUTPUT_NAMES), feed)
             diff = max(float(np.abs(a - b).max()) for a, b in zip(ref, got, strict=True))
@@ -101,7 +113,7 @@ def bench_variant(
                 dict(
                     variant=name,
                     size=f"{h}x{w}",
-                    engine="onnxruntime",
+                    engine=engine,
                     level=level,
                     threads=n,
                     best=min(t_ort),
@@ -118,10 +130,8 @@ def interleaved(
     name: str, size: tuple[int, int], threads: int, rounds: int, out_dir: Path
 ) -> list[tuple[float, float]]:
     """torch and ORT (level all) run alternately, so both see the same background load."""
-    import onnxruntime as ort
-
     from model import build_detector
-    from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
+    from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx, ort_session
     from service.onnx_backend import session_options
 
     h, w = size
@@ -129,9 +139,7 @@ def interleaved(
     torch.set_num_threads(threads)
     det = build_detector(name).eval()
     path = export_onnx(det, out_dir / f"{name}-interleaved.onnx", name=name, version="bench", sha256="0" * 64)
-    sess = ort.InferenceSession(
-        str(path), sess_options=session_options("all", threads, 1), providers=["CPUExecutionProvider"]
-    )
+    sess = ort_session(path, session_options("all", threads, 1))
     batch = torch.randn(1, 3, h, w)
     feed = {INPUT_NAME: batch.numpy()}
 
@@ -174,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", default=None, help="comma-separated intra-op thread counts (default: 1,ncpu)")
     p.add_argument("--levels", default="basic,extended,all", help="ORT graph optimisation levels")
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument(
+        "--int8", action="store_true", help="also time the static int8 export (model.onnx_quantize)"
+    )
     p.add_argument("--out-dir", type=Path, default=None, help="keep the exported .onnx files here")
     p.add_argument(
         "--interleaved",
@@ -201,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = args.out_dir or Path(tmp)
         for name, size in specs:
-            rows += bench_variant(name, size, threads, levels, args.runs, out_dir)
+            rows += bench_variant(name, size, threads, levels, args.runs, out_dir, args.int8)
             print(f"# {name}: exported in {rows[-1]['export_s']:.1f} s", flush=True)
     print(
         f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}, {ncpu} CPU(s), "

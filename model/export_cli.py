@@ -1,9 +1,13 @@
 """Export trained weights to ONNX (full ATSS+LA inference graph, LA loop included) for ONNX Runtime.
 
-``xscreen export --weights W --out model.onnx [--opset N]``: loads the safetensors weights, exports
-model.onnx_export.ExportableDetector (dynamic batch, height, width), stores class names, model name,
-version, weights sha256 and config in the ONNX metadata, runs onnx.checker and, unless
-``--no-verify``, compares ONNX Runtime with the torch model on a random batch.
+``xscreen export --weights W --out model.onnx [--opset N] [--int8 ...]``: loads the safetensors
+weights, exports model.onnx_export.ExportableDetector (dynamic batch, height, width), stores class
+names, model name, version, weights sha256 and config in the ONNX metadata, runs onnx.checker and,
+unless ``--no-verify``, compares ONNX Runtime with the torch model on a random batch.
+
+``--int8`` writes the static int8 version instead (model.onnx_quantize), calibrated on synthetic
+scans or on ``--calibration-data``; it approximates the model, so the comparison is reported, not
+enforced; measure its accuracy with ``xscreen eval --onnx``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-verify", action="store_true", help="skip the ONNX Runtime vs torch check after export"
     )
     parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="write a static int8 (QDQ) graph for faster CPU inference; approximates the model",
+    )
+    parser.add_argument(
+        "--calibration-data",
+        type=Path,
+        help="--int8: calibrate on this dataset's images (COCO layout, as xscreen eval); default: "
+        "scans from the synthetic scanner",
+    )
+    parser.add_argument("--calibration-split", default="train", help="--int8: dataset split (default train)")
+    parser.add_argument(
+        "--calibration-images", type=int, default=32, help="--int8: calibration images (default 32)"
+    )
+    parser.add_argument("--calibration-seed", type=int, default=0, help="--int8: which images/scans")
+    parser.add_argument(
         "--debug-la-outputs",
         action="store_true",
         help="also output the LA weights (la_w1, la_w2) for verification; not for serving",
@@ -33,10 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def verify(onnx_path: Path, detector, seed: int = 0) -> dict[str, float]:
     """Max |ORT - torch| per output on a random normalised batch of the model's own input size."""
     import numpy as np
-    import onnxruntime as ort
     import torch
 
-    from model.onnx_export import INPUT_NAME, OUTPUT_NAMES
+    from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, ort_session
 
     cfg = detector.cfg
     g = torch.Generator().manual_seed(seed)
@@ -44,30 +63,67 @@ def verify(onnx_path: Path, detector, seed: int = 0) -> dict[str, float]:
     batch = torch.randn(1, 3, h, h + 64, generator=g)
     with torch.no_grad():
         ref = detector.forward_raw(batch)
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    sess = ort_session(onnx_path)
     got = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: batch.numpy()})
     return {
         name: float(np.abs(r.numpy() - o).max()) for name, r, o in zip(OUTPUT_NAMES, ref, got, strict=True)
     }
 
 
-def run(args: argparse.Namespace) -> int:
-    from model.onnx_export import export_weights
+def calibration_source(args: argparse.Namespace):
+    """--int8: a function config -> (converted images, description) for model.onnx_export.export_weights."""
+    from model.onnx_export import OnnxModelError
+    from model.onnx_quantize import dataset_calibration_images, synthetic_calibration_images
 
+    n, seed = args.calibration_images, args.calibration_seed
+    if n < 1:
+        raise OnnxModelError(f"--calibration-images must be at least 1, got {n}")
+    if args.calibration_data is not None and not args.calibration_data.is_dir():
+        raise OnnxModelError(f"--calibration-data: {args.calibration_data} is not a directory")
+
+    def source(cfg):
+        if args.calibration_data is None:
+            side = min(cfg.min_size, 800)
+            return synthetic_calibration_images(
+                cfg, n, seed
+            ), f"{n} synthetic {side}x{side} scans, seed {seed}"
+        images = dataset_calibration_images(
+            args.calibration_data, args.calibration_split, n, cfg.class_names, seed
+        )
+        return (
+            images,
+            f"{len(images)} images of {args.calibration_data} split {args.calibration_split}, seed {seed}",
+        )
+
+    return source
+
+
+def run(args: argparse.Namespace) -> int:
+    from model.onnx_export import OnnxModelError, export_weights
+
+    if not args.int8 and args.calibration_data is not None:
+        raise OnnxModelError("--calibration-data only applies with --int8")
     path, meta, detector = export_weights(
-        args.weights, args.out, opset=args.opset, debug_la=args.debug_la_outputs
+        args.weights,
+        args.out,
+        opset=args.opset,
+        debug_la=args.debug_la_outputs,
+        calibration=calibration_source(args) if args.int8 else None,
     )
     size_mb = path.stat().st_size / 2**20
     print(
         f"wrote {path} ({size_mb:.1f} MiB): {meta.config.name} la_mode={meta.config.la_mode} "
-        f"opset={args.opset} classes={len(meta.class_names)} weights_sha256={meta.sha256}"
+        f"opset={args.opset} precision={meta.precision} classes={len(meta.class_names)} "
+        f"weights_sha256={meta.sha256}"
     )
+    if meta.precision == "int8":
+        print(f"int8 calibration: {meta.raw.get('calibration')}")
     print("onnx.checker: ok")
     if not args.no_verify:
         diffs = verify(path, detector)
         print("ONNX Runtime vs torch, max abs diff: " + ", ".join(f"{k}={v:.2e}" for k, v in diffs.items()))
-        if max(diffs.values()) > VERIFY_ATOL:
-            from model.onnx_export import OnnxModelError
-
+        if meta.precision == "int8":
+            print("int8 approximates the model: measure its accuracy with `xscreen eval --onnx`")
+        elif max(diffs.values()) > VERIFY_ATOL:
             raise OnnxModelError(f"{path}: ONNX Runtime disagrees with torch by more than {VERIFY_ATOL}")
     return 0

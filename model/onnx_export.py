@@ -34,6 +34,7 @@ MAX_OPSET = 20  # highest opset of torch.onnx's TorchScript-based exporter
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("cls_logits", "bbox_reg", "centerness")
 DEBUG_OUTPUT_NAMES = ("la_w1", "la_w2")  # optional LA weights, for verification only
+PRECISIONS = ("fp32", "int8")  # metadata "precision"; int8 = model.onnx_quantize (files without it: fp32)
 REQUIRED_KEYS = (
     "xscreen_format",
     "xscreen_format_version",
@@ -44,6 +45,24 @@ REQUIRED_KEYS = (
     "config",
 )
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+# ORT's QDQ propagation moves an int8 export's quantisation in front of the stem's MaxPool, which ORT
+# then runs on uint8 in a slow kernel; kept off, the pool stays fp32 and the int8 graph runs faster
+# (docs/onnx.md). It has nothing to act on in an fp32 export.
+DISABLED_OPTIMIZERS = ("QDQPropagationTransformer",)
+
+
+def ort_session(path: str | Path, opts=None, providers: list | None = None):
+    """An onnxruntime.InferenceSession for an xscreen export, set up as the service runs it."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(
+        str(path),
+        sess_options=opts,
+        providers=providers or ["CPUExecutionProvider"],
+        disabled_optimizers=list(DISABLED_OPTIMIZERS),
+    )
 
 
 class OnnxModelError(XscreenError):
@@ -118,8 +137,20 @@ def output_names(cfg: DetectorConfig, debug_la: bool = False) -> list[str]:
     return names
 
 
-def onnx_metadata(cfg: DetectorConfig, *, name: str, version: str, sha256: str, opset: int) -> dict[str, str]:
+def onnx_metadata(
+    cfg: DetectorConfig,
+    *,
+    name: str,
+    version: str,
+    sha256: str,
+    opset: int,
+    precision: str = "fp32",
+    calibration: str | None = None,
+) -> dict[str, str]:
     """The ``metadata_props`` of an exported file (all values are strings)."""
+    if precision not in PRECISIONS:
+        raise OnnxModelError(f"unknown precision {precision!r} (expected one of {', '.join(PRECISIONS)})")
+    extra = {"calibration": calibration} if calibration else {}
     return {
         "xscreen_format": ONNX_FORMAT,
         "xscreen_format_version": str(ONNX_FORMAT_VERSION),
@@ -132,7 +163,17 @@ def onnx_metadata(cfg: DetectorConfig, *, name: str, version: str, sha256: str, 
         "opset": str(opset),
         "input": f"{INPUT_NAME}: float32 [N,3,H,W], ImageNet-normalised 0..255 image, H,W multiples of 32",
         "outputs": json.dumps(OUTPUT_NAMES),
+        "precision": precision,
+        **extra,
     }
+
+
+def apply_metadata(proto, meta: dict[str, str]) -> None:
+    """Replace an ONNX ModelProto's ``metadata_props`` with ``meta``."""
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
 
 
 @dataclass(frozen=True)
@@ -145,6 +186,7 @@ class OnnxModelMeta:
     sha256: str
     class_names: tuple[str, ...]
     raw: dict[str, str]
+    precision: str = "fp32"
 
 
 def parse_onnx_metadata(meta: dict[str, str], source: str = "onnx model") -> OnnxModelMeta:
@@ -178,6 +220,11 @@ def parse_onnx_metadata(meta: dict[str, str], source: str = "onnx model") -> Onn
     sha = meta["weights_sha256"].lower()
     if not _SHA256.match(sha):
         raise OnnxModelError(f"{source}: metadata weights_sha256 is not a sha256 hex digest")
+    precision = meta.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise OnnxModelError(
+            f"{source}: metadata precision {precision!r} is not one of {', '.join(PRECISIONS)}"
+        )
     return OnnxModelMeta(
         config=cfg,
         name=meta["model_name"],
@@ -185,6 +232,7 @@ def parse_onnx_metadata(meta: dict[str, str], source: str = "onnx model") -> Onn
         sha256=sha,
         class_names=tuple(names),
         raw=dict(meta),
+        precision=precision,
     )
 
 
@@ -203,10 +251,15 @@ def export_onnx(
     sha256: str,
     opset: int = DEFAULT_OPSET,
     debug_la: bool = False,
+    calibration: list | None = None,
+    calibration_source: str | None = None,
 ) -> Path:
     """Export ``detector`` (an ATSSDetector) to ``out_path`` with dynamic batch/height/width.
 
     Uses the TorchScript-based exporter (``dynamo=False``); adds the metadata; runs onnx.checker.
+    ``calibration``: network-input batches (model.onnx_quantize.network_inputs); when given, the file
+    written is the static int8 version of the graph (model.onnx_quantize), metadata precision "int8"
+    and ``calibration`` = ``calibration_source``.
     """
     import onnx
 
@@ -227,6 +280,7 @@ def export_onnx(
     for o in outputs:
         dynamic[o] = {0: "batch", 1 if o in OUTPUT_NAMES else 2: "anchors"}
     tmp = out_path.with_name(out_path.name + ".partial")
+    tmp_int8 = out_path.with_name(out_path.name + ".int8.partial")
     try:
         with torch.no_grad(), warnings.catch_warnings():
             # The tracer warns about Python ints taken from shapes (channel counts, fixed by the
@@ -234,6 +288,9 @@ def export_onnx(
             # whose dynamic axes are checked by tests/test_onnx_export.py on several input sizes.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+            warnings.filterwarnings(
+                "ignore", message=".*legacy TorchScript-based ONNX", category=DeprecationWarning
+            )
             warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
             torch.onnx.export(
                 wrapper,
@@ -260,26 +317,56 @@ def export_onnx(
                 dims[2].dim_value = channels[out.name]
             elif out.name in DEBUG_OUTPUT_NAMES:
                 dims[1].dim_value = cfg.fpn_channels
-        meta = onnx_metadata(cfg, name=name, version=version, sha256=sha256, opset=opset)
-        del proto.metadata_props[:]
-        for k, v in meta.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = k, v
-        proto.doc_string = f"xscreen {cfg.name} ({cfg.la_mode=}) exported with the explicit LA backward"
+        precision = "fp32"
+        if calibration is not None:
+            from model.onnx_quantize import quantize_int8
+
+            onnx.save(proto, str(tmp))
+            proto = onnx.load(str(quantize_int8(tmp, tmp_int8, calibration)))
+            precision = "int8"
+        meta = onnx_metadata(
+            cfg,
+            name=name,
+            version=version,
+            sha256=sha256,
+            opset=opset,
+            precision=precision,
+            calibration=calibration_source if calibration is not None else None,
+        )
+        apply_metadata(proto, meta)
+        proto.doc_string = (
+            f"xscreen {cfg.name} ({cfg.la_mode=}) exported with the explicit LA backward, {precision}"
+        )
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, str(out_path))
     finally:
         tmp.unlink(missing_ok=True)
+        tmp_int8.unlink(missing_ok=True)
     return out_path
 
 
 def export_weights(
-    weights: str | Path, out_path: str | Path, *, opset: int = DEFAULT_OPSET, debug_la: bool = False
+    weights: str | Path,
+    out_path: str | Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    debug_la: bool = False,
+    calibration=None,
 ) -> tuple[Path, OnnxModelMeta, nn.Module]:
-    """Load a safetensors weights file (model.weights) and export it -> (path, its metadata, the detector)."""
+    """Load a safetensors weights file (model.weights) and export it -> (path, its metadata, the detector).
+
+    ``calibration``: for an int8 export, a function config -> (converted [H, W, 3] images, a line
+    saying where they came from), e.g. model.onnx_quantize.synthetic_calibration_images.
+    """
     from model.weights import load_weights
 
     detector, info = load_weights(weights, device="cpu")
+    batches, source = None, None
+    if calibration is not None:
+        from model.onnx_quantize import network_inputs
+
+        images, source = calibration(info.config)
+        batches = network_inputs(images, info.config)
     path = export_onnx(
         detector,
         out_path,
@@ -288,8 +375,18 @@ def export_weights(
         sha256=str(info.sha256),
         opset=opset,
         debug_la=debug_la,
+        calibration=batches,
+        calibration_source=source,
     )
-    meta = onnx_metadata(
-        info.config, name=str(info.name), version=str(info.version), sha256=str(info.sha256), opset=opset
-    )
-    return path, parse_onnx_metadata(meta, str(path)), detector
+    return path, read_onnx_metadata(path), detector
+
+
+def read_onnx_metadata(path: str | Path) -> OnnxModelMeta:
+    """The validated xscreen metadata of an ONNX file (without loading its weights into memory)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError / OSError variants on a bad file
+        raise OnnxModelError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
+    return parse_onnx_metadata({p.key: p.value for p in proto.metadata_props}, str(path))

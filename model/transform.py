@@ -52,6 +52,16 @@ def normalize(image: Tensor, mean=PIXEL_MEAN, std=PIXEL_STD) -> Tensor:
     return (image - m) / s
 
 
+def network_image(image, min_size: int = 800, max_size: int = 1333) -> Tensor:
+    """A converted [H, W, 3] float array (method.md §1, 0..255) -> the normalised, fitted [3, h, w] tensor.
+
+    What the network sees of one scan before batching (the ONNX backend and int8 calibration).
+    """
+    t = torch.from_numpy(image.transpose(2, 0, 1).astype("float32", copy=False)).contiguous()
+    t, _ = resize_to_fit(t, None, min_size, max_size)
+    return normalize(t)
+
+
 def pad_batch(images: list[Tensor], size_divisor: int = 32) -> tuple[Tensor, list[tuple[int, int]]]:
     """Stack [3, H_i, W_i] images into [N, 3, H, W], zero-padded bottom/right to a multiple of 32.
 

@@ -69,7 +69,7 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None) -> F
         info = backend.info
         service.class_ids = class_ids_for(info.class_names)
         service.metrics.model_info.labels(
-            info.name, info.version, info.sha256, settings.backend, backend.device
+            info.name, info.version, info.sha256, settings.backend, backend.device, info.precision
         ).set(1)
         service.batcher = MicroBatcher(
             backend,

@@ -51,9 +51,9 @@ def _read(path: str, label: str) -> bytes:
 def run(args: argparse.Namespace) -> int:
     from service.errors import ApiError
     from service.inference import make_backend
-    from service.response import class_ids_for, detections_from_output
+    from service.response import class_ids_for, detections_from_output, model_summary
     from service.scan_input import prepare_scan
-    from service.schemas import DetectResponse, ImageSize, ModelSummary
+    from service.schemas import DetectResponse, ImageSize
     from service.settings import load_settings
 
     settings = load_settings(
@@ -95,13 +95,7 @@ def run(args: argparse.Namespace) -> int:
     }
     response = DetectResponse(
         scan_id=args.scan_id or uuid.uuid4().hex,
-        model=ModelSummary(
-            name=info.name,
-            version=info.version,
-            sha256=info.sha256,
-            backend=settings.backend,
-            device=backend.device,
-        ),
+        model=model_summary(info, settings.backend, backend.device),
         image=ImageSize(width=prepared.size[0], height=prepared.size[1]),
         score_threshold=settings.score_threshold,
         detections=detections,

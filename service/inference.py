@@ -36,6 +36,7 @@ class ModelInfo:
     sha256: str
     class_names: tuple[str, ...]
     groups: tuple[str, ...]  # group (cutter / liquid container) of each class, same order
+    precision: str = "fp32"  # numeric precision of the network: fp32, or int8 for a quantised ONNX export
 
 
 @runtime_checkable
@@ -109,6 +110,7 @@ class TorchBackend:
             sha256=str(winfo.sha256),
             class_names=names,
             groups=groups_for(names),
+            precision="fp32, LA gradients bf16" if la_bf16 else "fp32",
         )
         self._lock = threading.Lock()
 

@@ -71,7 +71,7 @@ class ServiceMetrics:
         self.model_info = Gauge(
             "xscreen_model_info",
             "Loaded model (value 1)",
-            ("name", "version", "sha256", "backend", "device"),
+            ("name", "version", "sha256", "backend", "device", "precision"),
             registry=r,
         )
         self.ready = Gauge("xscreen_ready", "1 when weights are loaded and warm-up is done", registry=r)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, OnnxModelError, parse_onnx_metadata
+from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, OnnxModelError, ort_session, parse_onnx_metadata
 from service.inference import BackendError, ModelInfo, groups_for, resolve_device
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class OnnxBackend:
             ort.preload_dlls()  # CUDA/cuDNN libraries of the pip wheels, before the CUDA session
         opts = session_options(graph_optimization, intra_op_threads, inter_op_threads)
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            self.session = ort_session(path, opts, providers)
         except Exception as exc:  # ORT raises InvalidProtobuf / Fail / InvalidGraph on a bad file
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise OnnxModelRefused(f"{path}: not a loadable ONNX model ({first[:300]})") from None
@@ -126,9 +126,16 @@ class OnnxBackend:
             sha256=meta.sha256,
             class_names=meta.class_names,
             groups=groups_for(meta.class_names),
+            precision=meta.precision,
         )
         self._lock = threading.Lock()
-        log.info("ONNX model %s (%s) on %s", path, meta.config.name, self.session.get_providers()[0])
+        log.info(
+            "ONNX model %s (%s, %s) on %s",
+            path,
+            meta.config.name,
+            meta.precision,
+            self.session.get_providers()[0],
+        )
 
     def _check_graph(self, meta, path: Path) -> None:
         """The graph's inputs/outputs must be what the metadata promises (catches mixed-up files)."""
@@ -161,9 +168,7 @@ class OnnxBackend:
         Same steps as ``ATSSDetector.predict``: resize_to_fit, normalize, sub-batches of equal padded
         size (a scan's result must not depend on its batch neighbours), pad_batch.
         """
-        import torch
-
-        from model.transform import normalize, pad_batch, resize_to_fit
+        from model.transform import network_image, pad_batch
 
         originals, resized = [], []
         for i, im in enumerate(images):
@@ -171,9 +176,7 @@ class OnnxBackend:
                 shape = getattr(im, "shape", type(im).__name__)
                 raise BackendError(f"image {i}: expected a converted [H, W, 3] array, got {shape}")
             originals.append((int(im.shape[0]), int(im.shape[1])))
-            t = torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1), dtype=np.float32))
-            t, _ = resize_to_fit(t, None, self.cfg.min_size, self.cfg.max_size)
-            resized.append(normalize(t))
+            resized.append(network_image(im, self.cfg.min_size, self.cfg.max_size))
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, t in enumerate(resized):
             groups[(math.ceil(t.shape[-2] / 32) * 32, math.ceil(t.shape[-1] / 32) * 32)].append(i)

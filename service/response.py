@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from service.inference import ModelInfo
-from service.schemas import Box, Detection
+from service.schemas import Box, Detection, ModelSummary
 
 
 def class_ids_for(class_names: tuple[str, ...]) -> tuple[int, ...]:
@@ -40,3 +40,15 @@ def detections_from_output(
             )
         )
     return detections
+
+
+def model_summary(info: ModelInfo, backend: str, device: str) -> ModelSummary:
+    """The response's ``model`` block (HTTP routes and ``xscreen detect``)."""
+    return ModelSummary(
+        name=info.name,
+        version=info.version,
+        sha256=info.sha256,
+        backend=backend,
+        device=device,
+        precision=info.precision,
+    )

@@ -33,6 +33,11 @@ class ModelSummary(BaseModel):
     sha256: str = Field(description="sha256 recorded in the weights file")
     backend: str = Field(examples=["torch"])
     device: str = Field(examples=["cpu"])
+    precision: str = Field(
+        "fp32",
+        description="numeric precision of the network (int8: a quantised ONNX export)",
+        examples=["fp32"],
+    )
 
 
 class ImageSize(BaseModel):

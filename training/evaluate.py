@@ -275,6 +275,30 @@ def coco_results(ds, index: int, det: dict) -> list[dict]:
     return out
 
 
+class OnnxDetector:
+    """An ``xscreen export`` file in ONNX Runtime (service.onnx_backend) with the ``predict`` of a detector.
+
+    ``predict`` takes [3, H, W] float tensors (0..255) and returns boxes/scores/labels tensors, like
+    ATSSDetector.predict, so :func:`detect_dataset` evaluates it exactly as torch weights.
+    """
+
+    def __init__(self, onnx_path: str | Path, device: str = "cpu"):
+        from service.onnx_backend import OnnxBackend
+
+        self.backend = OnnxBackend(onnx_path, device)
+        self.cfg = self.backend.cfg
+
+    def eval(self) -> OnnxDetector:
+        return self
+
+    def predict(self, images: list) -> list[dict]:
+        import torch
+
+        arrays = [im.detach().cpu().permute(1, 2, 0).numpy() for im in images]
+        outputs, _ = self.backend.predict(arrays)
+        return [{k: torch.from_numpy(v) for k, v in out.items()} for out in outputs]
+
+
 def evaluate_model(
     model,
     data_dir,
@@ -307,6 +331,9 @@ def evaluate_model(
 
 def add_arguments(parser) -> None:
     parser.add_argument("--weights", help="detector weights (.safetensors from model.weights.save_weights)")
+    parser.add_argument(
+        "--onnx", help="evaluate this `xscreen export` file through ONNX Runtime instead (fp32 or int8)"
+    )
     parser.add_argument("--data", required=True, help="dataset directory (annotations/, images/)")
     parser.add_argument("--split", default="test", help="split name (default test)")
     parser.add_argument("--subset", choices=["challenging"], help="evaluate only the challenging subset")
@@ -323,10 +350,17 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if args.batch_size < 1:
         raise EvalError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.detections and args.weights:
-        raise EvalError("give either --weights (run the model) or --detections (a results file), not both")
-    if not args.detections and not args.weights:
-        raise EvalError("--weights is required (or --detections to evaluate a results file)")
+    given = [
+        f
+        for f, v in (("--weights", args.weights), ("--onnx", args.onnx), ("--detections", args.detections))
+        if v
+    ]
+    if len(given) > 1:
+        raise EvalError(f"give one of --weights, --onnx or --detections, not {' and '.join(given)}")
+    if not given:
+        raise EvalError(
+            "--weights is required (or --onnx for an exported file, --detections for a results file)"
+        )
     ann_file = (
         Path(args.ann_file) if args.ann_file else Path(args.data) / "annotations" / f"{args.split}.json"
     )
@@ -343,7 +377,10 @@ def run(args) -> int:
             raise EvalError(f"--device {args.device!r}: {exc}") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise EvalError(f"--device {args.device}: CUDA is not available on this machine")
-        model, info = load_weights(args.weights, device=device)
+        if args.onnx:
+            model = OnnxDetector(args.onnx, device.type)
+        else:
+            model, _ = load_weights(args.weights, device=device)
         metrics = evaluate_model(
             model,
             args.data,

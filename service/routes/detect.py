@@ -12,14 +12,13 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
 from service.batching import BatcherStoppedError, BatchFailedError, DeadlineExceededError, QueueFullError
 from service.errors import ApiError
-from service.response import detections_from_output
+from service.response import detections_from_output, model_summary
 from service.scan_input import PreparedScan, prepare_scan
 from service.schemas import (
     SCAN_ID_PATTERN,
     DetectResponse,
     ErrorResponse,
     ImageSize,
-    ModelSummary,
 )
 from service.state import ServiceDep, ServiceState
 
@@ -119,13 +118,7 @@ async def _run_detection(
     width_px, height_px = prepared.size
     response = DetectResponse(
         scan_id=scan_id,
-        model=ModelSummary(
-            name=info.name,
-            version=info.version,
-            sha256=info.sha256,
-            backend=service.settings.backend,
-            device=backend.device,
-        ),
+        model=model_summary(info, service.settings.backend, backend.device),
         image=ImageSize(width=width_px, height=height_px),
         score_threshold=threshold,
         detections=detections,

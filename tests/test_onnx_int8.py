@@ -1,0 +1,150 @@
+"""Static int8 export (`xscreen export --int8`, model/onnx_quantize.py), `xscreen eval --onnx`, serving.
+
+Uses the bundled trained weights, so the comparison with torch is on real detections: at score 0.1 the
+bundled model finds a few hundred boxes on 12 synthetic 256 px scans.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+from model.onnx_export import OnnxModelError, onnx_metadata, parse_onnx_metadata
+from service.inference import TorchBackend
+from service.onnx_backend import OnnxBackend
+from service.settings import bundled_weights_path
+from training.scans import convert_scan
+from training.synth.scene import make_scan
+from training.synth.writer import SynthConfig, write_dataset
+from xscreen.cli import main as xscreen_main
+
+pytestmark = pytest.mark.timeout(600)
+
+WEIGHTS = bundled_weights_path()
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """(fp32 path, int8 path), both written by the `xscreen export` command."""
+    tmp = tmp_path_factory.mktemp("int8")
+    fp32, int8 = tmp / "fp32.onnx", tmp / "int8.onnx"
+    assert xscreen_main(["export", "--weights", str(WEIGHTS), "--out", str(fp32), "--no-verify"]) == 0
+    args = ["export", "--weights", str(WEIGHTS), "--out", str(int8), "--int8", "--calibration-images", "8"]
+    assert xscreen_main(args) == 0
+    return fp32, int8
+
+
+def _scans(n: int = 12, seed: int = 123) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [convert_scan(s.high, s.low) for s in (make_scan(rng, 256, 256) for _ in range(n))]
+
+
+def test_int8_file_is_a_quantised_graph_with_its_metadata(exports):
+    fp32, int8 = exports
+    proto = onnx.load(str(int8))
+    onnx.checker.check_model(proto, full_check=True)
+    ops = [n.op_type for n in proto.graph.node]
+    convs = ops.count("Conv")
+    assert convs == sum(n.op_type == "Conv" for n in onnx.load(str(fp32)).graph.node)  # every conv kept,
+    # each between quantise/dequantise pairs (input and output) and with a dequantised int8 weight
+    assert ops.count("QuantizeLinear") >= convs and ops.count("DequantizeLinear") >= 2 * convs
+    meta = parse_onnx_metadata({p.key: p.value for p in proto.metadata_props}, str(int8))
+    assert meta.precision == "int8" and meta.raw["calibration"] == "8 synthetic 256x256 scans, seed 0"
+    assert meta.sha256 == TorchBackend(WEIGHTS, "cpu").info.sha256
+    fp32_meta = parse_onnx_metadata({p.key: p.value for p in onnx.load(str(fp32)).metadata_props})
+    assert fp32_meta.precision == "fp32" and "calibration" not in fp32_meta.raw
+    # int8 weights: the file is well under the fp32 one (25.3 MB fp16 safetensors -> ~50 MB fp32 graph)
+    assert int8.stat().st_size < 0.5 * fp32.stat().st_size
+
+
+def test_int8_detections_agree_with_torch(exports):
+    """>= 95 % of torch's detections (score >= 0.1) have an int8 twin of the same class at IoU >= 0.7."""
+    _, int8 = exports
+    images = _scans()
+    ref, _ = TorchBackend(WEIGHTS, "cpu").predict(images)
+    got, _ = OnnxBackend(int8, "cpu").predict(images)
+    total, matched, diffs = 0, 0, []
+    for r, g in zip(ref, got, strict=True):
+        keep = r["scores"] >= 0.1
+        boxes, scores, labels = r["boxes"][keep], r["scores"][keep], r["labels"][keep]
+        if not len(boxes) or not len(g["boxes"]):
+            total += len(boxes)
+            continue
+        iou = box_iou(torch.from_numpy(boxes), torch.from_numpy(g["boxes"])).numpy()
+        iou[labels[:, None] != g["labels"][None, :]] = 0.0
+        for i in range(len(boxes)):
+            total += 1
+            j = int(iou[i].argmax())
+            if iou[i, j] >= 0.7:
+                matched += 1
+                diffs.append(abs(float(g["scores"][j]) - float(scores[i])))
+    assert total >= 100, f"only {total} torch detections: the comparison would be too thin"
+    assert matched >= 0.95 * total, f"{matched} of {total} torch detections matched by int8"
+    assert float(np.median(diffs)) < 0.01 and max(diffs) < 0.1
+
+
+def test_int8_served_and_reported(exports):
+    _, int8 = exports
+    backend = OnnxBackend(int8, "cpu")
+    assert backend.info.precision == "int8"
+    assert TorchBackend(WEIGHTS, "cpu").info.precision == "fp32"
+    from service.response import model_summary
+
+    assert model_summary(backend.info, "onnxruntime", backend.device).precision == "int8"
+
+
+def test_eval_through_onnx_matches_torch_for_fp32(exports, tmp_path, capsys):
+    """`xscreen eval --onnx` (fp32) prints exactly the metrics of `--weights`; int8 prints its own table."""
+    fp32, int8 = exports
+    data = tmp_path / "data"
+    cfg = SynthConfig(images=10, seed=4, width=256, height=256, splits=(0.0, 0.0, 1.0))
+    write_dataset(cfg, data, workers=1, progress=False)
+    tables = {}
+    for flag, model in (("--weights", WEIGHTS), ("--onnx", fp32), ("--onnx", int8)):
+        assert xscreen_main(["eval", flag, str(model), "--data", str(data), "--split", "test"]) == 0
+        tables[str(model)] = capsys.readouterr().out
+    assert "| mAP |" in tables[str(WEIGHTS)]
+    assert tables[str(fp32)] == tables[str(WEIGHTS)]
+    assert "| mAP |" in tables[str(int8)]
+
+
+def test_bad_int8_and_eval_inputs_are_one_line_errors(exports, tmp_path, capsys):
+    fp32, _ = exports
+    out = str(tmp_path / "m.onnx")
+    base = ["export", "--weights", str(WEIGHTS), "--out", out]
+    assert xscreen_main([*base, "--int8", "--calibration-images", "0"]) == 2
+    assert xscreen_main([*base, "--int8", "--calibration-data", str(tmp_path / "none")]) == 2
+    assert xscreen_main([*base, "--calibration-data", str(tmp_path)]) == 2
+    (tmp_path / "empty").mkdir()
+    assert xscreen_main([*base, "--int8", "--calibration-data", str(tmp_path / "empty")]) == 2
+    data = ["--data", str(tmp_path)]
+    assert xscreen_main(["eval", "--weights", str(WEIGHTS), "--onnx", str(fp32), *data]) == 2
+    assert xscreen_main(["eval", "--onnx", str(tmp_path / "missing.onnx"), *data]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[:3] == [
+        "xscreen export: error: --calibration-images must be at least 1, got 0",
+        f"xscreen export: error: --calibration-data: {tmp_path / 'none'} is not a directory",
+        "xscreen export: error: --calibration-data only applies with --int8",
+    ]
+    assert (
+        err[3]
+        == f"xscreen export: error: calibration data: image folder not found: {tmp_path}/empty/images/train"
+    )
+    assert err[4:] == [
+        "xscreen eval: error: give one of --weights, --onnx or --detections, not --weights and --onnx",
+        f"xscreen eval: error: ONNX model file not found: {tmp_path / 'missing.onnx'}",
+    ]
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_unknown_precision_in_metadata_is_refused(exports):
+    fp32, _ = exports
+    meta = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
+    with pytest.raises(OnnxModelError, match="metadata precision 'int4' is not one of fp32, int8"):
+        parse_onnx_metadata({**meta, "precision": "int4"}, "m.onnx")
+    cfg = parse_onnx_metadata(meta).config
+    with pytest.raises(OnnxModelError, match="unknown precision 'fp8'"):
+        onnx_metadata(cfg, name="x", version="1", sha256="0" * 64, opset=17, precision="fp8")
