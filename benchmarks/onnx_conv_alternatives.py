@@ -10,7 +10,8 @@ This script measures, for one head convolution, what the two usual ways round th
 - ``fp16``: the convolution exported in half precision (ORT's CPU provider runs fp16 Conv);
 - ``int8-qdq``: onnxruntime.quantization's static int8 quantisation (QDQ, per-channel weights).
 
-and then the whole small_lacls graph quantised to int8 the same way (Conv only), against fp32 ORT.
+and then the whole small_lacls graph quantised to int8 (Conv only) against fp32 ORT: as
+``xscreen export --int8`` does it (model/onnx_quantize.py), and without ORT's ``quant_pre_process``.
 Every row prints its largest difference from the fp32 result, because only an exact-enough
 alternative could replace the fp32 export (issue #6 asks for scores within 1e-3 of torch).
 
@@ -148,10 +149,12 @@ def _quantize(src: Path, dst: Path, input_name: str, calib: list[np.ndarray]) ->
 
 
 def _session(path: Path, threads: int):
-    from model.onnx_export import ort_session
+    import onnxruntime as ort
+
     from service.onnx_backend import session_options
 
-    return ort_session(path, session_options("all", threads, 1))
+    opts = session_options("all", threads, 1)
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def conv_rows(channels: int, size: tuple[int, int], threads: list[int], runs: int, tmp: Path) -> list[dict]:
@@ -209,8 +212,10 @@ def conv_rows(channels: int, size: tuple[int, int], threads: list[int], runs: in
 
 
 def full_model_rows(spec: str, threads: list[int], runs: int, tmp: Path) -> list[dict]:
+    """fp32 vs int8 for a whole graph: as `xscreen export --int8` writes it, and without ORT's pre-pass."""
     from model import build_detector
     from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
+    from model.onnx_quantize import quantize_int8
 
     name, (h, w) = parse_variant(spec)
     torch.manual_seed(0)
@@ -218,12 +223,19 @@ def full_model_rows(spec: str, threads: list[int], runs: int, tmp: Path) -> list
     fp32 = export_onnx(det, tmp / f"{name}.onnx", name=name, version="bench", sha256="0" * 64)
     rng = np.random.default_rng(0)
     calib = [rng.standard_normal((1, 3, h, w)).astype(np.float32) for _ in range(2)]
-    int8 = _quantize(fp32, tmp / f"{name}-int8.onnx", INPUT_NAME, calib)
+    int8 = quantize_int8(fp32, tmp / f"{name}-int8.onnx", calib)  # with ORT's quant_pre_process
+    int8_raw = _quantize(fp32, tmp / f"{name}-int8-nopre.onnx", INPUT_NAME, calib)  # without it
     feed = {INPUT_NAME: rng.standard_normal((1, 3, h, w)).astype(np.float32)}
+    label = f"{name}@{h}x{w} ORT"
+    cases = (
+        (f"{label} fp32", fp32),
+        (f"{label} int8 (xscreen export --int8)", int8),
+        (f"{label} int8 without quant_pre_process", int8_raw),
+    )
     rows = []
     for n in threads:
         ref = None
-        for case, path in ((f"{name}@{h}x{w} ORT fp32", fp32), (f"{name}@{h}x{w} ORT int8-qdq", int8)):
+        for case, path in cases:
             sess = _session(path, n)
             t = _timed(lambda s=sess: s.run(list(OUTPUT_NAMES), feed), runs)
             out = sess.run(list(OUTPUT_NAMES), feed)

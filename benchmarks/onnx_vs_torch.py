@@ -60,8 +60,10 @@ def bench_variant(
     out_dir: Path,
     int8: bool = False,
 ) -> list[dict]:
+    import onnxruntime as ort
+
     from model import build_detector
-    from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx, ort_session
+    from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
     from model.onnx_quantize import network_inputs, synthetic_calibration_images
     from service.onnx_backend import session_options
 
@@ -105,7 +107,9 @@ def bench_variant(
             )
         )
         for (engine, onnx_path), level in [(e, lv) for e in engines for lv in levels]:
-            sess = ort_session(onnx_path, session_options(level, n, 1))
+            sess = ort.InferenceSession(
+                str(onnx_path), sess_options=session_options(level, n, 1), providers=["CPUExecutionProvider"]
+            )
             t_ort = _timed(lambda s=sess: s.run(list(OUTPUT_NAMES), feed), runs)
             got = sess.run(list(OUTPUT_NAMES), feed)
             diff = max(float(np.abs(a - b).max()) for a, b in zip(ref, got, strict=True))
@@ -130,8 +134,10 @@ def interleaved(
     name: str, size: tuple[int, int], threads: int, rounds: int, out_dir: Path
 ) -> list[tuple[float, float]]:
     """torch and ORT (level all) run alternately, so both see the same background load."""
+    import onnxruntime as ort
+
     from model import build_detector
-    from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx, ort_session
+    from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
     from service.onnx_backend import session_options
 
     h, w = size
@@ -139,7 +145,9 @@ def interleaved(
     torch.set_num_threads(threads)
     det = build_detector(name).eval()
     path = export_onnx(det, out_dir / f"{name}-interleaved.onnx", name=name, version="bench", sha256="0" * 64)
-    sess = ort_session(path, session_options("all", threads, 1))
+    sess = ort.InferenceSession(
+        str(path), sess_options=session_options("all", threads, 1), providers=["CPUExecutionProvider"]
+    )
     batch = torch.randn(1, 3, h, w)
     feed = {INPUT_NAME: batch.numpy()}
 

@@ -47,24 +47,6 @@ REQUIRED_KEYS = (
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-# ORT's QDQ propagation moves an int8 export's quantisation in front of the stem's MaxPool, which ORT
-# then runs on uint8 in a slow kernel; kept off, the pool stays fp32 and the int8 graph runs faster
-# (docs/onnx.md). It has nothing to act on in an fp32 export.
-DISABLED_OPTIMIZERS = ("QDQPropagationTransformer",)
-
-
-def ort_session(path: str | Path, opts=None, providers: list | None = None):
-    """An onnxruntime.InferenceSession for an xscreen export, set up as the service runs it."""
-    import onnxruntime as ort
-
-    return ort.InferenceSession(
-        str(path),
-        sess_options=opts,
-        providers=providers or ["CPUExecutionProvider"],
-        disabled_optimizers=list(DISABLED_OPTIMIZERS),
-    )
-
-
 class OnnxModelError(XscreenError):
     """An ONNX file that cannot be exported, read or served as an xscreen detector."""
 

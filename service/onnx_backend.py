@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, OnnxModelError, ort_session, parse_onnx_metadata
+from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, OnnxModelError, parse_onnx_metadata
 from service.inference import BackendError, ModelInfo, groups_for, resolve_device
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class OnnxBackend:
             ort.preload_dlls()  # CUDA/cuDNN libraries of the pip wheels, before the CUDA session
         opts = session_options(graph_optimization, intra_op_threads, inter_op_threads)
         try:
-            self.session = ort_session(path, opts, providers)
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as exc:  # ORT raises InvalidProtobuf / Fail / InvalidGraph on a bad file
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise OnnxModelRefused(f"{path}: not a loadable ONNX model ({first[:300]})") from None

@@ -86,14 +86,36 @@ def test_int8_detections_agree_with_torch(exports):
     assert float(np.median(diffs)) < 0.01 and max(diffs) < 0.1
 
 
-def test_int8_served_and_reported(exports):
-    _, int8 = exports
-    backend = OnnxBackend(int8, "cpu")
-    assert backend.info.precision == "int8"
-    assert TorchBackend(WEIGHTS, "cpu").info.precision == "fp32"
-    from service.response import model_summary
+def test_int8_served_by_a_real_server_and_reported(exports, tmp_path):
+    """`xscreen serve` on the int8 file: detections, and precision in the response and the metric."""
+    import cv2
+    import requests
+    from service_fixtures import ServiceProcess, metric_value, post_scan
 
-    assert model_summary(backend.info, "onnxruntime", backend.device).precision == "int8"
+    _, int8 = exports
+    assert TorchBackend(WEIGHTS, "cpu").info.precision == "fp32"
+    srv = ServiceProcess(
+        tmp_path / "int8.log",
+        backend="onnxruntime",
+        onnx_path=int8,
+        weights=WEIGHTS,
+        device="cpu",
+        score_threshold=0.1,
+    )
+    try:
+        srv.start()
+        srv.wait_ready(timeout=180)
+        scan = make_scan(np.random.default_rng(123), 256, 256)
+        high, low = (cv2.imencode(".png", im)[1].tobytes() for im in (scan.high, scan.low))
+        r = post_scan(srv.url, high, low, key=None)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"]["backend"] == "onnxruntime" and body["model"]["precision"] == "int8"
+        assert len(body["detections"]) >= 5
+        text = requests.get(srv.url + "/metrics", timeout=10).text
+        assert metric_value(text, "xscreen_model_info", precision="int8", backend="onnxruntime") == 1
+    finally:
+        srv.stop()
 
 
 def test_eval_through_onnx_matches_torch_for_fp32(exports, tmp_path, capsys):
