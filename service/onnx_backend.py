@@ -118,6 +118,11 @@ class OnnxBackend:
                 f"{path}: class list mismatch: the export has {list(meta.class_names)}, "
                 f"expected {list(expected_class_names)}"
             )
+        if self.device == "cuda" and meta.precision == "int8":
+            log.warning(
+                "%s is an int8 export, made for ONNX Runtime's CPU provider; on CUDA serve the fp32 export",
+                path,
+            )
         self.cfg = meta.config
         self.meta = meta
         self.info = ModelInfo(
