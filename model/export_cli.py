@@ -85,16 +85,11 @@ def calibration_source(args: argparse.Namespace):
     def source(cfg):
         if args.calibration_data is None:
             side = min(cfg.min_size, 800)
-            return synthetic_calibration_images(
-                cfg, n, seed
-            ), f"{n} synthetic {side}x{side} scans, seed {seed}"
-        images = dataset_calibration_images(
-            args.calibration_data, args.calibration_split, n, cfg.class_names, seed
-        )
-        return (
-            images,
-            f"{len(images)} images of {args.calibration_data} split {args.calibration_split}, seed {seed}",
-        )
+            images = synthetic_calibration_images(cfg, n, seed)
+            return images, f"{n} synthetic {side}x{side} scans, seed {seed}"
+        data, split = args.calibration_data, args.calibration_split
+        images = dataset_calibration_images(data, split, n, cfg.class_names, seed)
+        return images, f"{len(images)} images of {data} split {split}, seed {seed}"
 
     return source
 
