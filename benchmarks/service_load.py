@@ -103,14 +103,15 @@ def model_latency(weights: Path, scans, runs: int) -> float:
     return statistics.median(times)
 
 
-def metric(text: str, name: str) -> float:
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` with exactly ``labels`` (none: the unlabelled series)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     return sum(
         s.value
         for f in text_string_to_metric_families(text)
         for s in f.samples
-        if s.name == name and not s.labels
+        if s.name == name and s.labels == labels
     )
 
 
@@ -147,6 +148,14 @@ def run_level(url: str, scans, concurrency: int, n: int) -> dict:
     after = requests.get(url + "/metrics").text
     batches = metric(after, "xscreen_batch_size_count") - metric(before, "xscreen_batch_size_count")
     scans_in = metric(after, "xscreen_batch_size_sum") - metric(before, "xscreen_batch_size_sum")
+    # the server's own request time (outermost middleware: body read, multipart parse, handler, response)
+    ok = {"route": "/detect", "method": "POST", "status": "200"}
+    served = metric(after, "xscreen_http_request_duration_seconds_count", **ok) - metric(
+        before, "xscreen_http_request_duration_seconds_count", **ok
+    )
+    server_s = metric(after, "xscreen_http_request_duration_seconds_sum", **ok) - metric(
+        before, "xscreen_http_request_duration_seconds_sum", **ok
+    )
     return {
         "concurrency": concurrency,
         "requests": n,
@@ -159,6 +168,10 @@ def run_level(url: str, scans, concurrency: int, n: int) -> dict:
         "throughput": statuses.count(200) / wall,
         "mean_batch": scans_in / batches if batches else float("nan"),
         "stages": {k: pct(v, 50) for k, v in stages.items()},
+        # means (the histogram gives sums): client+transport = e2e - server; framework = server - handler
+        "mean_e2e": statistics.mean(lat) if lat else float("nan"),
+        "mean_server": server_s / served if served else float("nan"),
+        "mean_handler": statistics.mean(stages["total"]) if stages else float("nan"),
     }
 
 
@@ -258,6 +271,11 @@ def main(argv: list[str] | None = None) -> int:
             "where the time goes at concurrency 1 (p50 of each, seconds): "
             + ", ".join(f"{k} {st[k]:.4f}" for k in ("decode", "convert", "queue_wait", "inference", "total"))
             + f"; outside the handler (HTTP, multipart, response, client) {st['outside']:.4f}"
+        )
+        print(
+            "outside the handler, split (means, seconds): in the server before/after the handler (body read, "
+            f"multipart parse, response) {c1['mean_server'] - c1['mean_handler']:.4f}; client and HTTP "
+            f"transport {c1['mean_e2e'] - c1['mean_server']:.4f}"
         )
     return 0
 
