@@ -79,6 +79,8 @@ def calibration_source(args: argparse.Namespace):
     n, seed = args.calibration_images, args.calibration_seed
     if n < 1:
         raise OnnxModelError(f"--calibration-images must be at least 1, got {n}")
+    if seed < 0:
+        raise OnnxModelError(f"--calibration-seed must be >= 0, got {seed}")
     if args.calibration_data is not None and not args.calibration_data.is_dir():
         raise OnnxModelError(f"--calibration-data: {args.calibration_data} is not a directory")
 

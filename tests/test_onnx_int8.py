@@ -138,6 +138,7 @@ def test_bad_int8_and_eval_inputs_are_one_line_errors(exports, tmp_path, capsys)
     out = str(tmp_path / "m.onnx")
     base = ["export", "--weights", str(WEIGHTS), "--out", out]
     assert xscreen_main([*base, "--int8", "--calibration-images", "0"]) == 2
+    assert xscreen_main([*base, "--int8", "--calibration-seed", "-1"]) == 2
     assert xscreen_main([*base, "--int8", "--calibration-data", str(tmp_path / "none")]) == 2
     assert xscreen_main([*base, "--calibration-data", str(tmp_path)]) == 2
     (tmp_path / "empty").mkdir()
@@ -146,16 +147,17 @@ def test_bad_int8_and_eval_inputs_are_one_line_errors(exports, tmp_path, capsys)
     assert xscreen_main(["eval", "--weights", str(WEIGHTS), "--onnx", str(fp32), *data]) == 2
     assert xscreen_main(["eval", "--onnx", str(tmp_path / "missing.onnx"), *data]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err[:3] == [
+    assert err[:4] == [
         "xscreen export: error: --calibration-images must be at least 1, got 0",
+        "xscreen export: error: --calibration-seed must be >= 0, got -1",
         f"xscreen export: error: --calibration-data: {tmp_path / 'none'} is not a directory",
         "xscreen export: error: --calibration-data only applies with --int8",
     ]
     assert (
-        err[3]
+        err[4]
         == f"xscreen export: error: calibration data: image folder not found: {tmp_path}/empty/images/train"
     )
-    assert err[4:] == [
+    assert err[5:] == [
         "xscreen eval: error: give one of --weights, --onnx or --detections, not --weights and --onnx",
         f"xscreen eval: error: ONNX model file not found: {tmp_path / 'missing.onnx'}",
     ]
