@@ -4,11 +4,12 @@ Starts ``xscreen serve`` (a real uvicorn process) on a free loopback port with t
 (default: the bundled model/weights/xscreen-small-lacls.safetensors), posts 16-bit scans from the
 synthetic scanner (PNG by default; ``--format`` tiff, npy or raw uint16) from N client threads, and
 compares the end-to-end p50 at concurrency 1 with the
-model's own latency (TorchBackend.predict on one converted scan, measured in this process before the
-server starts, so the two never share the CPU). Prints a markdown table.
+model's own latency (the backend's predict on one converted scan, measured in this process before the
+server starts, so the two never share the CPU). Prints a markdown table. ``--onnx-path`` serves an
+``xscreen export`` file (fp32 or int8) with the onnxruntime backend instead of torch.
 
     python benchmarks/service_load.py [--weights W] [--concurrency 1,4,16] [--requests 40] [--size 640]
-        [--format png|tiff|npy|raw]
+        [--format png|tiff|npy|raw] [--onnx-path model.onnx]
 
 It also prints where the time goes at concurrency 1: the server's own timings (decode, convert,
 queue wait, inference, handler total) and what remains outside the handler.
@@ -84,12 +85,13 @@ def make_scans(
     return out
 
 
-def model_latency(weights: Path, scans, runs: int) -> float:
-    """Median seconds of the model alone (TorchBackend.predict, batch of 1) on the converted scans."""
+def model_latency(weights: Path, scans, runs: int, onnx_path: Path | None = None) -> float:
+    """Median seconds of the model alone (the backend's predict, batch of 1) on the converted scans."""
     from service.inference import TorchBackend
+    from service.onnx_backend import OnnxBackend
     from training.scans import convert_scan
 
-    backend = TorchBackend(weights, "cpu")
+    backend = TorchBackend(weights, "cpu") if onnx_path is None else OnnxBackend(onnx_path, "cpu")
     images = [convert_scan(h, lo) for h, lo, _, _ in scans]
     # Measured in a one-thread executor, exactly as the service's batcher calls it (on a busy machine
     # the main thread's OpenMP team can be several times slower than a worker thread's).
@@ -186,24 +188,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--format", choices=("png", "tiff", "npy", "raw"), default="png", help="how the scans are sent"
     )
+    p.add_argument(
+        "--onnx-path",
+        type=Path,
+        help="serve this `xscreen export` file with the onnxruntime backend (fp32 or int8) instead of torch",
+    )
     p.add_argument("--scans", type=int, default=8, help="distinct scans cycled through")
     p.add_argument("--max-batch-size", type=int, default=4)
     p.add_argument("--max-queue-delay-ms", type=float, default=5.0)
     p.add_argument("--model-runs", type=int, default=15)
     p.add_argument("--seed", type=int, default=500)
     args = p.parse_args(argv)
+    if args.onnx_path is not None and not args.onnx_path.is_file():
+        p.error(f"ONNX file not found: {args.onnx_path}")
     if not args.weights.is_file():
         p.error(f"weights file not found: {args.weights} (give --weights)")
     levels = [int(c) for c in args.concurrency.split(",")]
 
     scans = make_scans(args.scans, args.size, args.seed, args.format)
-    model_s = model_latency(args.weights, scans, args.model_runs)
+    model_s = model_latency(args.weights, scans, args.model_runs, args.onnx_path)
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("XSCREEN_")}
     env.update(
         XSCREEN_PORT=str(port),
         XSCREEN_WEIGHTS=str(args.weights),
+        **(
+            {"XSCREEN_BACKEND": "onnxruntime", "XSCREEN_ONNX_PATH": str(args.onnx_path)}
+            if args.onnx_path is not None
+            else {}
+        ),
         XSCREEN_DEVICE="cpu",
         XSCREEN_MAX_BATCH_SIZE=str(args.max_batch_size),
         XSCREEN_MAX_QUEUE_DELAY_MS=str(args.max_queue_delay_ms),
@@ -238,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
 
-    print(f"\nweights: {args.weights.name}, scans {args.size}x{args.size} 16-bit {args.format}, device cpu, "
-          f"{os.cpu_count()} cores, max_batch_size {args.max_batch_size}, "
+    served = "backend torch" if args.onnx_path is None else f"backend onnxruntime ({args.onnx_path.name})"
+    print(f"\nweights: {args.weights.name}, {served}, scans {args.size}x{args.size} 16-bit {args.format}, "
+          f"device cpu, {os.cpu_count()} cores, max_batch_size {args.max_batch_size}, "
           f"max_queue_delay {args.max_queue_delay_ms:g} ms\n")  # fmt: skip
     print(
         "| concurrency | requests | 200 | other | p50 s | p95 s | p99 s | throughput scans/s | mean batch |"
@@ -252,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     c1 = next((r for r in rows if r["concurrency"] == 1), None)
     print(
-        f"\nmodel alone, measured in this process before the server started (TorchBackend.predict in a worker"
-        f" thread, 1 scan, median of {args.model_runs}): {model_s:.3f} s"
+        f"\nmodel alone, measured in this process before the server started (the backend's predict in a"
+        f" worker thread, 1 scan, median of {args.model_runs}): {model_s:.3f} s"
     )
     if c1:
         # The same requests' own model time (response timings.inference: backend.predict of the batch of 1,

@@ -43,8 +43,17 @@ def _graph_level(name: str):
     return levels[name]
 
 
-def session_options(graph_optimization: str = "all", intra_op_threads: int = 0, inter_op_threads: int = 0):
-    """ORT SessionOptions; 0 threads = ORT's default (one per physical core)."""
+def session_options(
+    graph_optimization: str = "all",
+    intra_op_threads: int = 0,
+    inter_op_threads: int = 0,
+    allow_spinning: bool = True,
+):
+    """ORT SessionOptions; 0 threads = ORT's default (one per physical core).
+
+    ``allow_spinning=False``: ORT's intra-op threads sleep as soon as a run ends instead of spinning
+    for the next one (ORT's default), leaving the cores to the work between two runs.
+    """
     import onnxruntime as ort
 
     if intra_op_threads < 0 or inter_op_threads < 0:
@@ -54,6 +63,8 @@ def session_options(graph_optimization: str = "all", intra_op_threads: int = 0, 
     opts.intra_op_num_threads = intra_op_threads
     opts.inter_op_num_threads = inter_op_threads
     opts.log_severity_level = 3  # errors only: shape-inference notes on the dynamic graph are noise
+    if not allow_spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 
@@ -96,7 +107,11 @@ class OnnxBackend:
         self.device, providers = choose_providers(device)
         if self.device == "cuda" and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # CUDA/cuDNN libraries of the pip wheels, before the CUDA session
-        opts = session_options(graph_optimization, intra_op_threads, inter_op_threads)
+        # No spinning: in the service the next scans are decoded and converted on the same cores right
+        # after a run, and spinning ORT threads slowed that decoding 2x (7.3 -> 13.9 ms per PNG pair;
+        # throughput at 4 clients 19.7 -> 25.2 scans/s without spinning, benchmarks/service_load.py
+        # --onnx-path, docs/onnx.md).
+        opts = session_options(graph_optimization, intra_op_threads, inter_op_threads, allow_spinning=False)
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as exc:  # ORT raises InvalidProtobuf / Fail / InvalidGraph on a bad file

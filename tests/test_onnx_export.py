@@ -389,6 +389,7 @@ def test_make_backend_passes_the_onnx_settings(lacls):
     opts = backend.session.get_session_options()
     assert opts.intra_op_num_threads == 1
     assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"  # leaves cores to decoding
     assert backend.session.get_providers() == ["CPUExecutionProvider"]
     pinned = load_settings(backend="onnxruntime", onnx_path=path, device="cpu", weights_sha256="f" * 64)
     with pytest.raises(OnnxModelRefused, match="weights sha256 mismatch"):
