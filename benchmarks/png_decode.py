@@ -1,0 +1,84 @@
+"""Where a 16-bit PNG scan's decoding time goes: the whole decode vs zlib inflating its image data.
+
+Explains the service's PNG cost (docs/service.md, "Benchmark"): X-ray scans are noise-like, so their
+PNGs barely compress and inflating them is most of the decode. For one synthetic scan per size it
+prints the file size against the raw pixels, and the median time of ``training.scans.read_scan`` (the
+service's reader, OpenCV underneath), of ``cv2.imdecode`` alone, and of ``zlib.decompress`` of the
+concatenated IDAT chunks (no PNG reader built on zlib can be faster than that).
+
+    python benchmarks/png_decode.py [--sizes 640,1024] [--runs 30] [--compression 0..9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import struct
+import time
+import zlib
+
+import cv2
+import numpy as np
+
+
+def idat(png: bytes) -> bytes:
+    """The concatenated IDAT payloads of a PNG file (the zlib stream of its filtered rows)."""
+    pos, out = 8, []
+    while pos < len(png):
+        (length,) = struct.unpack(">I", png[pos : pos + 4])
+        if png[pos + 4 : pos + 8] == b"IDAT":
+            out.append(png[pos + 8 : pos + 8 + length])
+        pos += 12 + length
+    return b"".join(out)
+
+
+def median_ms(fn, runs: int) -> float:
+    fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def main(argv: list[str] | None = None) -> int:
+    from training.scans import read_scan
+    from training.synth.scene import make_scan
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="640,1024", help="comma-separated square scan sides")
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--compression", type=int, choices=range(10), metavar="0..9", help="PNG zlib level")
+    args = p.parse_args(argv)
+    try:
+        sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
+    except ValueError:
+        p.error(f"--sizes must be comma-separated integers, got {args.sizes!r}")
+    if not sizes or min(sizes) < 2 or args.runs < 1:
+        p.error("--sizes must be >= 2 and --runs >= 1")
+    params = [] if args.compression is None else [cv2.IMWRITE_PNG_COMPRESSION, args.compression]
+    level = "OpenCV default" if args.compression is None else str(args.compression)
+    print(f"16-bit greyscale PNG of a synthetic high-energy image, zlib level: {level}\n")
+    print(
+        "| scan | pixel bytes | PNG bytes | PNG / pixels | read_scan ms | cv2.imdecode ms | zlib inflate ms |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for side in sizes:
+        scan = make_scan(np.random.default_rng(500), side, side)
+        png = cv2.imencode(".png", scan.high, params)[1].tobytes()
+        stream = idat(png)
+        buf = np.frombuffer(png, np.uint8)
+        t_read = median_ms(lambda png=png: read_scan(png, name="high"), args.runs)
+        t_cv2 = median_ms(lambda buf=buf: cv2.imdecode(buf, cv2.IMREAD_UNCHANGED), args.runs)
+        t_zlib = median_ms(lambda stream=stream: zlib.decompress(stream), args.runs)
+        raw = scan.high.nbytes
+        print(
+            f"| {side}x{side} | {raw} | {len(png)} | {len(png) / raw:.2f} | {t_read:.2f} | {t_cv2:.2f} "
+            f"| {t_zlib:.2f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
