@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(
         f"{len(detections)} detection(s) in {prepared.size[0]}x{prepared.size[1]} scan "
-        f"({info.name}, {backend.device}, {timings['total']:.3f} s)"
+        f"({info.name}, {settings.backend} {info.precision}, {backend.device}, {timings['total']:.3f} s)"
     )
     for d in detections:
         b = d.box

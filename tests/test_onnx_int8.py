@@ -201,3 +201,28 @@ def test_int8_export_of_lareg_and_plain_atss(variant, tmp_path):
         assert g.shape == tuple(r.shape)
         # on inputs like the calibration scans, quantisation moves raw outputs by a few hundredths
         assert 0 < float(np.abs(g - r.numpy()).max()) < 0.3
+
+
+def test_detect_cli_on_the_int8_export_names_it(exports, tmp_path, capsys):
+    _, int8 = exports
+    scan = make_scan(np.random.default_rng(123), 256, 256)
+    np.save(tmp_path / "h.npy", scan.high)
+    np.save(tmp_path / "l.npy", scan.low)
+    common = [
+        "detect",
+        "--high",
+        str(tmp_path / "h.npy"),
+        "--low",
+        str(tmp_path / "l.npy"),
+        "--score-threshold",
+        "0.1",
+    ]
+    assert (
+        xscreen_main([*common, "--backend", "onnxruntime", "--onnx-path", str(int8), "--device", "cpu"]) == 0
+    )
+    first = capsys.readouterr().out.splitlines()[0]
+    assert (
+        first.startswith(" ".join(first.split()[:1]))
+        and "scan (small_lacls, onnxruntime int8, cpu, " in first
+    )
+    assert int(first.split()[0]) >= 5
