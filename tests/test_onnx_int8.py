@@ -81,6 +81,10 @@ def test_int8_detections_agree_with_torch(exports):
             if iou[i, j] >= 0.7:
                 matched += 1
                 diffs.append(abs(float(g["scores"][j]) - float(scores[i])))
+    print(
+        f"int8 vs torch: {matched} of {total} detections (score >= 0.1) matched; score difference "
+        f"median {np.median(diffs):.4f}, max {max(diffs):.3f}"
+    )
     assert total >= 100, f"only {total} torch detections: the comparison would be too thin"
     assert matched >= 0.95 * total, f"{matched} of {total} torch detections matched by int8"
     assert float(np.median(diffs)) < 0.01 and max(diffs) < 0.1
