@@ -26,7 +26,8 @@ class ServiceState:
     class_ids: tuple[int, ...] = field(default_factory=tuple)
 
 
-def get_service(request: Request) -> ServiceState:
+async def get_service(request: Request) -> ServiceState:
+    # async: FastAPI would run a plain function in its thread pool, a thread hop on every request
     return request.app.state.service
 
 
