@@ -125,29 +125,6 @@ def _export(module: nn.Module, example: Tensor, path: Path, spatial: tuple[int, 
     return path
 
 
-def _quantize(src: Path, dst: Path, input_name: str, calib: list[np.ndarray]) -> Path:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._it = iter([{input_name: b} for b in calib])
-
-        def get_next(self):
-            return next(self._it, None)
-
-    quantize_static(
-        str(src),
-        str(dst),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        op_types_to_quantize=["Conv"],
-    )
-    return dst
-
-
 def _session(path: Path, threads: int):
     import onnxruntime as ort
 
@@ -158,6 +135,8 @@ def _session(path: Path, threads: int):
 
 
 def conv_rows(channels: int, size: tuple[int, int], threads: list[int], runs: int, tmp: Path) -> list[dict]:
+    from model.onnx_quantize import quantize_int8
+
     h, w = size
     torch.manual_seed(0)
     conv = nn.Conv2d(channels, channels, 3, padding=1).eval()
@@ -189,7 +168,8 @@ def conv_rows(channels: int, size: tuple[int, int], threads: list[int], runs: in
         False,
     )
     calib = [np.random.default_rng(i).standard_normal(x.shape).astype(np.float32) for i in range(2)]
-    paths["ORT int8-qdq"] = (_quantize(tmp / "direct.onnx", tmp / "q8.onnx", "x", calib), x, False)
+    q8 = quantize_int8(tmp / "direct.onnx", tmp / "q8.onnx", calib, input_name="x", pre_process=False)
+    paths["ORT int8-qdq"] = (q8, x, False)
     rows = []
     for n in threads:
         torch.set_num_threads(n)
@@ -224,7 +204,7 @@ def full_model_rows(spec: str, threads: list[int], runs: int, tmp: Path) -> list
     rng = np.random.default_rng(0)
     calib = [rng.standard_normal((1, 3, h, w)).astype(np.float32) for _ in range(2)]
     int8 = quantize_int8(fp32, tmp / f"{name}-int8.onnx", calib)  # with ORT's quant_pre_process
-    int8_raw = _quantize(fp32, tmp / f"{name}-int8-nopre.onnx", INPUT_NAME, calib)  # without it
+    int8_raw = quantize_int8(fp32, tmp / f"{name}-int8-nopre.onnx", calib, pre_process=False)  # without it
     feed = {INPUT_NAME: rng.standard_normal((1, 3, h, w)).astype(np.float32)}
     label = f"{name}@{h}x{w} ORT"
     cases = (

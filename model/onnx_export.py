@@ -360,15 +360,13 @@ def export_weights(
         calibration=batches,
         calibration_source=source,
     )
-    return path, read_onnx_metadata(path), detector
-
-
-def read_onnx_metadata(path: str | Path) -> OnnxModelMeta:
-    """The validated xscreen metadata of an ONNX file (without loading its weights into memory)."""
-    import onnx
-
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError / OSError variants on a bad file
-        raise OnnxModelError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
-    return parse_onnx_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
+    meta = onnx_metadata(
+        info.config,
+        name=str(info.name),
+        version=str(info.version),
+        sha256=str(info.sha256),
+        opset=opset,
+        precision="fp32" if batches is None else "int8",
+        calibration=source,
+    )
+    return path, parse_onnx_metadata(meta, str(path)), detector

@@ -83,11 +83,19 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: list[np.ndarray]) -> Path:
+def quantize_int8(
+    fp32_path: str | Path,
+    out_path: str | Path,
+    calibration: list[np.ndarray],
+    *,
+    input_name: str = INPUT_NAME,
+    pre_process: bool = True,
+) -> Path:
     """Write the static int8 (QDQ) version of an fp32 export, calibrated on ``calibration`` batches.
 
-    The caller restores the xscreen metadata (model.onnx_export.write_metadata); ORT's tool does
-    not promise to carry ``metadata_props`` over.
+    The caller restores the xscreen metadata (model.onnx_export.apply_metadata); ORT's tool does
+    not promise to carry ``metadata_props`` over. ``pre_process=False`` skips ORT's pre-pass (only to
+    measure what it buys: benchmarks/onnx_conv_alternatives.py); ``input_name``: the graph's input.
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -107,13 +115,14 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: list
 
         def get_next(self):
             batch = next(self._batches, None)
-            return None if batch is None else {INPUT_NAME: batch}
+            return None if batch is None else {input_name: batch}
 
     out_path = Path(out_path)
     with tempfile.TemporaryDirectory(prefix="xscreen-quant-") as tmp, _quiet_root_logger():
-        pre = Path(tmp) / "pre.onnx"
-        # symbolic shape inference cannot resolve the dynamic LA graph; ORT's optimiser pass is what matters
-        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        pre = Path(tmp) / "pre.onnx" if pre_process else Path(fp32_path)
+        if pre_process:
+            # symbolic shape inference cannot resolve the dynamic LA graph; ORT's optimiser pass matters
+            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         quantize_static(
             str(pre),
             str(out_path),
