@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 from fastapi import FastAPI
+from starlette.formparsers import MultiPartParser
 
 from service.auth import ApiKeys
 from service.batching import MicroBatcher
@@ -119,6 +120,11 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None) -> F
     app.state.service = service
     app.state.api_keys = service.api_keys
     install_error_handlers(app)
+    # The upload guard holds the whole body (<= max_upload_bytes) in memory before the form is parsed,
+    # so spilling a part over Starlette's 1 MB default to a temporary file saves no memory; it only
+    # adds file writes and reads per scan at 1024 x 1024 pixels and up (docs/service.md, benchmark).
+    # Class-wide; never lowered, so several apps in one process keep the largest limit.
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, settings.max_upload_bytes)
     app.include_router(detect.router)
     app.include_router(health.router)
     # Added last = outermost: observability sees every answer, including the guard's refusals.

@@ -452,3 +452,37 @@ def test_dashboard_and_alerts_query_metrics_the_live_service_exports(server):
     # the labels the panels group by exist on the live series
     text = requests.get(server.url + "/metrics").text
     assert 'route="/detect"' in text and 'stage="la_grad"' in text
+
+
+def test_upload_parts_over_a_megabyte_stay_in_memory(monkeypatch):
+    """The upload guard already holds the whole body in memory, so the app keeps parts over Starlette's
+    1 MB spooling default in memory too instead of writing them to temporary files."""
+    import asyncio
+
+    from starlette.formparsers import MultiPartParser
+    from starlette.requests import Request
+    from urllib3 import encode_multipart_formdata
+
+    from service.app import create_app
+    from service.settings import load_settings
+
+    monkeypatch.setattr(MultiPartParser, "spool_max_size", 1024 * 1024)  # Starlette's default
+    part = bytes(range(256)) * 12_000  # 3 MB: a 1224 x 1224 raw uint16 image
+    body, ctype = encode_multipart_formdata({"high": ("high.raw", part)})
+
+    async def parse() -> tuple[bool, bytes]:
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        scope = {"type": "http", "method": "POST", "path": "/detect", "query_string": b""}
+        scope["headers"] = [(b"content-type", ctype.encode())]
+        form = await Request(scope, receive).form()
+        upload = form["high"]
+        return upload._in_memory, await upload.read()
+
+    assert asyncio.run(parse())[0] is False  # without the app's setting: spilled to a temporary file
+    create_app(load_settings(max_upload_bytes=8_000_000, device="cpu"))
+    in_memory, data = asyncio.run(parse())
+    assert in_memory is True and data == part
