@@ -36,9 +36,10 @@ def test_service_load_prints_its_tables_ratio_and_breakdown():
         assert verdict == ("meets" if float(ratio) <= 1.10 else "misses")
         # a 128 x 128 scan: two 32 KiB uint16 images (0.066 MB with the multipart framing), less as PNG
         assert 0.01 < float(mb) <= 0.07
-        decode, convert, handler_rest, server_outside, client = (
+        in_process, decode, convert, handler_rest, server_outside, client = (
             float(x) for x in rest.strip(" |").split(" | ")
         )
+        assert 1.0 < in_process <= float(ratio)  # in-process = the model plus decode and convert
         assert 0 < decode < 500 and 0 < convert < 500 and 0 <= handler_rest < 500
         assert 0 < server_outside < 500 and 0 < client < 500
 
