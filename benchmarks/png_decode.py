@@ -6,12 +6,21 @@ prints the file size against the raw pixels, and the median time of ``training.s
 service's reader, OpenCV underneath), of ``cv2.imdecode`` alone, and of ``zlib.decompress`` of the
 concatenated IDAT chunks (no PNG reader built on zlib can be faster than that).
 
+Two decoders the project does not depend on are timed too when they can be imported (otherwise their
+columns read "-"), to show what a reader not built on zlib would gain: the Wuffs PNG decoder
+(``pywuffs``, sdist only: needs a C++ compiler) and libdeflate's inflate of the same IDAT stream
+(``imagecodecs.deflate_decode``). For example, without touching the project's environment:
+
+    pip install --no-deps --target /tmp/fastpng pywuffs==2.0.1 imagecodecs
+    PYTHONPATH=/tmp/fastpng python benchmarks/png_decode.py
+
     python benchmarks/png_decode.py [--sizes 640,1024] [--runs 30] [--compression 0..9]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import struct
 import time
@@ -30,6 +39,37 @@ def idat(png: bytes) -> bytes:
             out.append(png[pos + 8 : pos + 8 + length])
         pos += 12 + length
     return b"".join(out)
+
+
+def optional_decoders() -> dict:
+    """name -> fn(png bytes, IDAT stream, raw row bytes) for the optional decoders that import here."""
+    out = {}
+    try:
+        from pywuffs import ImageDecoderType, PixelFormat
+        from pywuffs.aux import ImageDecoder, ImageDecoderConfig
+
+        config = ImageDecoderConfig()
+        config.enabled_decoders = [ImageDecoderType.PNG]
+        config.pixel_format = PixelFormat.Y_16LE
+        decoder = ImageDecoder(config)
+
+        def wuffs(png: bytes, stream: bytes, size: int) -> np.ndarray:
+            result = decoder.decode(png)
+            if result.error_message:
+                raise RuntimeError(result.error_message)
+            pixels = result.pixbuf
+            return pixels.view("<u2").reshape(pixels.shape[:2])
+
+        out["wuffs"] = wuffs
+    except ImportError:
+        pass
+    try:
+        import imagecodecs
+
+        out["libdeflate"] = lambda png, stream, size: imagecodecs.deflate_decode(stream, out=size)
+    except (ImportError, AttributeError):
+        pass
+    return out
 
 
 def median_ms(fn, runs: int) -> float:
@@ -60,10 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     params = [] if args.compression is None else [cv2.IMWRITE_PNG_COMPRESSION, args.compression]
     level = "OpenCV default" if args.compression is None else str(args.compression)
     print(f"16-bit greyscale PNG of a synthetic high-energy image, zlib level: {level}\n")
+    extra = optional_decoders()
     print(
-        "| scan | pixel bytes | PNG bytes | PNG / pixels | read_scan ms | cv2.imdecode ms | zlib inflate ms |"
+        "| scan | pixel bytes | PNG bytes | PNG / pixels | read_scan ms | cv2.imdecode ms | zlib inflate ms "
+        "| Wuffs decode ms | libdeflate inflate ms |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for side in sizes:
         scan = make_scan(np.random.default_rng(500), side, side)
         png = cv2.imencode(".png", scan.high, params)[1].tobytes()
@@ -71,11 +113,22 @@ def main(argv: list[str] | None = None) -> int:
         buf = np.frombuffer(png, np.uint8)
         t_read = median_ms(lambda png=png: read_scan(png, name="high"), args.runs)
         t_cv2 = median_ms(lambda buf=buf: cv2.imdecode(buf, cv2.IMREAD_UNCHANGED), args.runs)
+        rows = zlib.decompress(stream)
         t_zlib = median_ms(lambda stream=stream: zlib.decompress(stream), args.runs)
+        optional = []
+        for name, check in (("wuffs", scan.high.tobytes()), ("libdeflate", rows)):
+            fn = extra.get(name)
+            if fn is None:
+                optional.append("-")
+                continue
+            got = fn(png, stream, len(rows))
+            if np.asarray(got).tobytes() != check:  # the same pixels (Wuffs) / filtered rows (inflate)
+                raise SystemExit(f"{name} decoded {side}x{side} differently from OpenCV/zlib")
+            optional.append(f"{median_ms(functools.partial(fn, png, stream, len(rows)), args.runs):.2f}")
         raw = scan.high.nbytes
         print(
             f"| {side}x{side} | {raw} | {len(png)} | {len(png) / raw:.2f} | {t_read:.2f} | {t_cv2:.2f} "
-            f"| {t_zlib:.2f} |"
+            f"| {t_zlib:.2f} | {' | '.join(optional)} |"
         )
     return 0
 

@@ -34,6 +34,9 @@ def test_script_prints_a_row_per_size():
     ]
     assert [r[0].strip() for r in rows] == ["64x64", "96x96"]
     assert [int(r[1]) for r in rows] == [64 * 64 * 2, 96 * 96 * 2]
+    for r in rows:  # read_scan, cv2, zlib timings; then Wuffs and libdeflate ("-" where not installed)
+        assert len(r) == 9 and all(float(v) > 0 for v in r[4:7])
+        assert all(v.strip() == "-" or float(v) > 0 for v in r[7:])
     bad = subprocess.run(
         [sys.executable, str(BENCH / "png_decode.py"), "--sizes", "x"], capture_output=True, text=True
     )
