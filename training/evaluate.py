@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from xscreen.errors import XscreenError
+from xscreen.tables import markdown_table
 
 SUBSETS = (None, "challenging")
 SUMMARY_KEYS = ("mAP", "AP50", "AP75", "APs", "APm", "APl")  # order of COCOeval.stats[0:6]
@@ -148,17 +149,21 @@ def metrics_markdown(metrics: dict) -> str:
             f"### {title} ({m['num_images']} images, {m['num_gt']} objects, "
             f"{m['num_detections']} detections)",
             "",
-            "| mAP | AP50 | AP75 | APs | APm | APl | mean per-class AP50 |",
-            "|---:|---:|---:|---:|---:|---:|---:|",
-            "| " + " | ".join(_fmt(m[k]) for k in (*SUMMARY_KEYS, "mAP50_per_class_mean")) + " |",
+            markdown_table(
+                ("mAP", "AP50", "AP75", "APs", "APm", "APl", "mean per-class AP50"),
+                [[_fmt(m[k]) for k in (*SUMMARY_KEYS, "mAP50_per_class_mean")]],
+                align="r" * 7,
+            ),
             "",
-            "| class | id | objects | AP | AP50 | AP75 |",
-            "|---|---:|---:|---:|---:|---:|",
+            markdown_table(
+                ("class", "id", "objects", "AP", "AP50", "AP75"),
+                [
+                    [name, c["category_id"], c["num_gt"], *(_fmt(c[k]) for k in ("AP", "AP50", "AP75"))]
+                    for name, c in m["per_class"].items()
+                ],
+            ),
+            "",
         ]
-        for name, c in m["per_class"].items():
-            aps = " | ".join(_fmt(c[k]) for k in ("AP", "AP50", "AP75"))
-            lines.append(f"| {name} | {c['category_id']} | {c['num_gt']} | {aps} |")
-        lines.append("")
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from xscreen.errors import XscreenError
+from xscreen.tables import markdown_table
 
 log = logging.getLogger("xscreen.la_experiment")
 
@@ -162,11 +163,12 @@ def format_tables(results: dict[str, dict[int, dict]], seeds: list[int]) -> str:
         ("challenging", "Challenging subset of the synthetic test split (form of paper Table VIII)"),
     ):
         out.append(f"{title}; COCO AP in %, mean ± std over seeds {', '.join(map(str, seeds))}\n")
-        out.append("| Models | " + " | ".join(HEADERS) + " |")
-        out.append("|---|" + "---|" * len(HEADERS))
-        for config, per_seed in results.items():
-            cells = [_cell([per_seed[s][split][c] for s in seeds if s in per_seed]) for c in COLUMNS]
-            out.append(f"| {VARIANTS.get(config, config)} | " + " | ".join(cells) + " |")
+        rows = [
+            [VARIANTS.get(config, config)]
+            + [_cell([per_seed[s][split][c] for s in seeds if s in per_seed]) for c in COLUMNS]
+            for config, per_seed in results.items()
+        ]
+        out.append(markdown_table(("Models", *HEADERS), rows, align="l" * (1 + len(HEADERS))))
         out.append("")
     return "\n".join(out)
 
