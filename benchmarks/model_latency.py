@@ -26,22 +26,15 @@ import torch
 
 from model import build_detector, load_config
 from model.detector import TIMING_KEYS
+from service.inference import BackendError, resolve_device
+from xscreen.argtypes import int_at_least, size_pair
+from xscreen.tables import markdown_table
 
 VARIANTS = {
     "r50": ("atss_r50", "atss_lacls_r50", "atss_lareg_r50"),
     "small": ("small_atss", "small_lacls", "small_lareg"),
 }
 LABELS = {"none": "ATSS", "cls": "ATSS+LAcls", "reg": "ATSS+LAreg"}
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 800x1333, got {text!r}") from None
-    if h < 32 or w < 32:
-        raise argparse.ArgumentTypeError(f"size must be at least 32x32, got {text!r}")
-    return h, w
 
 
 def build(
@@ -176,9 +169,15 @@ def bf16_deviation(models: dict, image: torch.Tensor) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variant", choices=sorted(VARIANTS), default="r50")
-    p.add_argument("--size", type=parse_size, default=(800, 1333), help="input HxW, e.g. 800x1333")
-    p.add_argument("--runs", type=int, default=3, help="timed runs per model (median reported, >= 3)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--size", type=size_pair(32, "HEIGHTxWIDTH such as 800x1333"), default=(800, 1333), help="input HxW"
+    )
+    p.add_argument(
+        "--runs", type=int_at_least(3), default=3, help="timed runs per model (median reported, >= 3)"
+    )
+    p.add_argument(
+        "--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto: cuda when available"
+    )
     p.add_argument("--batched-grad", action="store_true", help="LA: one batched VJP for g1 and g2")
     p.add_argument("--nchw", dest="channels_last", action="store_false", help="our detectors on NCHW tensors")
     p.add_argument(
@@ -187,13 +186,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-memory", action="store_true", help="skip the per-model memory subprocesses")
     p.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    try:
+        args.device = resolve_device(args.device)
+    except BackendError as exc:
+        p.error(str(exc))
     if args.memory_child:
         _memory_child(
             args.memory_child, args.size, args.device, args.batched_grad, args.channels_last, args.la_bf16
         )
         return 0
-    if args.runs < 3:
-        p.error("--runs must be at least 3 (the table reports medians)")
     torch.manual_seed(0)
     image = (torch.rand(3, *args.size) * 255).to(args.device)
     names = [*VARIANTS[args.variant], "fcos"]
@@ -219,23 +220,16 @@ def main(argv: list[str] | None = None) -> int:
         f"Input {h}x{w}, device {args.device} ({threads} threads), "
         f"median of {args.runs} runs, random weights.\n"
     )
-    print(
-        f"| model | seconds | / FCOS | / ATSS | backbone+FPN | head 1st | LA grads | head 2nd | post | "
-        f"peak MiB ({mem_what}) |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    stage_keys = ("backbone_fpn", "head_first", "la_grad", "head_second", "postprocess")
+    cells = []
     for name in names:
         total, st = results[name]
         label = "FCOS R-50 (torchvision)" if name == "fcos" else LABELS[load_config(name).la_mode]
-        if name == "fcos":
-            split = "| - | - | - | - | - "
-        else:
-            split = (
-                f"| {st['backbone_fpn']:.3f} | {st['head_first']:.3f} | {st['la_grad']:.3f} "
-                f"| {st['head_second']:.3f} | {st['postprocess']:.3f} "
-            )
+        split = ["-"] * len(stage_keys) if name == "fcos" else [f"{st[k]:.3f}" for k in stage_keys]
         mem = f"{memory[name]:.0f}" if name in memory else "-"
-        print(f"| {label} | {total:.3f} | {total / fcos_s:.2f} | {total / atss_s:.2f} {split}| {mem} |")
+        cells.append([label, f"{total:.3f}", f"{total / fcos_s:.2f}", f"{total / atss_s:.2f}", *split, mem])
+    header = ("model", "seconds", "/ FCOS", "/ ATSS", "backbone+FPN", "head 1st", "LA grads", "head 2nd")
+    print(markdown_table((*header, "post", f"peak MiB ({mem_what})"), cells, align="l" * 10))
     for name, dev in deviations.items():
         print(f"\n{name}: bf16 LA gradients vs fp32, max |score difference| over all anchors = {dev:.2e}")
     return 0

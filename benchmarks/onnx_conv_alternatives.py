@@ -37,6 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xscreen.argtypes import int_list, positive_int, size_pair
+from xscreen.tables import markdown_table
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from onnx_vs_torch import _timed, parse_variant  # noqa: E402
 
@@ -191,13 +194,15 @@ def conv_rows(channels: int, size: tuple[int, int], threads: list[int], runs: in
     return rows
 
 
-def full_model_rows(spec: str, threads: list[int], runs: int, tmp: Path) -> list[dict]:
+def full_model_rows(
+    spec: tuple[str, tuple[int, int]], threads: list[int], runs: int, tmp: Path
+) -> list[dict]:
     """fp32 vs int8 for a whole graph: as `xscreen export --int8` writes it, and without ORT's pre-pass."""
     from model import build_detector
     from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
     from model.onnx_quantize import quantize_int8
 
-    name, (h, w) = parse_variant(spec)
+    name, (h, w) = spec
     torch.manual_seed(0)
     det = build_detector(name).eval()
     fp32 = export_onnx(det, tmp / f"{name}.onnx", name=name, version="bench", sha256="0" * 64)
@@ -226,45 +231,53 @@ def full_model_rows(spec: str, threads: list[int], runs: int, tmp: Path) -> list
 
 
 def markdown(rows: list[dict], baseline_prefix: str) -> str:
-    lines = [
-        "| case | threads | best ms | median ms | vs first row | max abs diff |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
     base = {}
     for r in rows:
         if r["case"].startswith(baseline_prefix):
             base.setdefault(r["threads"], min(r["times"]))
+    cells = []
     for r in rows:
         best = min(r["times"])
-        lines.append(
-            f"| {r['case']} | {r['threads']} | {best * 1e3:.1f} | {statistics.median(r['times']) * 1e3:.1f} "
-            f"| {base[r['threads']] / best:.2f}x | {r['diff']:.1e} |"
+        cells.append(
+            [
+                r["case"],
+                r["threads"],
+                f"{best * 1e3:.1f}",
+                f"{statistics.median(r['times']) * 1e3:.1f}",
+                f"{base[r['threads']] / best:.2f}x",
+                f"{r['diff']:.1e}",
+            ]
         )
-    return "\n".join(lines)
+    return markdown_table(("case", "threads", "best ms", "median ms", "vs first row", "max abs diff"), cells)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--channels", type=int, default=256, help="conv in/out channels (R-50 head: 256)")
-    p.add_argument("--size", default="100x167", help="feature map HxW (R-50 P3 at 800x1333: 100x167)")
-    p.add_argument("--threads", default=None, help="comma-separated intra-op threads (default: 1,ncpu)")
-    p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--full-model", default="small_lacls@512x512", help="NAME@HxW to quantise whole, or none")
+    p.add_argument("--channels", type=positive_int, default=256, help="conv in/out channels (R-50 head: 256)")
+    p.add_argument(
+        "--size",
+        type=size_pair(2, "HEIGHTxWIDTH such as 100x167"),
+        default=(100, 167),
+        help="feature map HxW (R-50 P3 at 800x1333: 100x167)",
+    )
+    p.add_argument(
+        "--threads", type=int_list(1), default=None, help="comma-separated intra-op threads (default: 1,ncpu)"
+    )
+    p.add_argument("--runs", type=positive_int, default=5)
+    p.add_argument(
+        "--full-model",
+        type=lambda s: None if s == "none" else parse_variant(s),
+        default="small_lacls@512x512",
+        help="NAME@HxW to quantise whole, or none",
+    )
     args = p.parse_args(argv)
-    try:
-        h, w = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        p.error(f"--size must look like 100x167, got {args.size!r}")
-    if args.channels < 1 or h < 2 or w < 2 or args.runs < 1:
-        p.error("--channels and --runs must be >= 1 and --size at least 2x2")
+    h, w = args.size
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, ncpu})
+    threads = args.threads or sorted({1, ncpu})
     with tempfile.TemporaryDirectory() as tmp:
         rows = conv_rows(args.channels, (h, w), threads, args.runs, Path(tmp))
         model_rows = (
-            []
-            if args.full_model == "none"
-            else full_model_rows(args.full_model, threads, args.runs, Path(tmp))
+            [] if args.full_model is None else full_model_rows(args.full_model, threads, args.runs, Path(tmp))
         )
     print(
         f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}, {ncpu} CPU(s), "
@@ -276,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(rows, "torch eager"))
     if model_rows:
         print(
-            f"\nThe whole {args.full_model} graph, random weights, Conv quantised (speed-up vs ORT fp32):\n"
+            f"\nThe whole {model_rows[0]['case'].split()[0]} graph, random weights, Conv quantised"
+            " (speed-up vs ORT fp32):\n"
         )
         print(markdown(model_rows, model_rows[0]["case"]))
     return 0

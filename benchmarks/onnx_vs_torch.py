@@ -28,17 +28,48 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xscreen.argtypes import int_list, non_negative_int, positive_int, size_pair
+from xscreen.tables import markdown_table
+
 SIZES = {"small": (512, 512), "r50": (800, 1333)}
 DEFAULT_VARIANTS = "small_lacls@256x256,small_lacls,atss_lacls_r50"
 
 
+ORT_LEVELS = ("disable", "basic", "extended", "all")
+
+
 def parse_variant(spec: str) -> tuple[str, tuple[int, int]]:
-    """'small_lacls@256x256' -> ('small_lacls', (256, 256)); without '@', the variant's default size."""
+    """'small_lacls@256x256' -> ('small_lacls', (256, 256)); without '@', the variant's default size.
+
+    An argparse type: an unknown detector config or a malformed size is a usage error.
+    """
+    from model.config import available_configs
+
     name, _, size = spec.strip().partition("@")
+    if name not in available_configs():
+        raise argparse.ArgumentTypeError(
+            f"unknown detector config {name!r} (expected one of {', '.join(available_configs())})"
+        )
     if not size:
         return name, SIZES["r50" if name.endswith("r50") else "small"]
-    h, _, w = size.partition("x")
-    return name, (int(h), int(w))
+    return name, size_pair(32, "NAME@HEIGHTxWIDTH such as small_lacls@256x256")(size)
+
+
+def variant_list(text: str) -> list[tuple[str, tuple[int, int]]]:
+    """argparse type: comma-separated NAME[@HxW] -> [(name, (h, w)), ...]."""
+    specs = [parse_variant(v) for v in text.split(",") if v.strip()]
+    if not specs:
+        raise argparse.ArgumentTypeError(f"expected comma-separated NAME[@HxW], got {text!r}")
+    return specs
+
+
+def level_list(text: str) -> list[str]:
+    """argparse type: comma-separated ONNX Runtime graph optimisation levels."""
+    levels = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in levels if v not in ORT_LEVELS]
+    if unknown or not levels:
+        raise argparse.ArgumentTypeError(f"levels are a comma list of {', '.join(ORT_LEVELS)}; got {text!r}")
+    return levels
 
 
 def _timed(fn, runs: int) -> list[float]:
@@ -168,44 +199,49 @@ def interleaved(
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = [
-        "| variant | input | engine | graph opt | threads | best s | median s | speed-up | max abs diff |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|",
-    ]
     torch_best = {
         (r["variant"], r["size"], r["threads"]): r["best"] for r in rows if r["engine"] == "torch eager"
     }
-    for r in rows:
-        ratio = torch_best[(r["variant"], r["size"], r["threads"])] / r["best"]
-        lines.append(
-            f"| {r['variant']} | {r['size']} | {r['engine']} | {r['level']} | {r['threads']} | "
-            f"{r['best']:.3f} | {r['median']:.3f} | {ratio:.2f}x | {r['diff']:.1e} |"
-        )
-    return "\n".join(lines)
+    header = ("variant", "input", "engine", "graph opt", "threads", "best s", "median s", "speed-up")
+    cells = [
+        [r["variant"], r["size"], r["engine"], r["level"], r["threads"]]
+        + [f"{r['best']:.3f}", f"{r['median']:.3f}"]
+        + [f"{torch_best[(r['variant'], r['size'], r['threads'])] / r['best']:.2f}x", f"{r['diff']:.1e}"]
+        for r in rows
+    ]
+    return markdown_table((*header, "max abs diff"), cells, align="llllrrrrr")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma-separated NAME[@HxW]")
-    p.add_argument("--threads", default=None, help="comma-separated intra-op thread counts (default: 1,ncpu)")
-    p.add_argument("--levels", default="basic,extended,all", help="ORT graph optimisation levels")
-    p.add_argument("--runs", type=int, default=3)
+    p.add_argument(
+        "--variants", type=variant_list, default=DEFAULT_VARIANTS, help="comma-separated NAME[@HxW]"
+    )
+    p.add_argument(
+        "--threads",
+        type=int_list(1),
+        default=None,
+        help="comma-separated intra-op thread counts (default: 1,ncpu)",
+    )
+    p.add_argument(
+        "--levels", type=level_list, default="basic,extended,all", help="ORT graph optimisation levels"
+    )
+    p.add_argument("--runs", type=positive_int, default=3)
     p.add_argument(
         "--int8", action="store_true", help="also time the static int8 export (model.onnx_quantize)"
     )
     p.add_argument("--out-dir", type=Path, default=None, help="keep the exported .onnx files here")
     p.add_argument(
         "--interleaved",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="ROUNDS",
         help="instead: alternate torch and ORT (all) ROUNDS times per variant at the first thread count",
     )
     args = p.parse_args(argv)
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, ncpu})
-    levels = [v.strip() for v in args.levels.split(",") if v.strip()]
-    specs = [parse_variant(v) for v in args.variants.split(",") if v.strip()]
+    threads = args.threads or sorted({1, ncpu})
+    levels, specs = args.levels, args.variants
     rows = []
     if args.interleaved:
         with tempfile.TemporaryDirectory() as tmp:

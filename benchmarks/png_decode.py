@@ -29,6 +29,9 @@ import zlib
 import cv2
 import numpy as np
 
+from xscreen.argtypes import int_list, positive_int
+from xscreen.tables import markdown_table
+
 
 def idat(png: bytes) -> bytes:
     """The concatenated IDAT payloads of a PNG file (the zlib stream of its filtered rows)."""
@@ -87,25 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     from training.synth.scene import make_scan
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", default="640,1024", help="comma-separated square scan sides")
-    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--sizes", type=int_list(2), default="640,1024", help="comma-separated square scan sides")
+    p.add_argument("--runs", type=positive_int, default=30)
     p.add_argument("--compression", type=int, choices=range(10), metavar="0..9", help="PNG zlib level")
     args = p.parse_args(argv)
-    try:
-        sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
-    except ValueError:
-        p.error(f"--sizes must be comma-separated integers, got {args.sizes!r}")
-    if not sizes or min(sizes) < 2 or args.runs < 1:
-        p.error("--sizes must be >= 2 and --runs >= 1")
+    sizes = args.sizes
     params = [] if args.compression is None else [cv2.IMWRITE_PNG_COMPRESSION, args.compression]
     level = "OpenCV default" if args.compression is None else str(args.compression)
     print(f"16-bit greyscale PNG of a synthetic high-energy image, zlib level: {level}\n")
     extra = optional_decoders()
-    print(
-        "| scan | pixel bytes | PNG bytes | PNG / pixels | read_scan ms | cv2.imdecode ms | zlib inflate ms "
-        "| Wuffs decode ms | libdeflate inflate ms |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    cells = []
     for side in sizes:
         scan = make_scan(np.random.default_rng(500), side, side)
         png = cv2.imencode(".png", scan.high, params)[1].tobytes()
@@ -126,10 +120,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"{name} decoded {side}x{side} differently from OpenCV/zlib")
             optional.append(f"{median_ms(functools.partial(fn, png, stream, len(rows)), args.runs):.2f}")
         raw = scan.high.nbytes
-        print(
-            f"| {side}x{side} | {raw} | {len(png)} | {len(png) / raw:.2f} | {t_read:.2f} | {t_cv2:.2f} "
-            f"| {t_zlib:.2f} | {' | '.join(optional)} |"
+        cells.append(
+            [f"{side}x{side}", raw, len(png), f"{len(png) / raw:.2f}", f"{t_read:.2f}", f"{t_cv2:.2f}"]
+            + [f"{t_zlib:.2f}", *optional]
         )
+    header = ("scan", "pixel bytes", "PNG bytes", "PNG / pixels", "read_scan ms", "cv2.imdecode ms")
+    print(markdown_table((*header, "zlib inflate ms", "Wuffs decode ms", "libdeflate inflate ms"), cells))
     return 0
 
 

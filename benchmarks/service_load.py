@@ -34,6 +34,10 @@ import numpy as np
 import requests
 from urllib3 import encode_multipart_formdata
 
+from training.synth.cli import MIN_SIDE
+from xscreen.argtypes import int_at_least, int_list, non_negative_float, non_negative_int, positive_int
+from xscreen.tables import markdown_table
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -211,9 +215,13 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", type=Path, default=bundled_weights_path())
-    p.add_argument("--concurrency", default="1,4,16")
-    p.add_argument("--requests", type=int, default=40, help="requests per format and concurrency level")
-    p.add_argument("--size", type=int, default=640, help="scan side in pixels (synthetic scanner)")
+    p.add_argument("--concurrency", type=int_list(1), default="1,4,16", help="comma list of client threads")
+    p.add_argument(
+        "--requests", type=positive_int, default=40, help="requests per format and concurrency level"
+    )
+    p.add_argument(
+        "--size", type=int_at_least(MIN_SIDE), default=640, help="scan side in pixels (synthetic scanner)"
+    )
     p.add_argument(
         "--formats",
         type=_formats,
@@ -225,17 +233,17 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="serve this `xscreen export` file with the onnxruntime backend (fp32 or int8) instead of torch",
     )
-    p.add_argument("--scans", type=int, default=8, help="distinct scans cycled through")
-    p.add_argument("--max-batch-size", type=int, default=4)
-    p.add_argument("--max-queue-delay-ms", type=float, default=5.0)
-    p.add_argument("--model-runs", type=int, default=15)
-    p.add_argument("--seed", type=int, default=500)
+    p.add_argument("--scans", type=positive_int, default=8, help="distinct scans cycled through")
+    p.add_argument("--max-batch-size", type=positive_int, default=4)
+    p.add_argument("--max-queue-delay-ms", type=non_negative_float, default=5.0)
+    p.add_argument("--model-runs", type=positive_int, default=15)
+    p.add_argument("--seed", type=non_negative_int, default=500)
     args = p.parse_args(argv)
     if args.onnx_path is not None and not args.onnx_path.is_file():
         p.error(f"ONNX file not found: {args.onnx_path}")
     if not args.weights.is_file():
         p.error(f"weights file not found: {args.weights} (give --weights)")
-    levels = [int(c) for c in args.concurrency.split(",")]
+    levels = args.concurrency
 
     scans = make_scans(args.scans, args.size, args.seed)
     model_s = model_latency(args.weights, scans, args.model_runs, args.onnx_path)
@@ -288,17 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nweights: {args.weights.name}, {served}, scans {args.size}x{args.size} 16-bit, "
           f"device cpu, {os.cpu_count()} cores, max_batch_size {args.max_batch_size}, "
           f"max_queue_delay {args.max_queue_delay_ms:g} ms\n")  # fmt: skip
-    print(
-        "| format | concurrency | requests | 200 | other | p50 s | p95 s | p99 s | throughput scans/s "
-        "| mean batch |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(
-            f"| {r['format']} | {r['concurrency']} | {r['requests']} | {r['ok']} | {r['other']} "
-            f"| {r['p50']:.3f} | {r['p95']:.3f} | {r['p99']:.3f} | {r['throughput']:.2f} "
-            f"| {r['mean_batch']:.2f} |"
-        )
+    header = ("format", "concurrency", "requests", "200", "other", "p50 s", "p95 s", "p99 s")
+    cells = [
+        [r["format"], r["concurrency"], r["requests"], r["ok"], r["other"]]
+        + [f"{r[k]:.3f}" for k in ("p50", "p95", "p99")]
+        + [f"{r['throughput']:.2f}", f"{r['mean_batch']:.2f}"]
+        for r in rows
+    ]
+    print(markdown_table((*header, "throughput scans/s", "mean batch"), cells))
     print(
         f"\nmodel alone, measured in this process before the server started (the backend's predict in a"
         f" worker thread, 1 scan, median of {args.model_runs}): {model_s:.3f} s"
@@ -317,21 +322,21 @@ def main(argv: list[str] | None = None) -> int:
         " by the p50 of decode + convert + model instead: the same work without HTTP, as `xscreen detect`"
         " does it\n"
     )
-    print(
-        "| format | request MB | e2e p50 s | model p50 s | ratio | target | e2e / in-process | decode "
-        "| convert | handler rest | server outside handler | client + transport |"
-    )
-    print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    cells = []
     for r in c1:
         ratio = r["p50"] / r["model_p50"]
         st = {k: 1e3 * v for k, v in r["stages"].items()}
-        print(
-            f"| {r['format']} | {r['bytes'] / 1e6:.2f} | {r['p50']:.4f} | {r['model_p50']:.4f} | {ratio:.3f} "
-            f"| {'meets' if ratio <= 1.10 else 'misses'} | {r['p50'] / r['stages']['pipeline']:.3f} "
-            f"| {st['decode']:.2f} | {st['convert']:.2f} "
-            f"| {st['handler_other']:.2f} | {1e3 * (r['mean_server'] - r['mean_handler']):.2f} "
-            f"| {1e3 * (r['mean_e2e'] - r['mean_server']):.2f} |"
+        cells.append(
+            [r["format"], f"{r['bytes'] / 1e6:.2f}", f"{r['p50']:.4f}", f"{r['model_p50']:.4f}"]
+            + [f"{ratio:.3f}", "meets" if ratio <= 1.10 else "misses"]
+            + [f"{r['p50'] / r['stages']['pipeline']:.3f}"]
+            + [f"{st[k]:.2f}" for k in ("decode", "convert", "handler_other")]
+            + [f"{1e3 * (r['mean_server'] - r['mean_handler']):.2f}"]
+            + [f"{1e3 * (r['mean_e2e'] - r['mean_server']):.2f}"]
         )
+    header = ("format", "request MB", "e2e p50 s", "model p50 s", "ratio", "target", "e2e / in-process")
+    header += ("decode", "convert", "handler rest", "server outside handler", "client + transport")
+    print(markdown_table(header, cells, align="lrrrrlrrrrrr"))
     return 0
 
 

@@ -17,8 +17,11 @@ import cv2
 import numpy as np
 
 from training.scans import convert_scan, quantise_converted
+from training.synth.cli import MIN_SIDE
 from training.synth.scene import make_scan
 from training.synth.writer import PNG_PARAMS, SynthConfig, write_dataset
+from xscreen.argtypes import positive_int, size_pair
+from xscreen.tables import markdown_table
 
 
 class Clock:
@@ -36,13 +39,15 @@ class Clock:
         self._t = (w, c)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=30)
-    ap.add_argument("--size", default="640x640")
-    ap.add_argument("--workers", type=int, default=2, help="also time write_dataset with this many workers")
-    args = ap.parse_args()
-    w, h = (int(v) for v in args.size.lower().split("x"))
+    ap.add_argument("--images", type=positive_int, default=30)
+    ap.add_argument("--size", type=size_pair(MIN_SIDE, "WIDTHxHEIGHT such as 640x640"), default=(640, 640))
+    ap.add_argument(
+        "--workers", type=positive_int, default=2, help="also time write_dataset with this many workers"
+    )
+    args = ap.parse_args(argv)
+    w, h = args.size
     cv2.setNumThreads(1)  # one core
     make_scan(np.random.default_rng(999), h, w)  # warm-up
 
@@ -79,15 +84,16 @@ def main() -> None:
 
     load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     print(f"synthetic scanner, {w}x{h}, {n} images, {os.cpu_count()} CPUs{load}, cv2 threads 1\n")
-    print("| stage | CPU ms / image | images / s per core (CPU) | wall ms / image | images / s (wall) |")
-    print("|---|---:|---:|---:|---:|")
+    cells = []
     for name, keys in rows:
         cpu = 1000 * sum(clock.cpu[k] for k in keys) / n
         wall = 1000 * sum(clock.wall[k] for k in keys) / n
-        print(f"| {name} | {cpu:.1f} | {1000 / cpu:.1f} | {wall:.1f} | {1000 / wall:.1f} |")
+        cells.append([name, f"{cpu:.1f}", f"{1000 / cpu:.1f}", f"{wall:.1f}", f"{1000 / wall:.1f}"])
     for workers, rate in runs.items():
         label = f"`xscreen synth` writer, {workers} worker(s), incl. disk + json"
-        print(f"| {label} | | | {1000 / rate:.1f} | {rate:.1f} |")
+        cells.append([label, "", "", f"{1000 / rate:.1f}", f"{rate:.1f}"])
+    header = ("stage", "CPU ms / image", "images / s per core (CPU)", "wall ms / image", "images / s (wall)")
+    print(markdown_table(header, cells))
 
 
 if __name__ == "__main__":

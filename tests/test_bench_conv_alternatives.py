@@ -57,4 +57,4 @@ def test_script_refuses_a_bad_size():
         [sys.executable, str(BENCH / "onnx_conv_alternatives.py"), "--size", "big"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert proc.returncode == 2 and "--size must look like 100x167" in proc.stderr
+    assert proc.returncode == 2 and "expected HEIGHTxWIDTH such as 100x167" in proc.stderr

@@ -40,4 +40,4 @@ def test_script_prints_a_row_per_size():
     bad = subprocess.run(
         [sys.executable, str(BENCH / "png_decode.py"), "--sizes", "x"], capture_output=True, text=True
     )
-    assert bad.returncode == 2 and "--sizes must be comma-separated integers" in bad.stderr
+    assert bad.returncode == 2 and "argument --sizes: expected a whole number, got 'x'" in bad.stderr

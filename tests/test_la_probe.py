@@ -73,4 +73,4 @@ def test_probe_command_prints_one_row_per_mode(tmp_path, capsys):
     assert "la_probe: error:" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         probe_main(["--weights", str(weights), "--data", str(data), "--limit", "0"])
-    assert info.value.code == 2 and "must be at least 1, got 0" in capsys.readouterr().err
+    assert info.value.code == 2 and "must be >= 1, got 0" in capsys.readouterr().err

@@ -26,7 +26,9 @@ import statistics
 import sys
 from pathlib import Path
 
+from xscreen.argtypes import positive_int
 from xscreen.errors import XscreenError
+from xscreen.tables import markdown_table
 
 MODES = ("pseudo", "oracle", "off")
 
@@ -114,16 +116,6 @@ def weight_stats(model, ds, images: int) -> list[dict[str, float]]:
     ]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _cell(values: list[float | None]) -> str:
     if not values or any(v is None or v < 0 for v in values):
         return "n/a"
@@ -133,22 +125,12 @@ def _cell(values: list[float | None]) -> str:
 
 
 def table(per_file: list[dict[str, dict]], modes: list[str]) -> str:
-    lines = [
-        "| LA labels at test | test mAP | test AP50 | challenging mAP | challenging AP50 |",
-        "|---|---|---|---|---|",
+    parts = (("test", "mAP"), ("test", "AP50"), ("challenging", "mAP"), ("challenging", "AP50"))
+    rows = [
+        [mode, *(_cell([r[mode][part].get(key) for r in per_file]) for part, key in parts)] for mode in modes
     ]
-    for mode in modes:
-        cells = [
-            _cell([r[mode][part].get(key) for r in per_file])
-            for part, key in (
-                ("test", "mAP"),
-                ("test", "AP50"),
-                ("challenging", "mAP"),
-                ("challenging", "AP50"),
-            )
-        ]
-        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    header = ("LA labels at test", "test mAP", "test AP50", "challenging mAP", "challenging AP50")
+    return markdown_table(header, rows, align="lllll")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,10 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="dataset folder (annotations/, images/)")
     p.add_argument("--split", default="test")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    p.add_argument("--limit", type=_positive_int, default=None, help="only the first N images of the split")
-    p.add_argument(
-        "--stat-images", type=_positive_int, default=20, help="images for the LA-weight statistics"
-    )
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N images of the split")
+    p.add_argument("--stat-images", type=positive_int, default=20, help="images for the LA-weight statistics")
     p.add_argument("--out", default=None, help="also write the per-file metrics here (JSON)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -182,15 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(per_file)} weights file(s), split {args.split!r}; COCO AP in %, mean ± std over the files\n")
     print(table(per_file, args.modes))
     if any(stats):
-        print(
-            f"\nLA weights on the first {args.stat_images} images (pseudo-labels), worst file per level\n\n"
-            "| level | mean abs(w - 0.5) | max abs(w - 0.5) | mean norm(x_new - x) / norm(x) |\n"
-            "|---|---|---|---|"
-        )
+        print(f"\nLA weights on the first {args.stat_images} images (pseudo-labels), worst file per level\n")
+        rows = []
         for level in range(max(len(s) for s in stats)):
-            rows = [s[level] for s in stats if len(s) > level]
-            worst = {k: max(r[k] for r in rows) for k in ("w_mean", "w_max", "change")}
-            print(f"| P{level + 3} | {worst['w_mean']:.1e} | {worst['w_max']:.1e} | {worst['change']:.1e} |")
+            per_file_level = [s[level] for s in stats if len(s) > level]
+            worst = [max(r[k] for r in per_file_level) for k in ("w_mean", "w_max", "change")]
+            rows.append([f"P{level + 3}", *(f"{v:.1e}" for v in worst)])
+        header = ("level", "mean abs(w - 0.5)", "max abs(w - 0.5)", "mean norm(x_new - x) / norm(x)")
+        print(markdown_table(header, rows, align="llll"))
     return 0
 
 

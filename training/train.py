@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xscreen.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 from xscreen.errors import XscreenError
 
 log = logging.getLogger("xscreen.train")
@@ -71,45 +72,6 @@ class TrainSettings:
 # ----------------------------------------------------------------------------------------- CLI
 
 
-def _int_at_least(minimum: int):
-    """argparse type: a whole number >= minimum, with a clear message otherwise."""
-
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if v < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {v}")
-        return v
-
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return v
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return v
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", required=True, help="detector config name (small_lacls, ...) or JSON path"
@@ -118,11 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data", required=True, help="dataset folder (annotations/{train,val}.json + images/)"
     )
     parser.add_argument("--out", required=True, help="run folder for checkpoints and logs")
-    parser.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default: config, 12)")
-    parser.add_argument("--batch-size", type=_positive_int, default=2, help="images per process (default 2)")
-    parser.add_argument(
-        "--workers", type=_non_negative_int, default=2, help="data-loader workers per process"
-    )
+    parser.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: config, 12)")
+    parser.add_argument("--batch-size", type=positive_int, default=2, help="images per process (default 2)")
+    parser.add_argument("--workers", type=non_negative_int, default=2, help="data-loader workers per process")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     parser.add_argument(
@@ -132,29 +92,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--lr",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         help="lr for a total batch of 8 (default: config, 0.01); scaled linearly to the real batch",
     )
     parser.add_argument(
         "--clip-grad",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=None,
         help="max gradient L2 norm (0 = off; default config)",
     )
-    parser.add_argument("--seed", type=_non_negative_int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument(
         "--max-iters",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="stop after this many iterations in total (smoke runs)",
     )
     parser.add_argument(
-        "--eval-every", type=_non_negative_int, default=1, help="validate every N epochs (0 = never)"
+        "--eval-every", type=non_negative_int, default=1, help="validate every N epochs (0 = never)"
     )
-    parser.add_argument("--warmup-iters", type=_non_negative_int, default=None, help="default: config, 500")
+    parser.add_argument("--warmup-iters", type=non_negative_int, default=None, help="default: config, 500")
     parser.add_argument(
-        "--log-every", type=_positive_int, default=10, help="CSV/TensorBoard row every N iterations"
+        "--log-every", type=positive_int, default=10, help="CSV/TensorBoard row every N iterations"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

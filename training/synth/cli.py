@@ -6,18 +6,12 @@ Example: ``xscreen synth --out synth-demo --images 50 --seed 1``
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from pathlib import Path
 
+from xscreen.argtypes import size_pair
+
 MIN_SIDE = 128  # below this, bags and objects no longer fit a realistic pixel pitch
-
-
-def _size(text: str) -> tuple[int, int]:
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 640x640, got {text!r}")
-    return int(m.group(1)), int(m.group(2))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, type=int, help="number of scans to simulate")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed -> identical files)")
     parser.add_argument(
-        "--size", type=_size, default=(640, 640), help="WIDTHxHEIGHT in pixels (default 640x640)"
+        "--size",
+        type=size_pair(1, "WIDTHxHEIGHT such as 640x640"),
+        default=(640, 640),
+        help="WIDTHxHEIGHT in pixels (default 640x640)",
     )
     parser.add_argument(
         "--overlap",
