@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xscreen.argtypes import int_list, non_negative_int, positive_int, size_pair
+from xscreen.argtypes import choice_list, int_list, non_negative_int, positive_int, size_pair
 from xscreen.tables import markdown_table
 
 SIZES = {"small": (512, 512), "r50": (800, 1333)}
@@ -61,15 +61,6 @@ def variant_list(text: str) -> list[tuple[str, tuple[int, int]]]:
     if not specs:
         raise argparse.ArgumentTypeError(f"expected comma-separated NAME[@HxW], got {text!r}")
     return specs
-
-
-def level_list(text: str) -> list[str]:
-    """argparse type: comma-separated ONNX Runtime graph optimisation levels."""
-    levels = [v.strip() for v in text.split(",") if v.strip()]
-    unknown = [v for v in levels if v not in ORT_LEVELS]
-    if unknown or not levels:
-        raise argparse.ArgumentTypeError(f"levels are a comma list of {', '.join(ORT_LEVELS)}; got {text!r}")
-    return levels
 
 
 def _timed(fn, runs: int) -> list[float]:
@@ -224,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated intra-op thread counts (default: 1,ncpu)",
     )
     p.add_argument(
-        "--levels", type=level_list, default="basic,extended,all", help="ORT graph optimisation levels"
+        "--levels", type=choice_list(ORT_LEVELS), default="basic,extended,all", help="ORT graph optimisations"
     )
     p.add_argument("--runs", type=positive_int, default=3)
     p.add_argument(

@@ -35,7 +35,14 @@ import requests
 from urllib3 import encode_multipart_formdata
 
 from training.synth.cli import MIN_SIDE
-from xscreen.argtypes import int_at_least, int_list, non_negative_float, non_negative_int, positive_int
+from xscreen.argtypes import (
+    choice_list,
+    int_at_least,
+    int_list,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+)
 from xscreen.tables import markdown_table
 
 
@@ -202,14 +209,6 @@ def run_level(url: str, bodies: list[tuple[bytes, str]], concurrency: int, n: in
 FORMATS = ("png", "tiff", "npy", "raw")
 
 
-def _formats(text: str) -> list[str]:
-    fmts = [f.strip() for f in text.split(",") if f.strip()]
-    bad = [f for f in fmts if f not in FORMATS]
-    if not fmts or bad:
-        raise argparse.ArgumentTypeError(f"formats are a comma list of {', '.join(FORMATS)}; got {text!r}")
-    return fmts
-
-
 def main(argv: list[str] | None = None) -> int:
     from service.settings import bundled_weights_path
 
@@ -224,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--formats",
-        type=_formats,
+        type=choice_list(FORMATS),
         default="png,tiff,raw",
         help=f"how the scans are sent, a comma list of {', '.join(FORMATS)} (raw: uint16 + width/height)",
     )

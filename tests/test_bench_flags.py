@@ -22,7 +22,7 @@ CASES = [
     ("onnx_vs_torch", ["--variants", ","], "expected comma-separated NAME[@HxW]"),
     ("onnx_vs_torch", ["--threads", "x"], "argument --threads: expected a whole number, got 'x'"),
     ("onnx_vs_torch", ["--runs", "0"], "argument --runs: must be >= 1, got 0"),
-    ("onnx_vs_torch", ["--levels", "bogus"], "levels are a comma list of disable, basic, extended, all"),
+    ("onnx_vs_torch", ["--levels", "bogus"], "expected a comma list of disable, basic, extended, all"),
     ("onnx_vs_torch", ["--interleaved", "-1"], "argument --interleaved: must be >= 0, got -1"),
     ("onnx_conv_alternatives", ["--threads", "0"], "argument --threads: must be >= 1, got 0"),
     ("onnx_conv_alternatives", ["--channels", "0"], "argument --channels: must be >= 1, got 0"),

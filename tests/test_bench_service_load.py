@@ -59,4 +59,5 @@ def test_service_load_refuses_unknown_formats(formats):
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--formats", formats], capture_output=True, text=True, timeout=120
     )
-    assert proc.returncode == 2 and "formats are a comma list of png, tiff, npy, raw" in proc.stderr
+    assert proc.returncode == 2
+    assert "argument --formats: expected a comma list of png, tiff, npy, raw" in proc.stderr

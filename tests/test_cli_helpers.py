@@ -6,7 +6,14 @@ import argparse
 
 import pytest
 
-from xscreen.argtypes import int_list, non_negative_float, positive_float, positive_int, size_pair
+from xscreen.argtypes import (
+    choice_list,
+    int_list,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    size_pair,
+)
 from xscreen.tables import markdown_table
 
 
@@ -41,6 +48,7 @@ def test_markdown_table_refuses_misshapen_input(header, rows, align, message):
         (positive_float, "0.5", 0.5),
         (non_negative_float, "0", 0.0),
         (int_list(1), " 1, 4,16 ", [1, 4, 16]),
+        (choice_list(("png", "raw")), "raw, png", ["raw", "png"]),
         (size_pair(32, "HEIGHTxWIDTH such as 800x1333"), "800X1333", (800, 1333)),
     ],
 )
@@ -59,6 +67,8 @@ def test_argtypes_accept(parse, text, value):
         (non_negative_float, "x", "expected a number, got 'x'"),
         (int_list(1), ",", "expected whole numbers separated by commas"),
         (int_list(1), "1,0", "must be >= 1, got 0"),
+        (choice_list(("png", "raw")), "png,jpeg", "expected a comma list of png, raw; got 'png,jpeg'"),
+        (choice_list(("png", "raw")), " , ", "expected a comma list of png, raw"),
         (size_pair(32, "HEIGHTxWIDTH such as 800x1333"), "800", "expected HEIGHTxWIDTH such as 800x1333"),
         (size_pair(32, "HEIGHTxWIDTH such as 800x1333"), "16x800", "each side must be >= 32"),
     ],

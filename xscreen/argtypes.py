@@ -63,6 +63,18 @@ def int_list(minimum: int) -> Callable[[str], list[int]]:
     return parse
 
 
+def choice_list(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
+    """A comma-separated list of names, each one of ``choices``: 'png,raw' -> ['png', 'raw']."""
+
+    def parse(text: str) -> list[str]:
+        names = [v.strip() for v in text.split(",") if v.strip()]
+        if not names or any(v not in choices for v in names):
+            raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(choices)}; got {text!r}")
+        return names
+
+    return parse
+
+
 def size_pair(minimum: int, example: str) -> Callable[[str], tuple[int, int]]:
     """Two whole numbers written ``AxB`` (either 'x'), each >= ``minimum``, in the order written.
 
