@@ -39,7 +39,6 @@ from xscreen.argtypes import (
     choice_list,
     int_at_least,
     int_list,
-    non_negative_float,
     non_negative_int,
     positive_int,
 )
@@ -209,6 +208,29 @@ def run_level(url: str, bodies: list[tuple[bytes, str]], concurrency: int, n: in
 FORMATS = ("png", "tiff", "npy", "raw")
 
 
+def setting_value(name: str):
+    """argparse type: a value for the service setting ``name``, within that setting's own bounds.
+
+    The server would refuse it at start otherwise; checked here, a bad value is a usage error.
+    """
+    from typing import Annotated
+
+    from pydantic import TypeAdapter, ValidationError
+
+    from service.settings import Settings
+
+    field = Settings.model_fields[name]
+    adapter = TypeAdapter(Annotated[field.annotation, *field.metadata])
+
+    def parse(text: str):
+        try:
+            return adapter.validate_python(text)
+        except ValidationError as exc:
+            raise argparse.ArgumentTypeError(exc.errors()[0]["msg"]) from None
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     from service.settings import bundled_weights_path
 
@@ -233,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         help="serve this `xscreen export` file with the onnxruntime backend (fp32 or int8) instead of torch",
     )
     p.add_argument("--scans", type=positive_int, default=8, help="distinct scans cycled through")
-    p.add_argument("--max-batch-size", type=positive_int, default=4)
-    p.add_argument("--max-queue-delay-ms", type=non_negative_float, default=5.0)
+    p.add_argument("--max-batch-size", type=setting_value("max_batch_size"), default=4)
+    p.add_argument("--max-queue-delay-ms", type=setting_value("max_queue_delay_ms"), default=5.0)
     p.add_argument("--model-runs", type=positive_int, default=15)
     p.add_argument("--seed", type=non_negative_int, default=500)
     args = p.parse_args(argv)

@@ -39,7 +39,22 @@ CASES = [
     ("service_load", ["--concurrency", "1,0"], "argument --concurrency: must be >= 1, got 0"),
     ("service_load", ["--scans", "0"], "argument --scans: must be >= 1, got 0"),
     ("service_load", ["--model-runs", "0"], "argument --model-runs: must be >= 1, got 0"),
-    ("service_load", ["--max-queue-delay-ms", "-1"], "must be a finite number >= 0, got -1"),
+    (
+        "service_load",
+        ["--max-queue-delay-ms", "-1"],
+        "--max-queue-delay-ms: Input should be greater than or equal to 0",
+    ),
+    (
+        "service_load",
+        ["--max-queue-delay-ms", "nan"],
+        "--max-queue-delay-ms: Input should be less than or equal to 10000",
+    ),
+    (
+        "service_load",
+        ["--max-batch-size", "65"],
+        "--max-batch-size: Input should be less than or equal to 64",
+    ),
+    ("service_load", ["--max-batch-size", "x"], "--max-batch-size: Input should be a valid integer"),
 ]
 if not torch.cuda.is_available():  # with a GPU, 'cuda' is a valid choice and the benchmark would run
     CASES.append(("model_latency", ["--device", "cuda"], "no CUDA device is available"))
