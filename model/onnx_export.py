@@ -243,6 +243,33 @@ def export_onnx(
     written is the static int8 version of the graph (model.onnx_quantize), metadata precision "int8"
     and ``calibration`` = ``calibration_source``.
     """
+    path, _ = _export(
+        detector,
+        out_path,
+        name=name,
+        version=version,
+        sha256=sha256,
+        opset=opset,
+        debug_la=debug_la,
+        calibration=calibration,
+        calibration_source=calibration_source,
+    )
+    return path
+
+
+def _export(
+    detector: nn.Module,
+    out_path: str | Path,
+    *,
+    name: str,
+    version: str,
+    sha256: str,
+    opset: int,
+    debug_la: bool,
+    calibration: list | None,
+    calibration_source: str | None,
+) -> tuple[Path, dict[str, str]]:
+    """``export_onnx``, also returning the metadata written into the file."""
     import onnx
 
     if not DEFAULT_OPSET <= opset <= MAX_OPSET:
@@ -324,7 +351,7 @@ def export_onnx(
     finally:
         tmp.unlink(missing_ok=True)
         tmp_int8.unlink(missing_ok=True)
-    return out_path
+    return out_path, meta
 
 
 def export_weights(
@@ -349,7 +376,7 @@ def export_weights(
 
         images, source = calibration(info.config)
         batches = network_inputs(images, info.config)
-    path = export_onnx(
+    path, meta = _export(
         detector,
         out_path,
         name=str(info.name),
@@ -359,14 +386,5 @@ def export_weights(
         debug_la=debug_la,
         calibration=batches,
         calibration_source=source,
-    )
-    meta = onnx_metadata(
-        info.config,
-        name=str(info.name),
-        version=str(info.version),
-        sha256=str(info.sha256),
-        opset=opset,
-        precision="fp32" if batches is None else "int8",
-        calibration=source,
     )
     return path, parse_onnx_metadata(meta, str(path)), detector
