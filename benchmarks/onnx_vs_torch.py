@@ -28,14 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from service.onnx_backend import GRAPH_OPTIMIZATION_LEVELS
 from xscreen.argtypes import choice_list, int_list, non_negative_int, positive_int, size_pair
 from xscreen.tables import markdown_table
 
 SIZES = {"small": (512, 512), "r50": (800, 1333)}
 DEFAULT_VARIANTS = "small_lacls@256x256,small_lacls,atss_lacls_r50"
-
-
-ORT_LEVELS = ("disable", "basic", "extended", "all")
 
 
 def parse_variant(spec: str) -> tuple[str, tuple[int, int]]:
@@ -215,7 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated intra-op thread counts (default: 1,ncpu)",
     )
     p.add_argument(
-        "--levels", type=choice_list(ORT_LEVELS), default="basic,extended,all", help="ORT graph optimisations"
+        "--levels",
+        type=choice_list(GRAPH_OPTIMIZATION_LEVELS),
+        default="basic,extended,all",
+        help="ORT graph optimisations",
     )
     p.add_argument("--runs", type=positive_int, default=3)
     p.add_argument(
