@@ -24,10 +24,10 @@ import time
 
 import torch
 
-from model import build_detector, load_config
-from model.detector import TIMING_KEYS
-from service.inference import BackendError, resolve_device
 from xscreen.argtypes import int_at_least, size_pair
+from xscreen.model import build_detector, load_config
+from xscreen.model.detector import TIMING_KEYS
+from xscreen.service.inference import BackendError, resolve_device
 from xscreen.tables import markdown_table
 
 VARIANTS = {
@@ -150,7 +150,7 @@ def _memory_child(
 
 def bf16_deviation(models: dict, image: torch.Tensor) -> dict[str, float]:
     """Max |sigmoid(cls logits) bf16-LA - fp32-LA| per LA model: the check of the bf16 speed mode."""
-    from model.transform import normalize, pad_batch
+    from xscreen.model.transform import normalize, pad_batch
 
     batch, _ = pad_batch([normalize(image)])
     out = {}

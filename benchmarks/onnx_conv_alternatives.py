@@ -131,14 +131,14 @@ def _export(module: nn.Module, example: Tensor, path: Path, spatial: tuple[int, 
 def _session(path: Path, threads: int):
     import onnxruntime as ort
 
-    from service.onnx_backend import session_options
+    from xscreen.service.onnx_backend import session_options
 
     opts = session_options("all", threads, 1)
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def conv_rows(channels: int, size: tuple[int, int], threads: list[int], runs: int, tmp: Path) -> list[dict]:
-    from model.onnx_quantize import quantize_int8
+    from xscreen.model.onnx_quantize import quantize_int8
 
     h, w = size
     torch.manual_seed(0)
@@ -198,9 +198,9 @@ def full_model_rows(
     spec: tuple[str, tuple[int, int]], threads: list[int], runs: int, tmp: Path
 ) -> list[dict]:
     """fp32 vs int8 for a whole graph: as `xscreen export --int8` writes it, and without ORT's pre-pass."""
-    from model import build_detector
-    from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
-    from model.onnx_quantize import quantize_int8
+    from xscreen.model import build_detector
+    from xscreen.model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
+    from xscreen.model.onnx_quantize import quantize_int8
 
     name, (h, w) = spec
     torch.manual_seed(0)

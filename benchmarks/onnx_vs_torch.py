@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.onnx_backend import GRAPH_OPTIMIZATION_LEVELS
 from xscreen.argtypes import choice_list, int_list, non_negative_int, positive_int, size_pair
+from xscreen.service.onnx_backend import GRAPH_OPTIMIZATION_LEVELS
 from xscreen.tables import markdown_table
 
 SIZES = {"small": (512, 512), "r50": (800, 1333)}
@@ -41,7 +41,7 @@ def parse_variant(spec: str) -> tuple[str, tuple[int, int]]:
 
     An argparse type: an unknown detector config or a malformed size is a usage error.
     """
-    from model.config import available_configs
+    from xscreen.model.config import available_configs
 
     name, _, size = spec.strip().partition("@")
     if name not in available_configs():
@@ -82,10 +82,10 @@ def bench_variant(
 ) -> list[dict]:
     import onnxruntime as ort
 
-    from model import build_detector
-    from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
-    from model.onnx_quantize import network_inputs, synthetic_calibration_images
-    from service.onnx_backend import session_options
+    from xscreen.model import build_detector
+    from xscreen.model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
+    from xscreen.model.onnx_quantize import network_inputs, synthetic_calibration_images
+    from xscreen.service.onnx_backend import session_options
 
     h, w = size
     torch.manual_seed(0)
@@ -156,9 +156,9 @@ def interleaved(
     """torch and ORT (level all) run alternately, so both see the same background load."""
     import onnxruntime as ort
 
-    from model import build_detector
-    from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
-    from service.onnx_backend import session_options
+    from xscreen.model import build_detector
+    from xscreen.model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
+    from xscreen.service.onnx_backend import session_options
 
     h, w = size
     torch.manual_seed(0)

@@ -86,8 +86,8 @@ def median_ms(fn, runs: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.scans import read_scan
-    from training.synth.scene import make_scan
+    from xscreen.training.scans import read_scan
+    from xscreen.training.synth.scene import make_scan
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int_list(2), default="640,1024", help="comma-separated square scan sides")

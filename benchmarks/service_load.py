@@ -35,7 +35,6 @@ import numpy as np
 import requests
 from urllib3 import encode_multipart_formdata
 
-from training.synth.cli import MIN_SIDE
 from xscreen.argtypes import (
     choice_list,
     int_at_least,
@@ -44,6 +43,7 @@ from xscreen.argtypes import (
     positive_int,
 )
 from xscreen.tables import markdown_table
+from xscreen.training.synth.cli import MIN_SIDE
 
 
 def free_port() -> int:
@@ -74,7 +74,7 @@ def _encode(img: np.ndarray, fmt: str) -> bytes:
 
 def make_scans(n: int, size: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """``n`` synthetic (high, low) uint16 scans of ``size`` x ``size``."""
-    from training.synth.scene import make_scan
+    from xscreen.training.synth.scene import make_scan
 
     scans = (make_scan(np.random.default_rng(seed + i), size, size) for i in range(n))
     return [(s.high, s.low) for s in scans]
@@ -94,9 +94,9 @@ def encode_requests(scans: list[tuple[np.ndarray, np.ndarray]], fmt: str) -> lis
 
 def model_latency(weights: Path, scans, runs: int, onnx_path: Path | None = None) -> float:
     """Median seconds of the model alone (the backend's predict, batch of 1) on the converted scans."""
-    from service.inference import TorchBackend
-    from service.onnx_backend import OnnxBackend
-    from training.scans import convert_scan
+    from xscreen.service.inference import TorchBackend
+    from xscreen.service.onnx_backend import OnnxBackend
+    from xscreen.training.scans import convert_scan
 
     backend = TorchBackend(weights, "cpu") if onnx_path is None else OnnxBackend(onnx_path, "cpu")
     images = [convert_scan(h, lo) for h, lo in scans]
@@ -213,7 +213,7 @@ def setting_value(name: str):
 
     from pydantic import TypeAdapter, ValidationError
 
-    from service.settings import Settings
+    from xscreen.service.settings import Settings
 
     field = Settings.model_fields[name]
     adapter = TypeAdapter(Annotated[field.annotation, *field.metadata])
@@ -228,7 +228,7 @@ def setting_value(name: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from service.settings import bundled_weights_path
+    from xscreen.service.settings import bundled_weights_path
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", type=Path, default=bundled_weights_path())

@@ -16,12 +16,12 @@ import time
 import cv2
 import numpy as np
 
-from training.scans import convert_scan, quantise_converted
-from training.synth.cli import MIN_SIDE
-from training.synth.scene import make_scan
-from training.synth.writer import PNG_PARAMS, SynthConfig, write_dataset
 from xscreen.argtypes import positive_int, size_pair
 from xscreen.tables import markdown_table
+from xscreen.training.scans import convert_scan, quantise_converted
+from xscreen.training.synth.cli import MIN_SIDE
+from xscreen.training.synth.scene import make_scan
+from xscreen.training.synth.writer import PNG_PARAMS, SynthConfig, write_dataset
 
 
 class Clock:

@@ -115,7 +115,7 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> list[str]:
     ``model`` is an ATSSDetector or a ResNetFPN. The classifier (``fc.*``) is ignored; any other
     missing, unexpected or mis-shaped tensor raises WeightsError. Returns the names loaded.
     """
-    from model.weights import WeightsError
+    from xscreen.model.weights import WeightsError
 
     backbone = model.backbone if hasattr(model, "backbone") else model
     body: nn.Module = backbone.body

@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from model.classes import CLASS_NAMES
 from xscreen.errors import XscreenError
+from xscreen.model.classes import CLASS_NAMES
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 

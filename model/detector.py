@@ -9,17 +9,17 @@ from collections import defaultdict
 import torch
 from torch import Tensor, nn
 
-from model.anchors import anchor_strides, feature_sizes, generate_anchors
-from model.assigner import atss_assign
-from model.backbone import ResNetFPN
-from model.box_coder import DistanceBinCoder
-from model.config import DetectorConfig
-from model.head import ATSSHead
-from model.label_aware import label_aware_forward
-from model.losses import atss_losses
-from model.postprocess import postprocess_detections
-from model.transform import normalize, pad_batch, resize_to_fit
 from xscreen.errors import XscreenError
+from xscreen.model.anchors import anchor_strides, feature_sizes, generate_anchors
+from xscreen.model.assigner import atss_assign
+from xscreen.model.backbone import ResNetFPN
+from xscreen.model.box_coder import DistanceBinCoder
+from xscreen.model.config import DetectorConfig
+from xscreen.model.head import ATSSHead
+from xscreen.model.label_aware import label_aware_forward
+from xscreen.model.losses import atss_losses
+from xscreen.model.postprocess import postprocess_detections
+from xscreen.model.transform import normalize, pad_batch, resize_to_fit
 
 TIMING_KEYS = ("preprocess", "backbone_fpn", "head_first", "la_grad", "head_second", "postprocess")
 
@@ -313,6 +313,6 @@ class ATSSDetector(nn.Module):
 
 def build_detector(cfg: DetectorConfig | str, **kwargs) -> ATSSDetector:
     """A randomly initialised detector for a config (name, path or DetectorConfig)."""
-    from model.config import load_config
+    from xscreen.model.config import load_config
 
     return ATSSDetector(load_config(cfg), **kwargs)

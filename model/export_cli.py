@@ -19,7 +19,7 @@ VERIFY_ATOL = 1e-3  # raw logits; fp32 export agrees to ~1e-5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from model.onnx_export import DEFAULT_OPSET
+    from xscreen.model.onnx_export import DEFAULT_OPSET
 
     parser.add_argument("--weights", required=True, type=Path, help="safetensors weights (xscreen format)")
     parser.add_argument("--out", required=True, type=Path, help="ONNX file to write, e.g. model.onnx")
@@ -56,7 +56,7 @@ def verify(onnx_path: Path, detector, seed: int = 0) -> dict[str, float]:
     import onnxruntime as ort
     import torch
 
-    from model.onnx_export import INPUT_NAME, OUTPUT_NAMES
+    from xscreen.model.onnx_export import INPUT_NAME, OUTPUT_NAMES
 
     cfg = detector.cfg
     g = torch.Generator().manual_seed(seed)
@@ -73,8 +73,8 @@ def verify(onnx_path: Path, detector, seed: int = 0) -> dict[str, float]:
 
 def calibration_source(args: argparse.Namespace):
     """--int8: a function config -> (converted images, description) for model.onnx_export.export_weights."""
-    from model.onnx_export import OnnxModelError
-    from model.onnx_quantize import dataset_calibration_images, synthetic_calibration_images
+    from xscreen.model.onnx_export import OnnxModelError
+    from xscreen.model.onnx_quantize import dataset_calibration_images, synthetic_calibration_images
 
     n, seed = args.calibration_images, args.calibration_seed
     if n < 1:
@@ -97,7 +97,7 @@ def calibration_source(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.onnx_export import OnnxModelError, export_weights
+    from xscreen.model.onnx_export import OnnxModelError, export_weights
 
     if not args.int8 and args.calibration_data is not None:
         raise OnnxModelError("--calibration-data only applies with --int8")

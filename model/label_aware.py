@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.head import ATSSHead
+from xscreen.model.head import ATSSHead
 
 
 def _sync(device: torch.device) -> None:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from model.box_coder import DeltaXYWHBoxCoder, DistanceBinCoder
+from xscreen.model.box_coder import DeltaXYWHBoxCoder, DistanceBinCoder
 
 
 def centerness_targets(anchors: Tensor, gt_boxes: Tensor) -> Tensor:

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from model.config import ConfigError, DetectorConfig, config_from_json
-from model.explicit_grad import ExplicitTower, la_cls_grads, la_reg_grad
-from model.label_aware import reweight
 from xscreen.errors import XscreenError
+from xscreen.model.config import ConfigError, DetectorConfig, config_from_json
+from xscreen.model.explicit_grad import ExplicitTower, la_cls_grads, la_reg_grad
+from xscreen.model.label_aware import reweight
 
 ONNX_FORMAT = "xscreen-onnx"
 ONNX_FORMAT_VERSION = 1
@@ -328,7 +328,7 @@ def _export(
                 dims[1].dim_value = cfg.fpn_channels
         precision = "fp32"
         if calibration is not None:
-            from model.onnx_quantize import quantize_int8
+            from xscreen.model.onnx_quantize import quantize_int8
 
             onnx.save(proto, str(tmp))
             proto = onnx.load(str(quantize_int8(tmp, tmp_int8, calibration)))
@@ -367,12 +367,12 @@ def export_weights(
     ``calibration``: for an int8 export, a function config -> (converted [H, W, 3] images, a line
     saying where they came from), e.g. model.onnx_quantize.synthetic_calibration_images.
     """
-    from model.weights import load_weights
+    from xscreen.model.weights import load_weights
 
     detector, info = load_weights(weights, device="cpu")
     batches, source = None, None
     if calibration is not None:
-        from model.onnx_quantize import network_inputs
+        from xscreen.model.onnx_quantize import network_inputs
 
         images, source = calibration(info.config)
         batches = network_inputs(images, info.config)

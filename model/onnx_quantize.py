@@ -26,21 +26,21 @@ from pathlib import Path
 
 import numpy as np
 
-from model.config import DetectorConfig
-from model.onnx_export import INPUT_NAME, OnnxModelError
+from xscreen.model.config import DetectorConfig
+from xscreen.model.onnx_export import INPUT_NAME, OnnxModelError
 
 
 def network_inputs(images: Iterable[np.ndarray], cfg: DetectorConfig) -> list[np.ndarray]:
     """Converted [H, W, 3] images -> one normalised, padded [1, 3, h, w] float32 graph input each."""
-    from model.transform import network_image, pad_batch
+    from xscreen.model.transform import network_image, pad_batch
 
     return [pad_batch([network_image(im, cfg.min_size, cfg.max_size)])[0].numpy() for im in images]
 
 
 def synthetic_calibration_images(cfg: DetectorConfig, count: int, seed: int = 0) -> list[np.ndarray]:
     """``count`` converted scans from the synthetic scanner, at the model's input size (<= 800 px)."""
-    from training.scans import convert_scan
-    from training.synth.scene import make_scan
+    from xscreen.training.scans import convert_scan
+    from xscreen.training.synth.scene import make_scan
 
     side = min(cfg.min_size, 800)
     rng = np.random.default_rng(seed)
@@ -55,8 +55,8 @@ def dataset_calibration_images(
     data_dir: str | Path, split: str, count: int, class_names: tuple[str, ...], seed: int = 0
 ) -> list[np.ndarray]:
     """``count`` converted images drawn (seeded) from a dataset split (COCO layout, training.dataset)."""
-    from training.dataset import CocoDetection, DatasetError
-    from training.scans import ScanError, read_converted
+    from xscreen.training.dataset import CocoDetection, DatasetError
+    from xscreen.training.scans import ScanError, read_converted
 
     try:
         ds = CocoDetection(data_dir, split, class_names=class_names)

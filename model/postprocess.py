@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from model.anchors import anchor_strides
-from model.box_coder import DeltaXYWHBoxCoder, DistanceBinCoder
+from xscreen.model.anchors import anchor_strides
+from xscreen.model.box_coder import DeltaXYWHBoxCoder, DistanceBinCoder
 
 
 def postprocess_detections(

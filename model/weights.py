@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from model.config import ConfigError, DetectorConfig, config_from_json, load_config
 from xscreen import __version__ as xscreen_version
 from xscreen.errors import XscreenError
+from xscreen.model.config import ConfigError, DetectorConfig, config_from_json, load_config
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def load_weights(
     """
     from safetensors.torch import load_file
 
-    from model.detector import ATSSDetector
+    from xscreen.model.detector import ATSSDetector
 
     path = Path(path)
     meta = read_header(path)

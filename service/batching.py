@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.inference import InferenceBackend
-from service.metrics import ServiceMetrics
+from xscreen.service.inference import InferenceBackend
+from xscreen.service.metrics import ServiceMetrics
 
 log = logging.getLogger("xscreen.service.batching")
 

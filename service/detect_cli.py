@@ -49,12 +49,12 @@ def _read(path: str, label: str) -> bytes:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.errors import ApiError
-    from service.inference import make_backend
-    from service.response import class_ids_for, detections_from_output, model_summary
-    from service.scan_input import prepare_scan
-    from service.schemas import DetectResponse, ImageSize
-    from service.settings import load_settings
+    from xscreen.service.errors import ApiError
+    from xscreen.service.inference import make_backend
+    from xscreen.service.response import class_ids_for, detections_from_output, model_summary
+    from xscreen.service.scan_input import prepare_scan
+    from xscreen.service.schemas import DetectResponse, ImageSize
+    from xscreen.service.settings import load_settings
 
     settings = load_settings(
         weights=args.weights,
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         timings={k: round(v, 6) for k, v in timings.items()},
     )
     if args.render:
-        from service.routes.detect import render_png
+        from xscreen.service.routes.detect import render_png
 
         Path(args.render).write_bytes(render_png(prepared, response))
     if args.json:

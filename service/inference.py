@@ -17,7 +17,7 @@ import numpy as np
 from xscreen.errors import XscreenError
 
 if TYPE_CHECKING:
-    from service.settings import Settings
+    from xscreen.service.settings import Settings
 
 # Stage names reported by backends (model/detector.py ``predict(timings=...)`` keys).
 MODEL_STAGES = ("preprocess", "backbone_fpn", "head_first", "la_grad", "head_second", "postprocess")
@@ -69,7 +69,7 @@ def resolve_device(requested: str) -> str:
 
 
 def groups_for(class_names: tuple[str, ...]) -> tuple[str, ...]:
-    from model.classes import group_of
+    from xscreen.model.classes import group_of
 
     return tuple(group_of(n) for n in class_names)
 
@@ -84,7 +84,7 @@ class TorchBackend:
         expected_sha256: str | None = None,
         la_bf16: bool = False,
     ):
-        from model.weights import load_weights
+        from xscreen.model.weights import load_weights
 
         path = Path(weights_path)
         if not path.is_file():
@@ -151,7 +151,7 @@ def make_backend(settings: Settings) -> InferenceBackend:
         if settings.onnx_path is None:
             raise BackendError("backend 'onnxruntime' needs onnx_path (XSCREEN_ONNX_PATH)")
         try:
-            from service.onnx_backend import OnnxBackend  # written by the ONNX export work (issue 6)
+            from xscreen.service.onnx_backend import OnnxBackend  # written by the ONNX export work (issue 6)
         except ImportError as exc:
             raise BackendError(f"the onnxruntime backend is not available: {exc}") from None
         return OnnxBackend(

@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from service.auth import ApiKeys
+from xscreen.service.auth import ApiKeys
 
 log = logging.getLogger("xscreen.service.access")
 

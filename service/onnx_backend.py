@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, OnnxModelError, parse_onnx_metadata
-from service.inference import BackendError, ModelInfo, groups_for, resolve_device
+from xscreen.model.onnx_export import INPUT_NAME, OUTPUT_NAMES, OnnxModelError, parse_onnx_metadata
+from xscreen.service.inference import BackendError, ModelInfo, groups_for, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class OnnxBackend:
         Same steps as ``ATSSDetector.predict``: resize_to_fit, normalize, sub-batches of equal padded
         size (a scan's result must not depend on its batch neighbours), pad_batch.
         """
-        from model.transform import network_image, pad_batch
+        from xscreen.model.transform import network_image, pad_batch
 
         originals, resized = [], []
         for i, im in enumerate(images):
@@ -213,8 +213,8 @@ class OnnxBackend:
     def predict(self, images: list[np.ndarray]) -> tuple[list[dict[str, np.ndarray]], dict[str, float]]:
         import torch
 
-        from model.anchors import feature_sizes, generate_anchors
-        from model.postprocess import postprocess_detections
+        from xscreen.model.anchors import feature_sizes, generate_anchors
+        from xscreen.model.postprocess import postprocess_detections
 
         timings = {"preprocess": 0.0, "network": 0.0, "postprocess": 0.0}
         t0 = time.perf_counter()

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.inference import ModelInfo
-from service.schemas import Box, Detection, ModelSummary
+from xscreen.service.inference import ModelInfo
+from xscreen.service.schemas import Box, Detection, ModelSummary
 
 
 def class_ids_for(class_names: tuple[str, ...]) -> tuple[int, ...]:
     """The dataset's category id per class (CLCXray ids by normalised name; position+1 otherwise)."""
-    from model.classes import CLCXRAY_CLASSES, normalise_name
+    from xscreen.model.classes import CLCXRAY_CLASSES, normalise_name
 
     by_name = {normalise_name(c.name): c.category_id for c in CLCXRAY_CLASSES}
     return tuple(by_name.get(normalise_name(n), i + 1) for i, n in enumerate(class_names))

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.errors import ApiError
-from training.scans import (
+from xscreen.service.errors import ApiError
+from xscreen.training.scans import (
     _NPY_MAGIC,
     _PNG_MAGIC,
     _TIFF_MAGICS,

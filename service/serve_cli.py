@@ -73,10 +73,10 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from service.app import create_app
-    from service.inference import make_backend
-    from service.logs import configure_logging
-    from service.settings import load_settings
+    from xscreen.service.app import create_app
+    from xscreen.service.inference import make_backend
+    from xscreen.service.logs import configure_logging
+    from xscreen.service.settings import load_settings
 
     settings = load_settings(**_overrides(args))  # SettingsError -> one line, exit 2
     # Load (and sha256-check) the weights before binding: a bad file stops start-up with one line

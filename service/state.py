@@ -7,11 +7,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.auth import ApiKeys
-from service.batching import MicroBatcher
-from service.inference import InferenceBackend
-from service.metrics import ServiceMetrics
-from service.settings import Settings
+from xscreen.service.auth import ApiKeys
+from xscreen.service.batching import MicroBatcher
+from xscreen.service.inference import InferenceBackend
+from xscreen.service.metrics import ServiceMetrics
+from xscreen.service.settings import Settings
 
 
 @dataclass

@@ -8,8 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from model.classes import CLCXRAY_CLASSES
-from model.config import load_config
+from xscreen.model.classes import CLCXRAY_CLASSES
+from xscreen.model.config import load_config
 
 
 def tiny_config(path: Path, base: str = "small_lacls") -> Path:

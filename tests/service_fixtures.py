@@ -66,7 +66,7 @@ class Scan:
 
 def synthetic_scans(seeds, size: int) -> list[Scan]:
     """Scans from the synthetic scanner (training.synth), objects apart so each one is visible."""
-    from training.synth.scene import make_scan
+    from xscreen.training.synth.scene import make_scan
 
     scans = []
     for seed in seeds:
@@ -83,7 +83,7 @@ def synthetic_scans(seeds, size: int) -> list[Scan]:
 
 
 def bundled_weights() -> Path:
-    from service.settings import bundled_weights_path
+    from xscreen.service.settings import bundled_weights_path
 
     return bundled_weights_path()
 
@@ -123,9 +123,9 @@ def train_fallback_weights(path: Path, scans: list[Scan], steps: int = 40) -> st
     steps (deterministic: the same weights every time; ~30 s on 2 idle cores); save with save_weights."""
     import torch
 
-    from model import build_detector, load_config, save_weights
-    from model.classes import CLASS_NAMES
-    from training.scans import convert_scan
+    from xscreen.model import build_detector, load_config, save_weights
+    from xscreen.model.classes import CLASS_NAMES
+    from xscreen.training.scans import convert_scan
 
     torch.manual_seed(0)
     cfg = load_config("small_lacls").with_overrides(
@@ -176,7 +176,7 @@ def demo_model(cache_dir: Path) -> DemoModel:
     scans = fallback_scans()
     path = cache_dir / f"service-test-{_fallback_key(scans)}.safetensors"
     if path.is_file():
-        from model.weights import WeightsError, load_weights
+        from xscreen.model.weights import WeightsError, load_weights
 
         try:
             load_weights(path)
@@ -294,8 +294,8 @@ class InThreadServer:
     def __init__(self, **settings: object):
         import uvicorn
 
-        from service.app import create_app
-        from service.settings import load_settings
+        from xscreen.service.app import create_app
+        from xscreen.service.settings import load_settings
 
         self.port = free_port()
         self.settings = load_settings(host="127.0.0.1", port=self.port, **settings)

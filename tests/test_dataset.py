@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from model.classes import CLASS_NAMES
-from model.transform import PIXEL_MEAN, PIXEL_STD
-from training.dataset import CocoDetection, DatasetError, DatasetWarning, batch_for_model, collate
-from training.scans import convert_scan, write_converted
+from xscreen.model.classes import CLASS_NAMES
+from xscreen.model.transform import PIXEL_MEAN, PIXEL_STD
+from xscreen.training.dataset import CocoDetection, DatasetError, DatasetWarning, batch_for_model, collate
+from xscreen.training.scans import convert_scan, write_converted
 
 RNG = np.random.default_rng(5)
 # The dataset's own ids and spellings, deliberately different from model.classes (matched by name).

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from model.classes import CLCXRAY_CLASSES
-from training.evaluate import EvalError, evaluate_detections
 from xscreen.cli import main
+from xscreen.model.classes import CLCXRAY_CLASSES
+from xscreen.training.evaluate import EvalError, evaluate_detections
 
 KNIFE, CANS = 3, 6  # CLCXray category ids
 
@@ -154,9 +154,9 @@ def test_eval_cli_on_a_detections_file(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def small_weights(tmp_path_factory):
     """A randomly initialised small detector (score threshold 0 so that it outputs boxes), saved."""
-    from model import build_detector
-    from model.config import load_config
-    from model.weights import save_weights
+    from xscreen.model import build_detector
+    from xscreen.model.config import load_config
+    from xscreen.model.weights import save_weights
 
     root = tmp_path_factory.mktemp("w")
     cfg = load_config("small_atss").with_overrides(min_size=160, max_size=192, score_thresh=0.0, max_dets=20)
@@ -165,7 +165,7 @@ def small_weights(tmp_path_factory):
 
 
 def test_eval_cli_with_weights_runs_the_model(tmp_path, small_weights, capsys):
-    from training.synth.writer import SynthConfig, write_dataset
+    from xscreen.training.synth.writer import SynthConfig, write_dataset
 
     data = tmp_path / "ds"
     write_dataset(

@@ -6,9 +6,9 @@ import pytest
 import torch
 from _train_data import tiny_config, write_tiny_set
 
-from model import build_detector, load_config, save_weights
-from model.detector import DetectorInputError
-from training.la_probe import main as probe_main
+from xscreen.model import build_detector, load_config, save_weights
+from xscreen.model.detector import DetectorInputError
+from xscreen.training.la_probe import main as probe_main
 
 
 def _model(coeffs, la_mode="cls"):

@@ -5,9 +5,9 @@ import statistics
 import pytest
 import torch
 
-from model.anchors import STRIDES, anchors_for_level, feature_sizes, generate_anchors
-from model.assigner import atss_assign
-from model.box_coder import DeltaXYWHBoxCoder, DistanceBinCoder
+from xscreen.model.anchors import STRIDES, anchors_for_level, feature_sizes, generate_anchors
+from xscreen.model.assigner import atss_assign
+from xscreen.model.box_coder import DeltaXYWHBoxCoder, DistanceBinCoder
 
 
 def _iou(a, b):

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from model import ConfigError, build_detector, load_config
-from model.config import available_configs
-from model.detector import TIMING_KEYS, DetectorInputError
-from model.postprocess import postprocess_detections
+from xscreen.model import ConfigError, build_detector, load_config
+from xscreen.model.config import available_configs
+from xscreen.model.detector import TIMING_KEYS, DetectorInputError
+from xscreen.model.postprocess import postprocess_detections
 
 
 def _tiny(name="small_lacls", **kw):
@@ -159,7 +159,7 @@ def test_detections_do_not_depend_on_the_batch():
         torch.testing.assert_close(a["scores"], b["scores"], rtol=1e-4, atol=1e-5)
         assert torch.equal(a["labels"], b["labels"])
     # the raw outputs of two scans sharing a padded batch equal their single-image outputs
-    from model.transform import normalize, pad_batch, resize_to_fit
+    from xscreen.model.transform import normalize, pad_batch, resize_to_fit
 
     imgs = [normalize(resize_to_fit(s, None, 96, 160)[0]) for s in (scans[0], scans[2])]
     batch, _ = pad_batch(imgs)

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from model import build_detector, load_config
-from model.head import ATSSHead
-from model.label_aware import label_aware_forward, label_aware_weights
+from xscreen.model import build_detector, load_config
+from xscreen.model.head import ATSSHead
+from xscreen.model.label_aware import label_aware_forward, label_aware_weights
 
 
 def _head(num_classes: int, reg_channels: int = 4) -> ATSSHead:

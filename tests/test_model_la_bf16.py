@@ -2,10 +2,10 @@
 
 import torch
 
-from model import build_detector
-from model.config import load_config
-from model.label_aware import label_aware_weights
-from model.transform import normalize, pad_batch
+from xscreen.model import build_detector
+from xscreen.model.config import load_config
+from xscreen.model.label_aware import label_aware_weights
+from xscreen.model.transform import normalize, pad_batch
 
 
 def _model(name: str):

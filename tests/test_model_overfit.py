@@ -8,7 +8,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from model import build_detector, load_config
+from xscreen.model import build_detector, load_config
 
 SIZE = 96
 COLOURS = [(230, 60, 60), (60, 230, 60), (60, 60, 230)]

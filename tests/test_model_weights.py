@@ -7,8 +7,15 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from model import WeightsError, build_detector, load_backbone_weights, load_config, load_weights, save_weights
-from model.weights import read_header, tensors_sha256
+from xscreen.model import (
+    WeightsError,
+    build_detector,
+    load_backbone_weights,
+    load_config,
+    load_weights,
+    save_weights,
+)
+from xscreen.model.weights import read_header, tensors_sha256
 
 
 def _cfg(name="small_lacls", **kw):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from model.explicit_grad import (
+from xscreen.model.explicit_grad import (
     ExplicitTower,
     cls_label_onehots,
     group_norm_forward,

@@ -15,15 +15,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from model import build_detector, load_config, save_weights
-from model.classes import CLASS_NAMES
-from model.label_aware import label_aware_weights
-from model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
-from service.inference import BackendError, TorchBackend
-from service.onnx_backend import OnnxBackend, OnnxModelRefused
-from training.scans import convert_scan
-from training.synth.scene import make_scan
 from xscreen.cli import main as xscreen_main
+from xscreen.model import build_detector, load_config, save_weights
+from xscreen.model.classes import CLASS_NAMES
+from xscreen.model.label_aware import label_aware_weights
+from xscreen.model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
+from xscreen.service.inference import BackendError, TorchBackend
+from xscreen.service.onnx_backend import OnnxBackend, OnnxModelRefused
+from xscreen.training.scans import convert_scan
+from xscreen.training.synth.scene import make_scan
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -57,7 +57,7 @@ def _scans(seed: int = 7) -> list[np.ndarray]:
 
 
 def _batch(det, image: np.ndarray) -> torch.Tensor:
-    from model.transform import normalize, pad_batch, resize_to_fit
+    from xscreen.model.transform import normalize, pad_batch, resize_to_fit
 
     t = torch.from_numpy(image.transpose(2, 0, 1).copy())
     t, _ = resize_to_fit(t, None, det.cfg.min_size, det.cfg.max_size)
@@ -373,8 +373,8 @@ def test_service_answers_the_same_through_both_backends(lacls, tmp_path):
 
 
 def test_make_backend_passes_the_onnx_settings(lacls):
-    from service.inference import make_backend
-    from service.settings import load_settings
+    from xscreen.service.inference import make_backend
+    from xscreen.service.settings import load_settings
 
     _, _, sha, path = lacls
     settings = load_settings(

@@ -8,12 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
-from model.classes import CLASS_NAMES
-from training.render import draw_detections, pseudo_colour
-from training.scans import ScanError, write_raw_png
-from training.synth.physics import COEF, expose
-from training.synth.writer import SynthConfig, write_dataset
 from xscreen.cli import main
+from xscreen.model.classes import CLASS_NAMES
+from xscreen.training.render import draw_detections, pseudo_colour
+from xscreen.training.scans import ScanError, write_raw_png
+from xscreen.training.synth.physics import COEF, expose
+from xscreen.training.synth.writer import SynthConfig, write_dataset
 
 
 def test_materials_get_scanner_colours():
@@ -125,9 +125,9 @@ def test_render_cli_bad_inputs(dataset, tmp_path, capsys):
 
 
 def test_render_cli_with_weights(dataset, tmp_path, capsys):
-    from model import build_detector
-    from model.config import load_config
-    from model.weights import save_weights
+    from xscreen.model import build_detector
+    from xscreen.model.config import load_config
+    from xscreen.model.weights import save_weights
 
     cfg = load_config("small_atss").with_overrides(min_size=160, max_size=192, score_thresh=0.0, max_dets=5)
     save_weights(build_detector(cfg), tmp_path / "w.safetensors")

@@ -13,7 +13,8 @@ import pytest
 import tifffile
 import torch
 
-from training.scans import (
+from xscreen.errors import XscreenError
+from xscreen.training.scans import (
     ScanError,
     ScanSizeMismatchError,
     ScanTooLargeError,
@@ -26,7 +27,6 @@ from training.scans import (
     write_converted,
     write_raw_png,
 )
-from xscreen.errors import XscreenError
 
 
 def _png_bytes(img: np.ndarray) -> bytes:
@@ -241,7 +241,7 @@ def test_decode_raw_uint16():
 
 def test_conversion_into_row_blocks_of_one_output_equals_the_whole():
     # service.scan_input converts the two halves of a scan in two threads into one array
-    from service.scan_input import convert_parallel
+    from xscreen.service.scan_input import convert_parallel
 
     rng = np.random.default_rng(8)
     high = rng.integers(0, 65536, size=(301, 64), dtype=np.uint16)

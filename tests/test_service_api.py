@@ -118,7 +118,7 @@ def test_render_returns_the_picture(server, demo):
     assert r.headers["content-type"] == "image/png" and r.headers["x-scan-id"] == "render-1"
     img = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR)
     assert img.shape == (*scan.high.shape, 3)
-    from training.render import pseudo_colour
+    from xscreen.training.render import pseudo_colour
 
     plain = cv2.cvtColor(pseudo_colour(scan.high, scan.low), cv2.COLOR_RGB2BGR)
     assert np.abs(img.astype(int) - plain.astype(int)).max() > 50  # boxes and labels were drawn
@@ -463,8 +463,8 @@ def test_upload_parts_over_a_megabyte_stay_in_memory(monkeypatch):
     from starlette.requests import Request
     from urllib3 import encode_multipart_formdata
 
-    from service.app import create_app
-    from service.settings import load_settings
+    from xscreen.service.app import create_app
+    from xscreen.service.settings import load_settings
 
     monkeypatch.setattr(MultiPartParser, "spool_max_size", 1024 * 1024)  # Starlette's default
     part = bytes(range(256)) * 12_000  # 3 MB: a 1224 x 1224 raw uint16 image

@@ -30,7 +30,7 @@ def bundled_server(tmp_path_factory):
 
 
 def test_default_weights_are_the_bundled_file_and_find_objects(bundled_server):
-    from model.weights import read_header
+    from xscreen.model.weights import read_header
 
     header = read_header(bundled_weights())
     hits, answers = [], {}

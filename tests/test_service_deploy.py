@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from service.settings import Settings
+from xscreen.service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 HADOLINT = str(Path(sys.executable).with_name("hadolint"))

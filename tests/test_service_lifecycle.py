@@ -174,7 +174,7 @@ def test_protected_metrics_and_graceful_shutdown(demo, tmp_path):
         assert answer.get("status") == 200 and answer["body"]["scan_id"] == "in-flight-1", answer
         assert answer["at"] > t_term + 0.5  # it really was in flight when the stop began
         if bundled.is_file():
-            from model.weights import read_header
+            from xscreen.model.weights import read_header
 
             assert answer["body"]["model"]["sha256"] == read_header(bundled)["sha256"]
         srv.proc.wait(30)

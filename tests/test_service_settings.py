@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.settings import Settings, SettingsError, is_loopback, load_settings
+from xscreen.service.settings import Settings, SettingsError, is_loopback, load_settings
 
 KEY_A = "k" * 24
 KEY_B = "secret-key-number-two"
@@ -99,7 +99,7 @@ def test_formats_from_environment(monkeypatch):
 def test_la_bf16_setting_reaches_the_torch_backend(monkeypatch):
     import numpy as np
 
-    from service.inference import make_backend
+    from xscreen.service.inference import make_backend
 
     monkeypatch.setenv("XSCREEN_LA_BF16", "true")
     monkeypatch.setenv("XSCREEN_DEVICE", "cpu")

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from model.classes import CATEGORY_IDS, CLASS_NAMES
-from training.scans import read_converted, read_scan
-from training.synth.physics import COEF, expose
-from training.synth.scene import MASK_DEPTH, is_challenging, make_scan, measure
-from training.synth.writer import SynthConfig, split_of_images, write_dataset
 from xscreen.cli import main
+from xscreen.model.classes import CATEGORY_IDS, CLASS_NAMES
+from xscreen.training.scans import read_converted, read_scan
+from xscreen.training.synth.physics import COEF, expose
+from xscreen.training.synth.scene import MASK_DEPTH, is_challenging, make_scan, measure
+from xscreen.training.synth.writer import SynthConfig, split_of_images, write_dataset
 
 SMALL = {"height": 160, "width": 192}
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 from _train_data import tiny_config, write_tiny_set
 
-from model.weights import load_weights
-from training.train import TrainSettings, train
 from xscreen.cli import main
+from xscreen.model.weights import load_weights
+from xscreen.training.train import TrainSettings, train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 

@@ -10,8 +10,8 @@ import sys
 
 from _train_data import tiny_config, write_tiny_set
 
-from model.weights import load_weights
-from training.train import weights_digest
+from xscreen.model.weights import load_weights
+from xscreen.training.train import weights_digest
 
 
 def test_two_process_ddp_run_on_cpu(tmp_path):

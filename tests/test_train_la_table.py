@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from training.la_experiment import format_tables
+from xscreen.training.la_experiment import format_tables
 
 
 def _m(v, aps=None):
@@ -35,8 +35,8 @@ def test_overrides_are_parsed_validated_and_name_the_config(tmp_path):
 
     import pytest
 
-    from training.la_experiment import parse_overrides, variant_config
     from xscreen.errors import XscreenError
+    from xscreen.training.la_experiment import parse_overrides, variant_config
 
     assert variant_config("small_lacls", tmp_path, None) == "small_lacls"
     o = parse_overrides(["frozen_stages=-1", "la_coeffs=[1,1,0]", "backbone_norm=group_norm"])
@@ -60,7 +60,7 @@ def test_the_one_command_runs_every_variant_and_seed_and_resumes_from_its_cache(
 
     out = tmp_path / "exp"
     cmd = [
-        sys.executable, "-m", "training.la_experiment", "--out", str(out),
+        sys.executable, "-m", "xscreen.training.la_experiment", "--out", str(out),
         "--variants", "small_atss", "small_lacls", "--seeds", "0", "1", "--train-images", "8",
         "--val-images", "2", "--test-images", "6", "--scan-size", "128x128", "--input-size", "128",
         "--epochs", "1", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--no-progress",

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from training.checkpoint import (
+from xscreen.training.checkpoint import (
     CheckpointError,
     read_training_state,
     restore_training_state,
     save_training_state,
 )
-from training.schedule import WarmupStepSchedule, scaled_lr
+from xscreen.training.schedule import WarmupStepSchedule, scaled_lr
 
 
 def test_schedule_matches_mmdet_schedule_1x():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from model.transform import fit_size, hflip, normalize, pad_batch, resize_to_fit
+from xscreen.model.transform import fit_size, hflip, normalize, pad_batch, resize_to_fit
 
 
 def test_fit_size_short_side_or_long_side_limits():

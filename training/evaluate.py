@@ -242,7 +242,7 @@ def detect_dataset(
     import torch
     from tqdm import tqdm
 
-    from training.scans import read_converted
+    from xscreen.training.scans import read_converted
 
     indices = [i for i, im in enumerate(ds.images) if image_ids is None or int(im["id"]) in image_ids]
     results = []
@@ -288,7 +288,7 @@ class OnnxDetector:
     """
 
     def __init__(self, onnx_path: str | Path, device: str = "cpu"):
-        from service.onnx_backend import OnnxBackend
+        from xscreen.service.onnx_backend import OnnxBackend
 
         self.backend = OnnxBackend(onnx_path, device)
         self.cfg = self.backend.cfg
@@ -318,7 +318,7 @@ def evaluate_model(
     progress: bool = False,
 ) -> dict:
     """Detect on ``data_dir``'s ``split`` (or ``ann_file``/``img_dir``) and compute the COCO metrics."""
-    from training.dataset import CocoDetection
+    from xscreen.training.dataset import CocoDetection
 
     if subset not in SUBSETS:
         raise EvalError(f"unknown subset {subset!r}; choose 'challenging' or none")
@@ -374,7 +374,7 @@ def run(args) -> int:
     else:
         import torch
 
-        from model.weights import load_weights
+        from xscreen.model.weights import load_weights
 
         try:
             device = torch.device(args.device)

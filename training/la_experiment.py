@@ -79,7 +79,7 @@ def variant_config(
     """The bundled config, or a copy with a smaller input size and/or ``--set`` overrides next to the runs."""
     if input_size is None and not overrides:
         return name
-    from model.config import ConfigError, load_config
+    from xscreen.model.config import ConfigError, load_config
 
     changes: dict[str, object] = dict(overrides or {})
     if input_size is not None:
@@ -99,7 +99,7 @@ def variant_config(
 
 def train_one(data: Path, run: Path, config: str, seed: int, args: argparse.Namespace) -> Path:
     """One training run through training.train (the code behind ``xscreen train``); returns its weights."""
-    from training.train import LAST_FILE, STATE_FILE, TrainSettings, train
+    from xscreen.training.train import LAST_FILE, STATE_FILE, TrainSettings, train
 
     done = run / "done.json"
     if done.is_file():
@@ -126,8 +126,8 @@ def train_one(data: Path, run: Path, config: str, seed: int, args: argparse.Name
 
 
 def evaluate_one(weights: Path, data: Path, run: Path, args: argparse.Namespace) -> dict[str, dict]:
-    from model.weights import load_weights
-    from training.evaluate import evaluate_model
+    from xscreen.model.weights import load_weights
+    from xscreen.training.evaluate import evaluate_model
 
     cached = run / "test_metrics.json"
     if cached.is_file():

@@ -35,8 +35,8 @@ MODES = ("pseudo", "oracle", "off")
 
 def load(weights: Path, data: Path, split: str):
     """The LA model (eval mode) and the split's CocoDetection; XscreenError for an ATSS model."""
-    from model.weights import load_weights
-    from training.dataset import CocoDetection
+    from xscreen.model.weights import load_weights
+    from xscreen.training.dataset import CocoDetection
 
     model, _ = load_weights(weights)
     if model.cfg.la_mode == "none":
@@ -48,9 +48,9 @@ def probe(model, ds, modes: list[str], limit: int | None) -> dict[str, dict]:
     """{mode: {"test": metrics, "challenging": metrics}} for one LA model on a dataset split."""
     import torch
 
-    from model import build_detector
-    from training.evaluate import coco_results, evaluate_detections
-    from training.scans import read_converted
+    from xscreen.model import build_detector
+    from xscreen.training.evaluate import coco_results, evaluate_detections
+    from xscreen.training.scans import read_converted
 
     off = build_detector(model.cfg.with_overrides(la_coeffs=(1.0, 0.0, 0.0))).eval()
     off.load_state_dict(model.state_dict())
@@ -85,9 +85,9 @@ def weight_stats(model, ds, images: int) -> list[dict[str, float]]:
     """Per FPN level: mean and max |w - 0.5| of the LA weights and the relative feature change (LAcls)."""
     import torch
 
-    from model.label_aware import label_aware_weights, reweight
-    from model.transform import pad_batch
-    from training.scans import read_converted
+    from xscreen.model.label_aware import label_aware_weights, reweight
+    from xscreen.model.transform import pad_batch
+    from xscreen.training.scans import read_converted
 
     if model.cfg.la_mode != "cls":
         return []

@@ -12,9 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from model.classes import CLASS_NAMES, CLCXRAY_CLASSES
-from training.scans import check_pair, read_converted, read_scan
 from xscreen.errors import XscreenError
+from xscreen.model.classes import CLASS_NAMES, CLCXRAY_CLASSES
+from xscreen.training.scans import check_pair, read_converted, read_scan
 
 
 class RenderError(XscreenError):
@@ -205,8 +205,8 @@ def run(args) -> int:
     elif args.weights:
         import torch
 
-        from model.weights import load_weights
-        from training.scans import convert_scan
+        from xscreen.model.weights import load_weights
+        from xscreen.training.scans import convert_scan
 
         model, _ = load_weights(args.weights, device=args.device)
         names = list(model.cfg.class_names)

@@ -162,7 +162,7 @@ def check_dataset(
     category names are exactly the config's class names (compared with model.classes.normalise_name).
     Returns {split: number of images}.
     """
-    from training.dataset import load_coco_json, match_categories
+    from xscreen.training.dataset import load_coco_json, match_categories
 
     root = Path(data_dir)
     if not root.is_dir():
@@ -338,7 +338,7 @@ class _SkipSampler:
 
 def _load_backbone_weights(model, path: str) -> None:
     """ImageNet ResNet weights (torchvision key names, .pth or .safetensors) into the backbone."""
-    from model import load_backbone_weights
+    from xscreen.model import load_backbone_weights
 
     if not Path(path).is_file():
         raise TrainError(f"--backbone-weights: {path} does not exist")
@@ -364,7 +364,7 @@ def train(s: TrainSettings) -> dict[str, Any]:
     import torch
     import torch.distributed as torch_dist
 
-    from model.config import load_config
+    from xscreen.model.config import load_config
 
     dist = _dist_from_env()
     cfg = load_config(s.config)
@@ -409,11 +409,11 @@ def _train(
     from torch.utils.data import DataLoader, DistributedSampler
     from tqdm import tqdm
 
-    from model import build_detector
-    from model.weights import save_weights
-    from training.checkpoint import read_training_state, restore_training_state, save_training_state
-    from training.dataset import CocoDetection, collate
-    from training.schedule import WarmupStepSchedule, scaled_lr
+    from xscreen.model import build_detector
+    from xscreen.model.weights import save_weights
+    from xscreen.training.checkpoint import read_training_state, restore_training_state, save_training_state
+    from xscreen.training.dataset import CocoDetection, collate
+    from xscreen.training.schedule import WarmupStepSchedule, scaled_lr
 
     t_start = time.time()
     _seed_everything(s.seed)
@@ -690,7 +690,7 @@ def _evaluate(model, s: TrainSettings, device, dist: DistInfo) -> dict[str, floa
     """Validation on rank 0 (pycocotools via training.evaluate); other ranks wait at a barrier."""
     import torch.distributed as torch_dist
 
-    from training.evaluate import evaluate_model
+    from xscreen.training.evaluate import evaluate_model
 
     metrics: dict[str, float] = {}
     if dist.is_main:

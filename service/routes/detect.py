@@ -10,17 +10,22 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
-from service.batching import BatcherStoppedError, BatchFailedError, DeadlineExceededError, QueueFullError
-from service.errors import ApiError
-from service.response import detections_from_output, model_summary
-from service.scan_input import PreparedScan, prepare_scan
-from service.schemas import (
+from xscreen.service.batching import (
+    BatcherStoppedError,
+    BatchFailedError,
+    DeadlineExceededError,
+    QueueFullError,
+)
+from xscreen.service.errors import ApiError
+from xscreen.service.response import detections_from_output, model_summary
+from xscreen.service.scan_input import PreparedScan, prepare_scan
+from xscreen.service.schemas import (
     SCAN_ID_PATTERN,
     DetectResponse,
     ErrorResponse,
     ImageSize,
 )
-from service.state import ServiceDep, ServiceState
+from xscreen.service.state import ServiceDep, ServiceState
 
 router = APIRouter(tags=["detection"])
 
@@ -171,10 +176,10 @@ async def render(
 
 
 def render_png(prepared: PreparedScan, response: DetectResponse) -> bytes:
-    """training.render's pseudo-colour picture with the response's detections, encoded as PNG."""
+    """xscreen.training.render's pseudo-colour picture with the response's detections, encoded as PNG."""
     import cv2
 
-    from training.render import draw_detections, pseudo_colour
+    from xscreen.training.render import draw_detections, pseudo_colour
 
     names = sorted({d.class_name for d in response.detections})
     rgb = pseudo_colour(prepared.high, prepared.low)

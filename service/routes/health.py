@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from service.auth import require_api_key
-from service.schemas import ErrorResponse, HealthResponse, ReadyResponse
-from service.state import ServiceDep
+from xscreen.service.auth import require_api_key
+from xscreen.service.schemas import ErrorResponse, HealthResponse, ReadyResponse
+from xscreen.service.state import ServiceDep
 
 router = APIRouter(tags=["health"])
 

@@ -50,8 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_overlap(text: str) -> float:
-    from training.synth.scene import OVERLAP_LEVELS
-    from training.synth.writer import SynthError
+    from xscreen.training.synth.scene import OVERLAP_LEVELS
+    from xscreen.training.synth.writer import SynthError
 
     key = str(text).strip().lower()
     if key in OVERLAP_LEVELS:
@@ -66,7 +66,7 @@ def parse_overlap(text: str) -> float:
 
 
 def parse_splits(text: str) -> tuple[float, float, float]:
-    from training.synth.writer import SynthError
+    from xscreen.training.synth.writer import SynthError
 
     try:
         parts = tuple(float(p) for p in str(text).split(","))
@@ -78,7 +78,7 @@ def parse_splits(text: str) -> tuple[float, float, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.synth.writer import (
+    from xscreen.training.synth.writer import (
         SynthConfig,
         SynthError,
         check_output_dir,

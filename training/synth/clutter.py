@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from training.synth.sprite import Sprite, depth_of, trim
+from xscreen.training.synth.sprite import Sprite, depth_of, trim
 
 Rng = np.random.Generator
 U = Rng.uniform

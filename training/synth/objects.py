@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from training.synth.sprite import Sprite, trim
+from xscreen.training.synth.sprite import Sprite, trim
 
 Rng = np.random.Generator
 U = Rng.uniform

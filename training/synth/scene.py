@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.classes import CLASS_NAMES, group_of
-from training.synth import clutter as cl
-from training.synth.objects import SIMILAR_CLUTTER, THREAT_MODELS
-from training.synth.physics import expose
-from training.synth.sprite import pose
+from xscreen.model.classes import CLASS_NAMES, group_of
+from xscreen.training.synth import clutter as cl
+from xscreen.training.synth.objects import SIMILAR_CLUTTER, THREAT_MODELS
+from xscreen.training.synth.physics import expose
+from xscreen.training.synth.sprite import pose
 
 # Pixel pitch: 0.8 mm at 640 px (a ~50 cm bag fills the frame); scaled for other sizes.
 PITCH_CM_AT_640 = 0.08

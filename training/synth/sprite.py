@@ -7,7 +7,7 @@ import math
 import cv2
 import numpy as np
 
-from training.synth.physics import COEF
+from xscreen.training.synth.physics import COEF
 
 _SHIFT = 4  # cv2 fixed-point sub-pixel bits for anti-aliased polygons
 _F = np.float32

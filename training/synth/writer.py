@@ -18,10 +18,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from model.classes import CLASS_NAMES, CLCXRAY_CLASSES
-from training.scans import convert_scan, quantise_converted
-from training.synth.scene import CHALLENGING_MIN_OVERLAP, MASK_DEPTH, make_scan
 from xscreen.errors import XscreenError
+from xscreen.model.classes import CLASS_NAMES, CLCXRAY_CLASSES
+from xscreen.training.scans import convert_scan, quantise_converted
+from xscreen.training.synth.scene import CHALLENGING_MIN_OVERLAP, MASK_DEPTH, make_scan
 
 SPLITS = ("train", "val", "test")
 # PNG settings (measured in benchmarks/synth_speed.py): one fixed filter (SUB for the 16-bit raw
