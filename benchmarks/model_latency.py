@@ -25,9 +25,9 @@ import time
 import torch
 
 from xscreen.argtypes import int_at_least, size_pair
+from xscreen.inference.backend import BackendError, resolve_device
 from xscreen.model import build_detector, load_config
 from xscreen.model.detector import TIMING_KEYS
-from xscreen.service.inference import BackendError, resolve_device
 from xscreen.tables import markdown_table
 
 VARIANTS = {

@@ -131,7 +131,7 @@ def _export(module: nn.Module, example: Tensor, path: Path, spatial: tuple[int, 
 def _session(path: Path, threads: int):
     import onnxruntime as ort
 
-    from xscreen.service.onnx_backend import session_options
+    from xscreen.inference.onnx_backend import session_options
 
     opts = session_options("all", threads, 1)
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])

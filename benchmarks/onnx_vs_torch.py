@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from xscreen.argtypes import choice_list, int_list, non_negative_int, positive_int, size_pair
-from xscreen.service.onnx_backend import GRAPH_OPTIMIZATION_LEVELS
+from xscreen.inference.onnx_backend import GRAPH_OPTIMIZATION_LEVELS
 from xscreen.tables import markdown_table
 
 SIZES = {"small": (512, 512), "r50": (800, 1333)}
@@ -82,10 +82,11 @@ def bench_variant(
 ) -> list[dict]:
     import onnxruntime as ort
 
+    from xscreen.inference.onnx_backend import session_options
     from xscreen.model import build_detector
     from xscreen.model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
-    from xscreen.model.onnx_quantize import network_inputs, synthetic_calibration_images
-    from xscreen.service.onnx_backend import session_options
+    from xscreen.model.onnx_quantize import network_inputs
+    from xscreen.training.calibration import synthetic_calibration_images
 
     h, w = size
     torch.manual_seed(0)
@@ -156,9 +157,9 @@ def interleaved(
     """torch and ORT (level all) run alternately, so both see the same background load."""
     import onnxruntime as ort
 
+    from xscreen.inference.onnx_backend import session_options
     from xscreen.model import build_detector
     from xscreen.model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
-    from xscreen.service.onnx_backend import session_options
 
     h, w = size
     torch.manual_seed(0)

@@ -86,7 +86,7 @@ def median_ms(fn, runs: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from xscreen.training.scans import read_scan
+    from xscreen.scans import read_scan
     from xscreen.training.synth.scene import make_scan
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -43,7 +43,7 @@ from xscreen.argtypes import (
     positive_int,
 )
 from xscreen.tables import markdown_table
-from xscreen.training.synth.cli import MIN_SIDE
+from xscreen.training.synth import MIN_SIDE
 
 
 def free_port() -> int:
@@ -94,9 +94,9 @@ def encode_requests(scans: list[tuple[np.ndarray, np.ndarray]], fmt: str) -> lis
 
 def model_latency(weights: Path, scans, runs: int, onnx_path: Path | None = None) -> float:
     """Median seconds of the model alone (the backend's predict, batch of 1) on the converted scans."""
-    from xscreen.service.inference import TorchBackend
-    from xscreen.service.onnx_backend import OnnxBackend
-    from xscreen.training.scans import convert_scan
+    from xscreen.inference.backend import TorchBackend
+    from xscreen.inference.onnx_backend import OnnxBackend
+    from xscreen.scans import convert_scan
 
     backend = TorchBackend(weights, "cpu") if onnx_path is None else OnnxBackend(onnx_path, "cpu")
     images = [convert_scan(h, lo) for h, lo in scans]

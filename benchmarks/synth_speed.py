@@ -17,9 +17,9 @@ import cv2
 import numpy as np
 
 from xscreen.argtypes import positive_int, size_pair
+from xscreen.scans import convert_scan, quantise_converted
 from xscreen.tables import markdown_table
-from xscreen.training.scans import convert_scan, quantise_converted
-from xscreen.training.synth.cli import MIN_SIDE
+from xscreen.training.synth import MIN_SIDE
 from xscreen.training.synth.scene import make_scan
 from xscreen.training.synth.writer import PNG_PARAMS, SynthConfig, write_dataset
 

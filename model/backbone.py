@@ -15,6 +15,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from xscreen.errors import XscreenError
+from xscreen.model.errors import WeightsError
 
 _RESNETS = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101}
 
@@ -115,8 +116,6 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> list[str]:
     ``model`` is an ATSSDetector or a ResNetFPN. The classifier (``fc.*``) is ignored; any other
     missing, unexpected or mis-shaped tensor raises WeightsError. Returns the names loaded.
     """
-    from xscreen.model.weights import WeightsError
-
     backbone = model.backbone if hasattr(model, "backbone") else model
     body: nn.Module = backbone.body
     path = Path(path)

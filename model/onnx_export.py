@@ -7,7 +7,7 @@ are the raw head outputs; resizing, anchors and decoding stay in Python and are 
 path (``model.postprocess.postprocess_detections``).
 
 Every exported file carries ``metadata_props`` (see :func:`onnx_metadata`) that
-``service.onnx_backend.OnnxBackend`` checks before it serves the model.
+``xscreen.inference.onnx_backend.OnnxBackend`` checks before it serves the model.
 """
 
 from __future__ import annotations
@@ -22,17 +22,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from xscreen.errors import XscreenError
 from xscreen.model.config import ConfigError, DetectorConfig, config_from_json
 from xscreen.model.explicit_grad import ExplicitTower, la_cls_grads, la_reg_grad
 from xscreen.model.label_aware import reweight
+from xscreen.model.onnx_io import DEFAULT_OPSET, INPUT_NAME, MAX_OPSET, OUTPUT_NAMES, OnnxModelError
 
 ONNX_FORMAT = "xscreen-onnx"
 ONNX_FORMAT_VERSION = 1
-DEFAULT_OPSET = 17
-MAX_OPSET = 20  # highest opset of torch.onnx's TorchScript-based exporter
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("cls_logits", "bbox_reg", "centerness")
 DEBUG_OUTPUT_NAMES = ("la_w1", "la_w2")  # optional LA weights, for verification only
 PRECISIONS = ("fp32", "int8")  # metadata "precision"; int8 = model.onnx_quantize (files without it: fp32)
 REQUIRED_KEYS = (
@@ -45,10 +41,6 @@ REQUIRED_KEYS = (
     "config",
 )
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-class OnnxModelError(XscreenError):
-    """An ONNX file that cannot be exported, read or served as an xscreen detector."""
 
 
 class ExportableDetector(nn.Module):
@@ -365,7 +357,7 @@ def export_weights(
     """Load a safetensors weights file (model.weights) and export it -> (path, its metadata, the detector).
 
     ``calibration``: for an int8 export, a function config -> (converted [H, W, 3] images, a line
-    saying where they came from), e.g. model.onnx_quantize.synthetic_calibration_images.
+    saying where they came from), e.g. xscreen.training.calibration.synthetic_calibration_images.
     """
     from xscreen.model.weights import load_weights
 

@@ -8,8 +8,8 @@ graph, LA loop included, with ONNX Runtime's own tooling:
 1. ``quant_pre_process`` (ORT's recommended pre-pass): folds the Identity-shared biases the torch
    exporter leaves, without which ORT cannot fuse those convolutions into QLinearConv;
 2. ``quantize_static`` in QDQ format, Conv nodes only, per-channel int8 weights and uint8
-   activations, ranges calibrated (MinMax) on real network inputs: scans from the synthetic scanner
-   by default, or images of a dataset (``--calibration-data``).
+   activations, ranges calibrated (MinMax) on real network inputs that the caller hands in
+   (``xscreen export`` takes synthetic scans by default, or images of a dataset: training.calibration).
 
 Everything that is not a convolution (GroupNorm, the LA sigmoid/reweighting, the heads' outputs)
 stays fp32. The result is an approximation of the model: ``xscreen eval --onnx`` measures its
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from xscreen.model.config import DetectorConfig
-from xscreen.model.onnx_export import INPUT_NAME, OnnxModelError
+from xscreen.model.onnx_io import INPUT_NAME, OnnxModelError
 
 
 def network_inputs(images: Iterable[np.ndarray], cfg: DetectorConfig) -> list[np.ndarray]:
@@ -35,40 +35,6 @@ def network_inputs(images: Iterable[np.ndarray], cfg: DetectorConfig) -> list[np
     from xscreen.model.transform import network_image, pad_batch
 
     return [pad_batch([network_image(im, cfg.min_size, cfg.max_size)])[0].numpy() for im in images]
-
-
-def synthetic_calibration_images(cfg: DetectorConfig, count: int, seed: int = 0) -> list[np.ndarray]:
-    """``count`` converted scans from the synthetic scanner, at the model's input size (<= 800 px)."""
-    from xscreen.training.scans import convert_scan
-    from xscreen.training.synth.scene import make_scan
-
-    side = min(cfg.min_size, 800)
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(count):
-        scan = make_scan(rng, side, side)
-        out.append(convert_scan(scan.high, scan.low))
-    return out
-
-
-def dataset_calibration_images(
-    data_dir: str | Path, split: str, count: int, class_names: tuple[str, ...], seed: int = 0
-) -> list[np.ndarray]:
-    """``count`` converted images drawn (seeded) from a dataset split (COCO layout, training.dataset)."""
-    from xscreen.training.dataset import CocoDetection, DatasetError
-    from xscreen.training.scans import ScanError, read_converted
-
-    try:
-        ds = CocoDetection(data_dir, split, class_names=class_names)
-    except (DatasetError, ScanError, OSError) as exc:
-        raise OnnxModelError(f"calibration data: {exc}") from None
-    if not ds.images:
-        raise OnnxModelError(f"calibration data: split {split!r} of {data_dir} has no images")
-    order = np.random.default_rng(seed).permutation(len(ds.images))[:count]
-    try:
-        return [read_converted(ds.image_path(int(i))) for i in order]
-    except ScanError as exc:
-        raise OnnxModelError(f"calibration data: {exc}") from None
 
 
 @contextlib.contextmanager

@@ -13,17 +13,13 @@ import torch
 from torch import Tensor
 
 from xscreen import __version__ as xscreen_version
-from xscreen.errors import XscreenError
 from xscreen.model.config import ConfigError, DetectorConfig, config_from_json, load_config
+from xscreen.model.errors import WeightsError
 
 log = logging.getLogger(__name__)
 
 FORMAT = "xscreen-detector"
 FORMAT_VERSION = 1
-
-
-class WeightsError(XscreenError):
-    """A weights file that cannot be read, is corrupted or does not fit the expected detector."""
 
 
 @dataclass(frozen=True)

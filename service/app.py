@@ -13,10 +13,10 @@ from fastapi import FastAPI
 from starlette.formparsers import MultiPartParser
 
 from xscreen import __version__
+from xscreen.inference.backend import InferenceBackend, make_backend
 from xscreen.service.auth import ApiKeys
 from xscreen.service.batching import MicroBatcher
 from xscreen.service.errors import install_error_handlers
-from xscreen.service.inference import InferenceBackend, make_backend
 from xscreen.service.metrics import ServiceMetrics
 from xscreen.service.middleware import ObservabilityMiddleware, UploadGuardMiddleware
 from xscreen.service.response import class_ids_for
@@ -31,7 +31,7 @@ UPLOAD_PATHS = {"/detect", "/render"}
 
 def warmup_scan(size: int = 256) -> np.ndarray:
     """A converted synthetic scan (bright air with a dense block) for the warm-up inference."""
-    from xscreen.training.scans import convert_scan
+    from xscreen.scans import convert_scan
 
     high = np.full((size, size), 60000, np.uint16)
     low = np.full((size, size), 58000, np.uint16)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from xscreen.service.inference import InferenceBackend
+from xscreen.inference.backend import InferenceBackend
 from xscreen.service.metrics import ServiceMetrics
 
 log = logging.getLogger("xscreen.service.batching")

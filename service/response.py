@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from xscreen.service.inference import ModelInfo
-from xscreen.service.schemas import Box, Detection, ModelSummary
+from xscreen.inference.backend import ModelInfo
+from xscreen.scans.picture import render_png
+from xscreen.service.scan_input import PreparedScan
+from xscreen.service.schemas import Box, Detection, DetectResponse, ModelSummary
 
 
 def class_ids_for(class_names: tuple[str, ...]) -> tuple[int, ...]:
@@ -52,3 +54,12 @@ def model_summary(info: ModelInfo, backend: str, device: str) -> ModelSummary:
         device=device,
         precision=info.precision,
     )
+
+
+def render_response_png(prepared: PreparedScan, response: DetectResponse) -> bytes:
+    """The scan's pseudo-colour picture with the response's detections on it, as PNG bytes."""
+    names = sorted({d.class_name for d in response.detections})
+    boxes = np.array([[d.box.x1, d.box.y1, d.box.x2, d.box.y2] for d in response.detections], np.float32)
+    labels = np.array([names.index(d.class_name) for d in response.detections], np.int64)
+    scores = np.array([d.score for d in response.detections], np.float32)
+    return render_png(prepared.high, prepared.low, boxes.reshape(-1, 4), labels, scores, names)

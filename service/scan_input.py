@@ -8,50 +8,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xscreen.service.errors import ApiError
-from xscreen.training.scans import (
-    _NPY_MAGIC,
-    _PNG_MAGIC,
-    _TIFF_MAGICS,
+from xscreen.scans import (
     ScanError,
     ScanSizeMismatchError,
     ScanTooLargeError,
     UnsupportedScanFormatError,
     check_pair,
-    convert_scan,
+    convert_parallel,
     decode_raw_uint16,
     read_scan,
+    sniff_format,
 )
+from xscreen.service.errors import ApiError
 
 _DECODER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="xscreen-decode")
-SPLIT_CONVERT_ROWS = 128  # scans with at least this many rows are converted as two blocks in parallel
-
-
-def convert_parallel(high: np.ndarray, low: np.ndarray) -> np.ndarray:
-    """``convert_scan`` with the top and bottom halves of the scan in two threads (numpy releases the GIL).
-
-    Bit-identical to ``convert_scan(high, low)``: the conversion is per pixel (method.md §1).
-    """
-    rows = high.shape[0]
-    if rows < SPLIT_CONVERT_ROWS or high.shape != low.shape:
-        return convert_scan(high, low)  # small scans, and the size-mismatch error, in one piece
-    out = np.empty(high.shape + (3,), dtype=np.float32)
-    half = rows // 2
-    bottom = _DECODER.submit(convert_scan, high[half:], low[half:], out[half:])
-    try:
-        convert_scan(high[:half], low[:half], out[:half])
-    except BaseException:
-        wait([bottom])  # leave nothing running on ``out``
-        raise
-    bottom.result()
-    return out
 
 
 @dataclass
 class PreparedScan:
     high: np.ndarray  # uint16 [H, W]
     low: np.ndarray  # uint16 [H, W]
-    image: np.ndarray  # float32 [H, W, 3], training.scans.convert_scan (method.md §1)
+    image: np.ndarray  # float32 [H, W, 3], xscreen.scans.convert_scan (docs/method.md §1)
     decode_seconds: float
     convert_seconds: float
 
@@ -59,17 +36,6 @@ class PreparedScan:
     def size(self) -> tuple[int, int]:
         """(width, height)"""
         return int(self.high.shape[1]), int(self.high.shape[0])
-
-
-def sniff_format(buf: bytes) -> str | None:
-    """'png', 'tiff' or 'npy' from the magic bytes (the same ones training.scans.read_scan sniffs)."""
-    if buf.startswith(_PNG_MAGIC):
-        return "png"
-    if buf[:4] in _TIFF_MAGICS:
-        return "tiff"
-    if buf.startswith(_NPY_MAGIC):
-        return "npy"
-    return None
 
 
 def check_formats(high_bytes: bytes, low_bytes: bytes, raw: bool, accepted: list[str] | None) -> None:
@@ -142,7 +108,7 @@ def prepare_scan(
             low = low_future.result()
         check_pair(high, low)
         t1 = time.perf_counter()
-        image = convert_parallel(high, low)
+        image = convert_parallel(high, low, _DECODER)
     except ScanError as exc:
         raise scan_error_to_api(exc) from None
     t2 = time.perf_counter()

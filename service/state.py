@@ -7,9 +7,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from xscreen.inference.backend import InferenceBackend
 from xscreen.service.auth import ApiKeys
 from xscreen.service.batching import MicroBatcher
-from xscreen.service.inference import InferenceBackend
 from xscreen.service.metrics import ServiceMetrics
 from xscreen.service.settings import Settings
 

@@ -125,7 +125,7 @@ def train_fallback_weights(path: Path, scans: list[Scan], steps: int = 40) -> st
 
     from xscreen.model import build_detector, load_config, save_weights
     from xscreen.model.classes import CLASS_NAMES
-    from xscreen.training.scans import convert_scan
+    from xscreen.scans import convert_scan
 
     torch.manual_seed(0)
     cfg = load_config("small_lacls").with_overrides(

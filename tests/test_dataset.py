@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader
 
 from xscreen.model.classes import CLASS_NAMES
 from xscreen.model.transform import PIXEL_MEAN, PIXEL_STD
+from xscreen.scans import convert_scan, write_converted
 from xscreen.training.dataset import CocoDetection, DatasetError, DatasetWarning, batch_for_model, collate
-from xscreen.training.scans import convert_scan, write_converted
 
 RNG = np.random.default_rng(5)
 # The dataset's own ids and spellings, deliberately different from model.classes (matched by name).

@@ -6,9 +6,13 @@ import pytest
 import torch
 from _train_data import tiny_config, write_tiny_set
 
+from xscreen.cli import main
 from xscreen.model import build_detector, load_config, save_weights
 from xscreen.model.detector import DetectorInputError
-from xscreen.training.la_probe import main as probe_main
+
+
+def probe_main(argv):
+    return main(["la-probe", *argv])
 
 
 def _model(coeffs, la_mode="cls"):
@@ -70,7 +74,7 @@ def test_probe_command_prints_one_row_per_mode(tmp_path, capsys):
     assert probe_main(["--weights", str(atss), "--data", str(data)]) == 2
     assert "an ATSS model without LA has no label source to probe" in capsys.readouterr().err
     assert probe_main(["--weights", str(tmp_path / "none.safetensors"), "--data", str(data)]) == 2
-    assert "la_probe: error:" in capsys.readouterr().err
+    assert "xscreen la-probe: error:" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         probe_main(["--weights", str(weights), "--data", str(data), "--limit", "0"])
     assert info.value.code == 2 and "must be >= 1, got 0" in capsys.readouterr().err

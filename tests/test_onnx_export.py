@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from xscreen.cli import main as xscreen_main
+from xscreen.inference.backend import BackendError, TorchBackend
+from xscreen.inference.onnx_backend import OnnxBackend, OnnxModelRefused
 from xscreen.model import build_detector, load_config, save_weights
 from xscreen.model.classes import CLASS_NAMES
 from xscreen.model.label_aware import label_aware_weights
 from xscreen.model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
-from xscreen.service.inference import BackendError, TorchBackend
-from xscreen.service.onnx_backend import OnnxBackend, OnnxModelRefused
-from xscreen.training.scans import convert_scan
+from xscreen.scans import convert_scan
 from xscreen.training.synth.scene import make_scan
 
 pytestmark = pytest.mark.timeout(300)
@@ -373,7 +373,7 @@ def test_service_answers_the_same_through_both_backends(lacls, tmp_path):
 
 
 def test_make_backend_passes_the_onnx_settings(lacls):
-    from xscreen.service.inference import make_backend
+    from xscreen.inference.backend import make_backend
     from xscreen.service.settings import load_settings
 
     _, _, sha, path = lacls

@@ -13,11 +13,11 @@ import torch
 from torchvision.ops import box_iou
 
 from xscreen.cli import main as xscreen_main
+from xscreen.inference.backend import TorchBackend
+from xscreen.inference.onnx_backend import OnnxBackend
 from xscreen.model.onnx_export import OnnxModelError, onnx_metadata, parse_onnx_metadata
-from xscreen.service.inference import TorchBackend
-from xscreen.service.onnx_backend import OnnxBackend
+from xscreen.scans import convert_scan
 from xscreen.service.settings import bundled_weights_path
-from xscreen.training.scans import convert_scan
 from xscreen.training.synth.scene import make_scan
 from xscreen.training.synth.writer import SynthConfig, write_dataset
 
@@ -185,7 +185,8 @@ def test_int8_export_of_lareg_and_plain_atss(variant, tmp_path):
 
     from xscreen.model import build_detector, load_config
     from xscreen.model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
-    from xscreen.model.onnx_quantize import network_inputs, synthetic_calibration_images
+    from xscreen.model.onnx_quantize import network_inputs
+    from xscreen.training.calibration import synthetic_calibration_images
 
     cfg = load_config(variant).with_overrides(min_size=128, max_size=128, fpn_channels=64)
     torch.manual_seed(0)

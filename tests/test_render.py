@@ -10,8 +10,8 @@ import pytest
 
 from xscreen.cli import main
 from xscreen.model.classes import CLASS_NAMES
-from xscreen.training.render import draw_detections, pseudo_colour
-from xscreen.training.scans import ScanError, write_raw_png
+from xscreen.scans import ScanError, write_raw_png
+from xscreen.scans.picture import draw_detections, pseudo_colour
 from xscreen.training.synth.physics import COEF, expose
 from xscreen.training.synth.writer import SynthConfig, write_dataset
 

@@ -14,7 +14,7 @@ import tifffile
 import torch
 
 from xscreen.errors import XscreenError
-from xscreen.training.scans import (
+from xscreen.scans import (
     ScanError,
     ScanSizeMismatchError,
     ScanTooLargeError,

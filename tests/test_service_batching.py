@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from service_fixtures import demo_model
 
+from xscreen.inference.backend import InferenceBackend, TorchBackend
+from xscreen.scans import convert_scan
 from xscreen.service.batching import BatchFailedError, DeadlineExceededError, MicroBatcher, QueueFullError
-from xscreen.service.inference import InferenceBackend, TorchBackend
 from xscreen.service.metrics import ServiceMetrics
-from xscreen.training.scans import convert_scan
 
 pytestmark = pytest.mark.timeout(300)
 

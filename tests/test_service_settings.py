@@ -99,7 +99,7 @@ def test_formats_from_environment(monkeypatch):
 def test_la_bf16_setting_reaches_the_torch_backend(monkeypatch):
     import numpy as np
 
-    from xscreen.service.inference import make_backend
+    from xscreen.inference.backend import make_backend
 
     monkeypatch.setenv("XSCREEN_LA_BF16", "true")
     monkeypatch.setenv("XSCREEN_DEVICE", "cpu")

@@ -13,7 +13,7 @@ from pycocotools.coco import COCO
 
 from xscreen.cli import main
 from xscreen.model.classes import CATEGORY_IDS, CLASS_NAMES
-from xscreen.training.scans import read_converted, read_scan
+from xscreen.scans import read_converted, read_scan
 from xscreen.training.synth.physics import COEF, expose
 from xscreen.training.synth.scene import MASK_DEPTH, is_challenging, make_scan, measure
 from xscreen.training.synth.writer import SynthConfig, split_of_images, write_dataset

@@ -60,7 +60,7 @@ def test_the_one_command_runs_every_variant_and_seed_and_resumes_from_its_cache(
 
     out = tmp_path / "exp"
     cmd = [
-        sys.executable, "-m", "xscreen.training.la_experiment", "--out", str(out),
+        sys.executable, "-m", "xscreen.cli", "la-experiment", "--out", str(out),
         "--variants", "small_atss", "small_lacls", "--seeds", "0", "1", "--train-images", "8",
         "--val-images", "2", "--test-images", "6", "--scan-size", "128x128", "--input-size", "128",
         "--epochs", "1", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--no-progress",
@@ -79,13 +79,13 @@ def test_the_one_command_runs_every_variant_and_seed_and_resumes_from_its_cache(
         assert (out / "runs" / run / "last.safetensors").is_file()
         assert (out / "runs" / run / "done.json").is_file()
     table = (out / "tables.md").read_text()
-    assert table.startswith("Command: `python -m training.la_experiment")
+    assert table.startswith("Command: `xscreen la-experiment")
     assert "| ATSS | " in table and "| ATSS+LAcls | " in table and "mean ± std over seeds 0, 1" in table
     second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "reusing synthetic set" in second.stderr
     assert second.stdout.split("(2 seeds")[0] == first.stdout.split("(2 seeds")[0]  # the same tables
     bad = subprocess.run(
-        [*cmd[:5], "--data", str(tmp_path / "none")], capture_output=True, text=True, env=env, timeout=120
+        [*cmd[:6], "--data", str(tmp_path / "none")], capture_output=True, text=True, env=env, timeout=120
     )
     assert bad.returncode == 2 and "no annotations/test.json" in bad.stderr

@@ -16,7 +16,7 @@ from torch import Tensor
 from xscreen.errors import XscreenError
 from xscreen.model.classes import CLASS_NAMES, normalise_name
 from xscreen.model.transform import hflip, normalize, pad_batch, resize_to_fit
-from xscreen.training.scans import ScanError, read_converted
+from xscreen.scans import ScanError, read_converted
 
 # A box narrower or lower than this (after clipping to the image) is degenerate and skipped.
 MIN_BOX_SIDE = 1.0

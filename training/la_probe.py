@@ -1,6 +1,6 @@
 """Test-time label sources of trained LA models: how much of LA's effect rides on its pseudo-labels.
 
-    python -m training.la_probe --weights RUN1/last.safetensors [RUN2/...] --data DIR [--split test]
+    xscreen la-probe --weights RUN1/last.safetensors [RUN2/...] --data DIR [--split test]
 
 For every mode, every weights file detects on the split; the table gives COCO AP (%) on the split
 and on its challenging subset, mean ± std over the files:
@@ -19,14 +19,9 @@ features, |x_new - x| / |x|, per FPN level (LAcls only).
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import statistics
-import sys
 from pathlib import Path
 
-from xscreen.argtypes import positive_int
 from xscreen.errors import XscreenError
 from xscreen.tables import markdown_table
 
@@ -49,8 +44,8 @@ def probe(model, ds, modes: list[str], limit: int | None) -> dict[str, dict]:
     import torch
 
     from xscreen.model import build_detector
+    from xscreen.scans import read_converted
     from xscreen.training.evaluate import coco_results, evaluate_detections
-    from xscreen.training.scans import read_converted
 
     off = build_detector(model.cfg.with_overrides(la_coeffs=(1.0, 0.0, 0.0))).eval()
     off.load_state_dict(model.state_dict())
@@ -87,7 +82,7 @@ def weight_stats(model, ds, images: int) -> list[dict[str, float]]:
 
     from xscreen.model.label_aware import label_aware_weights, reweight
     from xscreen.model.transform import pad_batch
-    from xscreen.training.scans import read_converted
+    from xscreen.scans import read_converted
 
     if model.cfg.la_mode != "cls":
         return []
@@ -131,47 +126,3 @@ def table(per_file: list[dict[str, dict]], modes: list[str]) -> str:
     ]
     header = ("LA labels at test", "test mAP", "test AP50", "challenging mAP", "challenging AP50")
     return markdown_table(header, rows, align="lllll")
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.la_probe", description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--weights", nargs="+", required=True, help="LA model weights (.safetensors), e.g. one per seed"
-    )
-    p.add_argument("--data", required=True, help="dataset folder (annotations/, images/)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    p.add_argument("--limit", type=positive_int, default=None, help="only the first N images of the split")
-    p.add_argument("--stat-images", type=positive_int, default=20, help="images for the LA-weight statistics")
-    p.add_argument("--out", default=None, help="also write the per-file metrics here (JSON)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    per_file, stats = [], []
-    try:
-        for w in args.weights:
-            model, ds = load(Path(w), Path(args.data), args.split)
-            per_file.append(probe(model, ds, args.modes, args.limit))
-            stats.append(weight_stats(model, ds, args.stat_images))
-    except XscreenError as exc:
-        print(f"la_probe: error: {exc}", file=sys.stderr)
-        return 2
-    if args.out:
-        Path(args.out).write_text(
-            json.dumps(dict(zip(args.weights, per_file, strict=True)), indent=2, default=str) + "\n"
-        )
-    print(f"{len(per_file)} weights file(s), split {args.split!r}; COCO AP in %, mean ± std over the files\n")
-    print(table(per_file, args.modes))
-    if any(stats):
-        print(f"\nLA weights on the first {args.stat_images} images (pseudo-labels), worst file per level\n")
-        rows = []
-        for level in range(max(len(s) for s in stats)):
-            per_file_level = [s[level] for s in stats if len(s) > level]
-            worst = [max(r[k] for r in per_file_level) for k in ("w_mean", "w_max", "change")]
-            rows.append([f"P{level + 3}", *(f"{v:.1e}" for v in worst)])
-        header = ("level", "mean abs(w - 0.5)", "max abs(w - 0.5)", "mean norm(x_new - x) / norm(x)")
-        print(markdown_table(header, rows, align="llll"))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -15,13 +15,18 @@ from xscreen.errors import XscreenError
 # so `xscreen --help` stays fast (torch is not loaded) and a broken optional piece cannot take
 # down unrelated commands.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("xscreen.service.serve_cli", "run the inference service (FastAPI on uvicorn)"),
-    "detect": ("xscreen.service.detect_cli", "detect threats in one dual-energy scan offline"),
+    "serve": ("xscreen.commands.serve", "run the inference service (FastAPI on uvicorn)"),
+    "detect": ("xscreen.commands.detect", "detect threats in one dual-energy scan offline"),
     "train": ("xscreen.training.train", "train a detector on a COCO-layout dataset (CLCXray or synthetic)"),
-    "export": ("xscreen.model.export_cli", "export weights to ONNX, including the test-time LA loop"),
-    "synth": ("xscreen.training.synth.cli", "generate a synthetic dual-energy scan dataset"),
-    "render": ("xscreen.training.render", "draw the pseudo-colour picture of a scan with boxes"),
-    "eval": ("xscreen.training.evaluate", "evaluate weights or detections with COCO metrics"),
+    "export": ("xscreen.commands.export", "export weights to ONNX, including the test-time LA loop"),
+    "synth": ("xscreen.commands.synth", "generate a synthetic dual-energy scan dataset"),
+    "render": ("xscreen.commands.render", "draw the pseudo-colour picture of a scan with boxes"),
+    "eval": ("xscreen.commands.eval", "evaluate weights or detections with COCO metrics"),
+    "la-experiment": (
+        "xscreen.commands.la_experiment",
+        "ATSS vs its LA variants, several seeds",
+    ),
+    "la-probe": ("xscreen.commands.la_probe", "test-time label sources of trained LA models"),
 }
 
 

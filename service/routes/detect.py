@@ -17,7 +17,7 @@ from xscreen.service.batching import (
     QueueFullError,
 )
 from xscreen.service.errors import ApiError
-from xscreen.service.response import detections_from_output, model_summary
+from xscreen.service.response import detections_from_output, model_summary, render_response_png
 from xscreen.service.scan_input import PreparedScan, prepare_scan
 from xscreen.service.schemas import (
     SCAN_ID_PATTERN,
@@ -171,24 +171,5 @@ async def render(
     prepared, response = await _run_detection(
         service, request, high, low, width, height, scan_id, score_threshold
     )
-    png = await asyncio.to_thread(render_png, prepared, response)
+    png = await asyncio.to_thread(render_response_png, prepared, response)
     return Response(png, media_type="image/png", headers={"X-Scan-Id": response.scan_id})
-
-
-def render_png(prepared: PreparedScan, response: DetectResponse) -> bytes:
-    """xscreen.training.render's pseudo-colour picture with the response's detections, encoded as PNG."""
-    import cv2
-
-    from xscreen.training.render import draw_detections, pseudo_colour
-
-    names = sorted({d.class_name for d in response.detections})
-    rgb = pseudo_colour(prepared.high, prepared.low)
-    if response.detections:
-        boxes = np.array([[d.box.x1, d.box.y1, d.box.x2, d.box.y2] for d in response.detections], np.float32)
-        labels = np.array([names.index(d.class_name) for d in response.detections], np.int64)
-        scores = np.array([d.score for d in response.detections], np.float32)
-        rgb = draw_detections(rgb, boxes, labels, scores, names)
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return buf.tobytes()

@@ -20,7 +20,7 @@ import numpy as np
 
 from xscreen.errors import XscreenError
 from xscreen.model.classes import CLASS_NAMES, CLCXRAY_CLASSES
-from xscreen.training.scans import convert_scan, quantise_converted
+from xscreen.scans import convert_scan, quantise_converted
 from xscreen.training.synth.scene import CHALLENGING_MIN_OVERLAP, MASK_DEPTH, make_scan
 
 SPLITS = ("train", "val", "test")

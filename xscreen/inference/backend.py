@@ -1,81 +1,32 @@
-"""Inference backends behind the service: the interface, the torch implementation and the selector.
+"""Inference backends: the torch implementation and the selector (the interface is in ``base``).
 
-Everything above this layer (batching, metrics, responses) only sees ``InferenceBackend``, so the
-torch and ONNX Runtime paths answer with identical responses.
+The service, ``xscreen detect``, ``xscreen eval --onnx`` and the benchmarks use these; everything above
+(batching, metrics, responses) only sees ``InferenceBackend``, so the torch and ONNX Runtime paths
+answer with identical responses.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol
 
 import numpy as np
 
 from xscreen.errors import XscreenError
-
-if TYPE_CHECKING:
-    from xscreen.service.settings import Settings
-
-# Stage names reported by backends (model/detector.py ``predict(timings=...)`` keys).
-MODEL_STAGES = ("preprocess", "backbone_fpn", "head_first", "la_grad", "head_second", "postprocess")
-
-
-class BackendError(XscreenError):
-    """The backend cannot be created (missing file, unavailable device, bad weights)."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What a response says about the model that produced it."""
-
-    name: str
-    version: str
-    sha256: str
-    class_names: tuple[str, ...]
-    groups: tuple[str, ...]  # group (cutter / liquid container) of each class, same order
-    precision: str = "fp32"  # numeric precision of the network: fp32, or int8 for a quantised ONNX export
-
-
-@runtime_checkable
-class InferenceBackend(Protocol):
-    """A loaded detector. ``predict`` is called from one worker thread at a time.
-
-    ``images``: converted scans (``training.scans.convert_scan``), float32 [H, W, 3], 0..255.
-    Returns one dict per image with numpy ``boxes`` [K, 4] x1y1x2y2 in that scan's pixels,
-    ``scores`` [K] and ``labels`` [K] (0-based into ``info.class_names``), and seconds per stage
-    for the whole batch (keys from ``MODEL_STAGES`` where the backend can measure them).
-    """
-
-    info: ModelInfo
-    device: str
-
-    def predict(self, images: list[np.ndarray]) -> tuple[list[dict[str, np.ndarray]], dict[str, float]]: ...
-
-
-def resolve_device(requested: str) -> str:
-    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; 'cuda' without a GPU is an error."""
-    import torch
-
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise BackendError("device 'cuda' requested but no CUDA device is available (use auto or cpu)")
-    if requested not in ("cuda", "cpu"):
-        raise BackendError(f"unknown device {requested!r} (expected auto, cuda or cpu)")
-    return requested
-
-
-def groups_for(class_names: tuple[str, ...]) -> tuple[str, ...]:
-    from xscreen.model.classes import group_of
-
-    return tuple(group_of(n) for n in class_names)
+from xscreen.inference.base import (
+    MODEL_STAGES,
+    BackendError,
+    InferenceBackend,
+    ModelInfo,
+    groups_for,
+    resolve_device,
+)
 
 
 class TorchBackend:
-    """The PyTorch detector from a safetensors file, with the test-time LA loop (method.md §3)."""
+    """The PyTorch detector from a safetensors file, with the test-time LA loop (docs/method.md §3)."""
 
     def __init__(
         self,
@@ -138,7 +89,20 @@ class TorchBackend:
         return results, timings
 
 
-def make_backend(settings: Settings) -> InferenceBackend:
+class BackendSettings(Protocol):
+    """What ``make_backend`` reads (the service's ``Settings`` has these fields, XSCREEN_*)."""
+
+    backend: str
+    weights: Path
+    onnx_path: Path | None
+    device: str
+    weights_sha256: str | None
+    la_bf16: bool
+    ort_graph_optimization: str
+    ort_intra_op_threads: int
+
+
+def make_backend(settings: BackendSettings) -> InferenceBackend:
     """Build the backend named by ``settings.backend`` ("torch" or "onnxruntime")."""
     if settings.backend == "torch":
         return TorchBackend(
@@ -151,7 +115,9 @@ def make_backend(settings: Settings) -> InferenceBackend:
         if settings.onnx_path is None:
             raise BackendError("backend 'onnxruntime' needs onnx_path (XSCREEN_ONNX_PATH)")
         try:
-            from xscreen.service.onnx_backend import OnnxBackend  # written by the ONNX export work (issue 6)
+            from xscreen.inference.onnx_backend import (
+                OnnxBackend,
+            )  # written by the ONNX export work (issue 6)
         except ImportError as exc:
             raise BackendError(f"the onnxruntime backend is not available: {exc}") from None
         return OnnxBackend(
@@ -162,3 +128,15 @@ def make_backend(settings: Settings) -> InferenceBackend:
             expected_sha256=settings.weights_sha256,
         )
     raise BackendError(f"unknown backend {settings.backend!r} (expected torch or onnxruntime)")
+
+
+__all__ = [
+    "MODEL_STAGES",
+    "BackendError",
+    "BackendSettings",
+    "InferenceBackend",
+    "ModelInfo",
+    "TorchBackend",
+    "make_backend",
+    "resolve_device",
+]

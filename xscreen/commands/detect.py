@@ -49,8 +49,8 @@ def _read(path: str, label: str) -> bytes:
 
 
 def run(args: argparse.Namespace) -> int:
+    from xscreen.inference.backend import make_backend
     from xscreen.service.errors import ApiError
-    from xscreen.service.inference import make_backend
     from xscreen.service.response import class_ids_for, detections_from_output, model_summary
     from xscreen.service.scan_input import prepare_scan
     from xscreen.service.schemas import DetectResponse, ImageSize
@@ -103,9 +103,9 @@ def run(args: argparse.Namespace) -> int:
         timings={k: round(v, 6) for k, v in timings.items()},
     )
     if args.render:
-        from xscreen.service.routes.detect import render_png
+        from xscreen.service.response import render_response_png
 
-        Path(args.render).write_bytes(render_png(prepared, response))
+        Path(args.render).write_bytes(render_response_png(prepared, response))
     if args.json:
         print(json.dumps(response.model_dump(), indent=2))
         return 0

@@ -19,7 +19,7 @@ VERIFY_ATOL = 1e-3  # raw logits; fp32 export agrees to ~1e-5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from xscreen.model.onnx_export import DEFAULT_OPSET
+    from xscreen.model.onnx_io import DEFAULT_OPSET
 
     parser.add_argument("--weights", required=True, type=Path, help="safetensors weights (xscreen format)")
     parser.add_argument("--out", required=True, type=Path, help="ONNX file to write, e.g. model.onnx")
@@ -74,7 +74,7 @@ def verify(onnx_path: Path, detector, seed: int = 0) -> dict[str, float]:
 def calibration_source(args: argparse.Namespace):
     """--int8: a function config -> (converted images, description) for model.onnx_export.export_weights."""
     from xscreen.model.onnx_export import OnnxModelError
-    from xscreen.model.onnx_quantize import dataset_calibration_images, synthetic_calibration_images
+    from xscreen.training.calibration import dataset_calibration_images, synthetic_calibration_images
 
     n, seed = args.calibration_images, args.calibration_seed
     if n < 1:

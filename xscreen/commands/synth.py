@@ -11,8 +11,6 @@ from pathlib import Path
 
 from xscreen.argtypes import size_pair
 
-MIN_SIDE = 128  # below this, bags and objects no longer fit a realistic pixel pitch
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output dataset directory")
@@ -78,6 +76,7 @@ def parse_splits(text: str) -> tuple[float, float, float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from xscreen.training.synth import MIN_SIDE
     from xscreen.training.synth.writer import (
         SynthConfig,
         SynthError,

@@ -1,8 +1,4 @@
-"""Dual-energy raw scans: readers (16-bit PNG / TIFF / .npy), validation and THE conversion to 3 channels.
-
-``convert_scan`` is the single definition of method.md §1 (paper Eq. 1). Training, evaluation,
-the service and the ONNX path all call it, so a model trained on converted images sees the
-same tensors when it is served raw scans.
+"""Scan files: readers and writers of raw energy images (16-bit PNG / TIFF / .npy / raw) and converted images.
 
 On-disk channel order of converted images (fixed here, method.md §1): a converted image is
 quantised to 8 bits and written with OpenCV AFTER an RGB->BGR swap, so that any normal image
@@ -28,9 +24,9 @@ DEFAULT_MAX_PIXELS = 50_000_000
 # Smallest accepted image side (method contract: ">= 2x2").
 MIN_SIDE = 2
 
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
-_NPY_MAGIC = b"\x93NUMPY"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+NPY_MAGIC = b"\x93NUMPY"
 _PNG_COLOUR_TYPES = {0: "greyscale", 2: "RGB colour", 3: "palette colour", 4: "grey+alpha", 6: "RGBA colour"}
 
 
@@ -147,6 +143,17 @@ def _read_npy(buf: bytes, max_pixels: int | None, name: str | None) -> np.ndarra
     return np.ascontiguousarray(arr, dtype=np.uint16)  # also normalises big-endian '>u2'
 
 
+def sniff_format(buf: bytes) -> str | None:
+    """'png', 'tiff' or 'npy' from a file's magic bytes (not its name); None for anything else."""
+    if buf.startswith(PNG_MAGIC):
+        return "png"
+    if buf[:4] in TIFF_MAGICS:
+        return "tiff"
+    if buf.startswith(NPY_MAGIC):
+        return "npy"
+    return None
+
+
 def read_scan(
     source: str | Path | bytes, *, name: str | None = None, max_pixels: int | None = None
 ) -> np.ndarray:
@@ -174,12 +181,10 @@ def read_scan(
         raise ScanError(f"{_label(name)}expected a path or bytes, got {type(source).__name__}")
     if not buf:
         raise ScanError(f"{_label(name)}empty file (0 bytes)")
-    if buf.startswith(_PNG_MAGIC):
-        return _read_png(buf, max_pixels, name)
-    if buf[:4] in _TIFF_MAGICS:
-        return _read_tiff(buf, max_pixels, name)
-    if buf.startswith(_NPY_MAGIC):
-        return _read_npy(buf, max_pixels, name)
+    readers = {"png": _read_png, "tiff": _read_tiff, "npy": _read_npy}
+    kind = sniff_format(buf)
+    if kind is not None:
+        return readers[kind](buf, max_pixels, name)
     if buf[:3] == b"\xff\xd8\xff":
         raise UnsupportedScanFormatError(
             f"{_label(name)}JPEG is 8-bit and lossy; a raw scan must be 16-bit PNG, 16-bit TIFF or .npy"
@@ -203,71 +208,6 @@ def decode_raw_uint16(buf: bytes, width: int, height: int, *, max_pixels: int | 
             f"raw buffer has {len(buf)} bytes; {width}x{height} uint16 pixels need exactly {expected}"
         )
     return np.frombuffer(buf, dtype="<u2").reshape(height, width).astype(np.uint16)
-
-
-def check_pair(high: np.ndarray, low: np.ndarray) -> None:
-    """Both energy images 2-D, the same size and at least 2x2; raise ``ScanError`` otherwise."""
-    for label, img in (("high", high), ("low", low)):
-        if not isinstance(img, np.ndarray):
-            raise ScanError(f"{label}-energy image must be a numpy array, got {type(img).__name__}")
-        if img.ndim != 2:
-            raise ScanError(
-                f"{label}-energy image has shape {img.shape}; expected a single-channel [H, W] image"
-            )
-        if img.size == 0:
-            raise ScanError(f"{label}-energy image is empty ({img.shape[1]}x{img.shape[0]} pixels)")
-        if min(img.shape) < MIN_SIDE:
-            raise ScanError(
-                f"{label}-energy image is {img.shape[1]}x{img.shape[0]} pixels; "
-                f"a scan needs at least {MIN_SIDE}x{MIN_SIDE}"
-            )
-    if high.shape != low.shape:
-        raise ScanSizeMismatchError(
-            f"high/low size mismatch: high is {high.shape[1]}x{high.shape[0]}, "
-            f"low is {low.shape[1]}x{low.shape[0]}"
-        )
-
-
-def _as_float(img: np.ndarray, label: str) -> np.ndarray:
-    if img.dtype == np.uint16:
-        return img.astype(np.float32)
-    if not (np.issubdtype(img.dtype, np.integer) or np.issubdtype(img.dtype, np.floating)):
-        raise ScanError(f"{label}-energy image has dtype {img.dtype}; expected uint16")
-    out = img.astype(np.float32)
-    if not np.isfinite(out).all() or out.min() < 0 or out.max() > 65535:
-        raise ScanError(f"{label}-energy image values must be finite and within 0..65535")
-    return out
-
-
-def convert_scan(high: np.ndarray, low: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Raw dual-energy pair (uint16 [H, W] each) -> converted image float32 [H, W, 3] in 0..255.
-
-    method.md §1 / paper Eq. 1: channel 1 = high/256, channel 2 = low/256,
-    channel 3 = 510 * sigmoid(high / low) - 255. The denominator is clamped to >= 1 so
-    ``low == 0`` gives a finite value (255 * (2 * sigmoid(high) - 1) there), never inf/NaN.
-    ``out``: a float32 [H, W, 3] array to write into (e.g. a block of rows of a larger image, so
-    that parts of one scan can be converted in parallel); returned.
-    """
-    check_pair(high, low)
-    h = _as_float(high, "high")
-    lo = _as_float(low, "low")
-    if out is None:
-        out = np.empty(h.shape + (3,), dtype=np.float32)
-    elif out.dtype != np.float32 or out.shape != h.shape + (3,):
-        raise ScanError(f"convert_scan: out must be float32 {h.shape + (3,)}, got {out.dtype} {out.shape}")
-    # The same float32 operations as h / 256, lo / 256 and 510 / (1 + exp(-h / max(lo, 1))) - 255,
-    # written in place: this runs on every scan the service receives, before the model.
-    np.multiply(h, 1.0 / 256.0, out=out[..., 0])  # 1/256 is exact: identical to h / 256
-    np.multiply(lo, 1.0 / 256.0, out=out[..., 1])
-    ratio = np.maximum(lo, 1.0, out=lo)  # lo is our own float32 copy
-    np.divide(h, ratio, out=ratio)
-    # 510*sigmoid(r) - 255; exp(-r) underflows harmlessly to 0 for large r (ratio >= 0 always).
-    np.negative(ratio, out=ratio)
-    np.exp(ratio, out=ratio)
-    ratio += 1.0
-    np.divide(510.0, ratio, out=ratio)
-    np.subtract(ratio, 255.0, out=out[..., 2])
-    return out
 
 
 # ---------------------------------------------------------------------------------------------

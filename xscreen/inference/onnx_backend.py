@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xscreen.inference.base import BackendError, ModelInfo, groups_for, resolve_device
 from xscreen.model.onnx_export import INPUT_NAME, OUTPUT_NAMES, OnnxModelError, parse_onnx_metadata
-from xscreen.service.inference import BackendError, ModelInfo, groups_for, resolve_device
 
 log = logging.getLogger(__name__)
 

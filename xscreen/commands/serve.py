@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from xscreen.inference.backend import make_backend
     from xscreen.service.app import create_app
-    from xscreen.service.inference import make_backend
     from xscreen.service.logs import configure_logging
     from xscreen.service.settings import load_settings
 

@@ -1,0 +1,64 @@
+"""The inference interface: what a backend is, what it reports about its model, and device choice."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from xscreen.errors import XscreenError
+
+# Stage names reported by backends (model/detector.py ``predict(timings=...)`` keys).
+MODEL_STAGES = ("preprocess", "backbone_fpn", "head_first", "la_grad", "head_second", "postprocess")
+
+
+class BackendError(XscreenError):
+    """The backend cannot be created (missing file, unavailable device, bad weights)."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a response says about the model that produced it."""
+
+    name: str
+    version: str
+    sha256: str
+    class_names: tuple[str, ...]
+    groups: tuple[str, ...]  # group (cutter / liquid container) of each class, same order
+    precision: str = "fp32"  # numeric precision of the network: fp32, or int8 for a quantised ONNX export
+
+
+@runtime_checkable
+class InferenceBackend(Protocol):
+    """A loaded detector. ``predict`` is called from one worker thread at a time.
+
+    ``images``: converted scans (``xscreen.scans.convert_scan``), float32 [H, W, 3], 0..255.
+    Returns one dict per image with numpy ``boxes`` [K, 4] x1y1x2y2 in that scan's pixels,
+    ``scores`` [K] and ``labels`` [K] (0-based into ``info.class_names``), and seconds per stage
+    for the whole batch (keys from ``MODEL_STAGES`` where the backend can measure them).
+    """
+
+    info: ModelInfo
+    device: str
+
+    def predict(self, images: list[np.ndarray]) -> tuple[list[dict[str, np.ndarray]], dict[str, float]]: ...
+
+
+def resolve_device(requested: str) -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; 'cuda' without a GPU is an error."""
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise BackendError("device 'cuda' requested but no CUDA device is available (use auto or cpu)")
+    if requested not in ("cuda", "cpu"):
+        raise BackendError(f"unknown device {requested!r} (expected auto, cuda or cpu)")
+    return requested
+
+
+def groups_for(class_names: tuple[str, ...]) -> tuple[str, ...]:
+    from xscreen.model.classes import group_of
+
+    return tuple(group_of(n) for n in class_names)
