@@ -17,10 +17,12 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q --durations=15
 
 clean:
@@ -32,7 +34,7 @@ clean:
 LA_ARGS ?=
 .PHONY: la-experiment
 la-experiment: $(STAMP)
-	$(BIN)/python -m training.la_experiment $(LA_ARGS)
+	$(BIN)/xscreen la-experiment $(LA_ARGS)
 
 # The inference service on the bundled weights (docs/service.md); XSCREEN_* variables configure it.
 .PHONY: run
