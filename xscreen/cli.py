@@ -17,7 +17,7 @@ from xscreen.errors import XscreenError
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("xscreen.service.serve_cli", "run the inference service (FastAPI on uvicorn)"),
     "detect": ("xscreen.service.detect_cli", "detect threats in one dual-energy scan offline"),
-    "train": ("xscreen.training.train", "train a detector on a COCO-layout dataset (CLCXray or synthetic)"),
+    "train": ("xscreen.commands.train", "train a detector on a COCO-layout dataset (CLCXray or synthetic)"),
     "export": ("xscreen.model.export_cli", "export weights to ONNX, including the test-time LA loop"),
     "synth": ("xscreen.training.synth.cli", "generate a synthetic dual-energy scan dataset"),
     "render": ("xscreen.training.render", "draw the pseudo-colour picture of a scan with boxes"),
