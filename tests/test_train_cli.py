@@ -43,6 +43,19 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def test_train_help_does_not_import_torch():
+    code = (
+        "import sys; from xscreen.cli import main\n"
+        "try:\n    main(['train', '--help'])\nexcept SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
+        "heavy = sorted(m for m in ('torch', 'numpy', 'xscreen.training.train') if m in sys.modules)\n"
+        "assert not heavy, f'imported for train --help: {heavy}'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for flag in ("--config", "--data", "--out", "--resume", "--max-iters", "--no-progress"):
+        assert flag in proc.stdout
+
+
 def test_cli_run_writes_checkpoints_logs_and_plot(tiny, tmp_path):
     data, cfg = tiny
     out = tmp_path / "run"

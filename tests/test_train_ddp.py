@@ -11,7 +11,7 @@ import sys
 from _train_data import tiny_config, write_tiny_set
 
 from xscreen.model.weights import load_weights
-from xscreen.training.train import weights_digest
+from xscreen.training.rundir import weights_digest
 
 
 def test_two_process_ddp_run_on_cpu(tmp_path):

@@ -17,7 +17,7 @@ from xscreen.errors import XscreenError
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("xscreen.commands.serve", "run the inference service (FastAPI on uvicorn)"),
     "detect": ("xscreen.commands.detect", "detect threats in one dual-energy scan offline"),
-    "train": ("xscreen.training.train", "train a detector on a COCO-layout dataset (CLCXray or synthetic)"),
+    "train": ("xscreen.commands.train", "train a detector on a COCO-layout dataset (CLCXray or synthetic)"),
     "export": ("xscreen.commands.export", "export weights to ONNX, including the test-time LA loop"),
     "synth": ("xscreen.commands.synth", "generate a synthetic dual-energy scan dataset"),
     "render": ("xscreen.commands.render", "draw the pseudo-colour picture of a scan with boxes"),
