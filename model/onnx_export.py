@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from xscreen.errors import XscreenError
 from xscreen.model.config import ConfigError, DetectorConfig, config_from_json
 from xscreen.model.explicit_grad import ExplicitTower, la_cls_grads, la_reg_grad
+from xscreen.model.head import HeadOutputs
 from xscreen.model.label_aware import reweight
 
 ONNX_FORMAT = "xscreen-onnx"
@@ -32,7 +33,7 @@ ONNX_FORMAT_VERSION = 1
 DEFAULT_OPSET = 17
 MAX_OPSET = 20  # highest opset of torch.onnx's TorchScript-based exporter
 INPUT_NAME = "images"
-OUTPUT_NAMES = ("cls_logits", "bbox_reg", "centerness")
+OUTPUT_NAMES = HeadOutputs._fields  # ("cls_logits", "bbox_reg", "centerness")
 DEBUG_OUTPUT_NAMES = ("la_w1", "la_w2")  # optional LA weights, for verification only
 PRECISIONS = ("fp32", "int8")  # metadata "precision"; int8 = model.onnx_quantize (files without it: fp32)
 REQUIRED_KEYS = (
@@ -54,16 +55,16 @@ class OnnxModelError(XscreenError):
 class ExportableDetector(nn.Module):
     """``forward(batch) == detector.forward_raw(batch)`` (pseudo-label LA loop) without autograd.
 
-    batch: normalised padded [N, 3, H, W]. Returns (cls_logits [N, A, C], reg [N, A, R],
-    centerness [N, A, 1]) and, with ``debug_la``, the LA weights of every level flattened and
-    concatenated: la_w1 [N, ch, sum(h*w)] (and la_w2 for LAcls).
+    batch: normalised padded [N, 3, H, W]. Returns the fields of ``HeadOutputs`` as a plain tuple
+    (cls_logits [N, A, C], bbox_reg [N, A, R], centerness [N, A, 1]) and, with ``debug_la``, the LA
+    weights of every level flattened and concatenated: la_w1 [N, ch, sum(h*w)] (and la_w2 for LAcls).
     """
 
     def __init__(self, detector: nn.Module, debug_la: bool = False):
         super().__init__()
         self.detector = detector
         self.cfg: DetectorConfig = detector.cfg
-        self.debug_la = debug_la and self.cfg.la_mode != "none"
+        self.debug_la = debug_la and self.cfg.uses_la
         head = detector.head
         # kernels frozen at construction: export right after building this wrapper
         self._cls_tower = ExplicitTower(head.cls_convs, head.atss_cls, freeze_kernels=True)
@@ -71,7 +72,7 @@ class ExportableDetector(nn.Module):
 
     def la_weights(self, x: Tensor, level: int) -> list[Tensor]:
         """[w1, w2] (LAcls) or [w1] (LAreg) for one level's head input, pseudo-labels (Sec. IV-D)."""
-        if self.cfg.la_mode == "cls":
+        if self.cfg.la_cls:
             g1, g2 = la_cls_grads(x, self._cls_tower)
             return [torch.sigmoid(g1), torch.sigmoid(g2)]
         # LAreg's first prediction is one regression-tower pass, the per-level Scale applied to the
@@ -83,7 +84,7 @@ class ExportableDetector(nn.Module):
     def forward(self, batch: Tensor):
         head, cfg = self.detector.head, self.cfg
         feats = self.detector.backbone(batch)
-        if cfg.la_mode == "none":
+        if not cfg.uses_la:
             per_level = head.forward_plain(feats)
             weights: list[list[Tensor]] = []
         else:
@@ -92,19 +93,10 @@ class ExportableDetector(nn.Module):
                 w = self.la_weights(x, level)
                 weights.append(w)
                 x_new = reweight(x, w, cfg.la_coeffs)  # Eq. 7
-                reg, ctr = head.reg_outputs(x_new, level, repeat=cfg.reg_tower_repeat)
-                per_level.append((head.cls_logits(x_new), reg, ctr))
+                per_level.append(head.level_outputs(x_new, level, repeat=cfg.reg_tower_repeat))
         n = batch.shape[0]
-
-        def flat(t: Tensor, k: int) -> Tensor:  # [N, K, H, W] -> [N, H*W, K], as ATSSDetector.forward_raw
-            # k is a Python int, so the exported graph has a static channel axis that consumers can check
-            return t.permute(0, 2, 3, 1).reshape(n, -1, k)
-
-        outputs = (
-            torch.cat([flat(c, head.atss_cls.out_channels) for c, _, _ in per_level], dim=1),
-            torch.cat([flat(r, head.atss_reg.out_channels) for _, r, _ in per_level], dim=1),
-            torch.cat([flat(c, 1) for _, _, c in per_level], dim=1),
-        )
+        # the same flattening as ATSSDetector.forward_raw; a plain tuple for the tracer
+        outputs = tuple(head.flatten_levels(per_level, n))
         if self.debug_la:
             ch = cfg.fpn_channels
             for k in range(len(weights[0])):
@@ -114,8 +106,8 @@ class ExportableDetector(nn.Module):
 
 def output_names(cfg: DetectorConfig, debug_la: bool = False) -> list[str]:
     names = list(OUTPUT_NAMES)
-    if debug_la and cfg.la_mode != "none":
-        names += list(DEBUG_OUTPUT_NAMES[: 2 if cfg.la_mode == "cls" else 1])
+    if debug_la and cfg.uses_la:
+        names += list(DEBUG_OUTPUT_NAMES[: 2 if cfg.la_cls else 1])
     return names
 
 

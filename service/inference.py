@@ -15,12 +15,10 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 from xscreen.errors import XscreenError
+from xscreen.model.timing import MODEL_STAGES as MODEL_STAGES  # stage names backends report (torch-free)
 
 if TYPE_CHECKING:
     from xscreen.service.settings import Settings
-
-# Stage names reported by backends (model/detector.py ``predict(timings=...)`` keys).
-MODEL_STAGES = ("preprocess", "backbone_fpn", "head_first", "la_grad", "head_second", "postprocess")
 
 
 class BackendError(XscreenError):
