@@ -27,7 +27,7 @@ import torch
 from xscreen.argtypes import int_at_least, size_pair
 from xscreen.inference.backend import BackendError, resolve_device
 from xscreen.model import build_detector, load_config
-from xscreen.model.detector import TIMING_KEYS
+from xscreen.model.timing import MODEL_STAGES
 from xscreen.tables import markdown_table
 
 VARIANTS = {
@@ -88,7 +88,7 @@ def time_models(models: dict, image, runs: int) -> dict[str, tuple[float, dict[s
     return {
         n: (
             statistics.median(totals[n]),
-            {k: statistics.median(s.get(k, 0.0) for s in stages[n]) for k in TIMING_KEYS},
+            {k: statistics.median(s.get(k, 0.0) for s in stages[n]) for k in MODEL_STAGES},
         )
         for n in models
     }
@@ -155,7 +155,7 @@ def bf16_deviation(models: dict, image: torch.Tensor) -> dict[str, float]:
     batch, _ = pad_batch([normalize(image)])
     out = {}
     for name, model in models.items():
-        if not hasattr(model, "la_grad_bf16") or model.cfg.la_mode == "none":
+        if not hasattr(model, "la_grad_bf16") or not model.cfg.uses_la:
             continue
         with torch.inference_mode():
             model.la_grad_bf16 = False

@@ -99,7 +99,7 @@ class DetectorConfig(BaseModel):
             raise ValueError(f"fpn_channels={self.fpn_channels} must be a multiple of 32 (GroupNorm(32))")
         if self.max_size < self.min_size:
             raise ValueError(f"max_size={self.max_size} is smaller than min_size={self.min_size}")
-        if self.la_mode == "reg" and self.la_coeffs[2] != 0.0:
+        if self.la_reg and self.la_coeffs[2] != 0.0:
             raise ValueError("la_coeffs: LAreg has no misleading-label term, c must be 0")
         if list(self.lr_steps) != sorted(self.lr_steps) or any(s > self.epochs for s in self.lr_steps):
             raise ValueError(f"lr_steps={list(self.lr_steps)} must be ascending and <= epochs={self.epochs}")
@@ -108,6 +108,26 @@ class DetectorConfig(BaseModel):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def uses_la(self) -> bool:
+        """The head runs the Label-aware loop (LAcls or LAreg), not plain ATSS."""
+        return self.la_mode != "none"
+
+    @property
+    def la_cls(self) -> bool:
+        """LAcls: weights from the classification branch, label and misleading label (method.md §3)."""
+        return self.la_mode == "cls"
+
+    @property
+    def la_reg(self) -> bool:
+        """LAreg: weights from the regression branch's bin distributions (method.md §4)."""
+        return self.la_mode == "reg"
+
+    @property
+    def reg_channels(self) -> int:
+        """Channels of the regression output: 4 deltas, or 4 sides x (reg_max + 1) bin logits for LAreg."""
+        return 4 * (self.reg_max + 1) if self.la_reg else 4
 
     def with_overrides(self, **changes: Any) -> DetectorConfig:
         """A validated copy with some fields changed (unknown fields or bad values raise ConfigError)."""

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
 import time
-from collections import defaultdict
 
 import torch
 from torch import Tensor, nn
@@ -15,22 +13,16 @@ from xscreen.model.assigner import atss_assign
 from xscreen.model.backbone import ResNetFPN
 from xscreen.model.box_coder import DistanceBinCoder
 from xscreen.model.config import DetectorConfig
-from xscreen.model.head import ATSSHead
+from xscreen.model.head import ATSSHead, HeadOutputs
 from xscreen.model.label_aware import label_aware_forward
 from xscreen.model.losses import atss_losses
 from xscreen.model.postprocess import postprocess_detections
-from xscreen.model.transform import normalize, pad_batch, resize_to_fit
-
-TIMING_KEYS = ("preprocess", "backbone_fpn", "head_first", "la_grad", "head_second", "postprocess")
+from xscreen.model.timing import MODEL_STAGES, sync
+from xscreen.model.transform import group_by_padded_size, normalize, pad_batch, resize_to_fit
 
 
 class DetectorInputError(XscreenError, ValueError):
     """Images or targets handed to the detector that do not follow its contract."""
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class ATSSDetector(nn.Module):
@@ -57,8 +49,7 @@ class ATSSDetector(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = ResNetFPN(cfg.depth, cfg.fpn_channels, cfg.frozen_stages, cfg.backbone_norm)
-        reg_channels = 4 * (cfg.reg_max + 1) if cfg.la_mode == "reg" else 4
-        self.head = ATSSHead(cfg.fpn_channels, cfg.num_classes, cfg.stacked_convs, reg_channels)
+        self.head = ATSSHead(cfg.fpn_channels, cfg.num_classes, cfg.stacked_convs, cfg.reg_channels)
         # one stacked vector-Jacobian product for g1 and g2 instead of two backward passes
         self.la_batched_grad = la_batched_grad
         # opt-in: LA's first prediction and gradient passes under bf16 autocast (about 2x faster on
@@ -139,11 +130,12 @@ class ATSSDetector(nn.Module):
     # ------------------------------------------------------------------ network
     def forward_raw(
         self, batch: Tensor, la_targets: Tensor | None = None, timings: dict | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Normalised padded batch [N, 3, H, W] -> (cls_logits [N, A, C], reg [N, A, R], ctr [N, A, 1]).
+    ) -> HeadOutputs:
+        """Normalised padded batch [N, 3, H, W] -> HeadOutputs (cls_logits [N, A, C], bbox_reg [N, A, R],
+        centerness [N, A, 1]).
 
         Levels P3..P7 concatenated, cells row-major (A = total anchors of ``anchors_for(batch.shape)``).
-        R = 4 deltas, or 4*(reg_max+1) bin logits for LAreg. The Label-aware loop runs inside;
+        R = cfg.reg_channels: 4 deltas, or 4*(reg_max+1) bin logits for LAreg. The LA loop runs inside;
         ``la_targets`` ([N, A] class or -1 for LAcls, [N, A, 4] bin or -1 for LAreg) selects training
         labels, None selects pseudo-labels.
         """
@@ -152,13 +144,13 @@ class ATSSDetector(nn.Module):
             batch = batch.contiguous(memory_format=torch.channels_last)
         feats = self.backbone(batch)
         if timings is not None:
-            _sync(batch.device)
+            sync(batch.device)
             timings["backbone_fpn"] = timings.get("backbone_fpn", 0.0) + time.perf_counter() - t0
             t0 = time.perf_counter()
-        if self.cfg.la_mode == "none":
+        if not self.cfg.uses_la:
             per_level = self.head.forward_plain(feats)
             if timings is not None:
-                _sync(batch.device)
+                sync(batch.device)
                 timings["head_first"] = timings.get("head_first", 0.0) + time.perf_counter() - t0
         else:
             level_targets = None
@@ -167,24 +159,13 @@ class ATSSDetector(nn.Module):
             per_level = label_aware_forward(
                 self.head,
                 feats,
-                self.cfg.la_mode,
-                self.cfg.la_coeffs,
-                self.cfg.reg_tower_repeat,
+                self.cfg,
                 level_targets,
-                self.cfg.reg_max,
-                self.la_batched_grad,
-                timings,
-                self.la_grad_bf16 and not self.training,
+                batched=self.la_batched_grad,
+                timings=timings,
+                bf16=self.la_grad_bf16 and not self.training,
             )
-        n = batch.shape[0]
-
-        def flat(t: Tensor) -> Tensor:  # [N, K, H, W] -> [N, H*W, K]
-            return t.permute(0, 2, 3, 1).reshape(n, -1, t.shape[1])
-
-        cls = torch.cat([flat(c) for c, _, _ in per_level], dim=1)
-        reg = torch.cat([flat(r) for _, r, _ in per_level], dim=1)
-        ctr = torch.cat([flat(c) for _, _, c in per_level], dim=1)
-        return cls, reg, ctr
+        return self.head.flatten_levels(per_level, batch.shape[0])
 
     @staticmethod
     def _split_levels(flat_targets: Tensor, sizes) -> list[Tensor]:
@@ -199,13 +180,13 @@ class ATSSDetector(nn.Module):
 
     # ------------------------------------------------------------------ training
     def _la_targets(self, matched, anchors, strides, boxes, labels) -> Tensor | None:
-        if self.cfg.la_mode == "cls":
+        if self.cfg.la_cls:
             out = torch.full_like(matched, -1)
             for i in range(matched.shape[0]):
                 pos = matched[i] >= 0
                 out[i, pos] = labels[i][matched[i, pos]]
             return out
-        if self.cfg.la_mode == "reg":
+        if self.cfg.la_reg:
             coder = DistanceBinCoder(self.cfg.reg_max)
             out = torch.full((*matched.shape, 4), -1, dtype=torch.long, device=matched.device)
             for i in range(matched.shape[0]):
@@ -232,49 +213,32 @@ class ATSSDetector(nn.Module):
         labels = [t["labels"].to(self.device, torch.long) for t in targets]
         batch, _ = pad_batch(imgs)
         anchors, per_level, strides, matched, la_targets = self._assign(batch, boxes, labels)
-        cls, reg, ctr = self.forward_raw(batch, la_targets)
-        return atss_losses(
-            cls,
-            reg,
-            ctr,
-            anchors,
-            strides,
-            matched,
-            boxes,
-            labels,
-            la_mode=self.cfg.la_mode,
-            focal_alpha=self.cfg.focal_alpha,
-            focal_gamma=self.cfg.focal_gamma,
-            giou_weight=self.cfg.giou_weight,
-            dfl_weight=self.cfg.dfl_weight,
-            reg_max=self.cfg.reg_max,
-        )
+        outputs = self.forward_raw(batch, la_targets)
+        return atss_losses(outputs, anchors, strides, matched, boxes, labels, self.cfg)
 
     # ------------------------------------------------------------------ inference
     def predict(self, images: list[Tensor], timings: dict | None = None) -> list[dict[str, Tensor]]:
         """Detections per image (eval forward). ``timings`` (a dict) receives seconds per stage."""
         self._check_images(images)
-        stage = dict.fromkeys(TIMING_KEYS, 0.0)
+        stage = dict.fromkeys(MODEL_STAGES, 0.0)
         device = self.device
         with torch.no_grad():
             t0 = time.perf_counter()
             original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
             imgs, _ = self._resize(list(images))
-            groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-            for i, im in enumerate(imgs):
-                groups[(math.ceil(im.shape[-2] / 32) * 32, math.ceil(im.shape[-1] / 32) * 32)].append(i)
-            batches = [(idx, pad_batch([imgs[i] for i in idx])) for idx in groups.values()]
-            _sync(device)
+            groups = group_by_padded_size([im.shape for im in imgs])
+            batches = [(idx, pad_batch([imgs[i] for i in idx])) for idx in groups]
+            sync(device)
             stage["preprocess"] += time.perf_counter() - t0
             results: list[dict | None] = [None] * len(images)
             for idx, (batch, sizes) in batches:
-                cls, reg, ctr = self.forward_raw(batch, None, stage)
+                outputs = self.forward_raw(batch, None, stage)
                 t0 = time.perf_counter()
                 anchors, per_level = self.anchors_for(batch.shape)
                 dets = postprocess_detections(
-                    cls, reg, ctr, anchors, per_level, sizes, [original_sizes[i] for i in idx], self.cfg
+                    outputs, anchors, per_level, sizes, [original_sizes[i] for i in idx], self.cfg
                 )
-                _sync(device)
+                sync(device)
                 stage["postprocess"] += time.perf_counter() - t0
                 for i, d in zip(idx, dets, strict=True):
                     results[i] = d
@@ -291,7 +255,7 @@ class ATSSDetector(nn.Module):
         pseudo-labels could give; deployment never has ground truth. One image at a time."""
         self._check_images(images)
         self._check_targets(images, targets)
-        if self.cfg.la_mode == "none":
+        if not self.cfg.uses_la:
             raise DetectorInputError("oracle LA labels need an LA model (la_mode cls or reg)")
         out = []
         with torch.no_grad():
@@ -301,8 +265,8 @@ class ATSSDetector(nn.Module):
                 batch, sizes = pad_batch(imgs)
                 labels = [target["labels"].to(self.device, torch.long)]
                 anchors, per_level, _, _, la_targets = self._assign(batch, boxes, labels)
-                cls, reg, ctr = self.forward_raw(batch, la_targets)
-                out += postprocess_detections(cls, reg, ctr, anchors, per_level, sizes, [original], self.cfg)
+                outputs = self.forward_raw(batch, la_targets)
+                out += postprocess_detections(outputs, anchors, per_level, sizes, [original], self.cfg)
         return out
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):

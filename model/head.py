@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+
+
+class HeadOutputs(NamedTuple):
+    """The head's three outputs, by name (same names as the ONNX graph outputs, model.onnx_export).
+
+    Per level (``ATSSHead.level_outputs``) each is a map [N, K, H, W]; for a batch
+    (``ATSSHead.flatten_levels``) levels P3..P7 are concatenated, cells row-major: [N, A, K].
+    """
+
+    cls_logits: Tensor  # K = C class logits (sigmoid)
+    bbox_reg: Tensor  # K = 4 deltas, or 4 x (reg_max + 1) bin logits for LAreg (cfg.reg_channels)
+    centerness: Tensor  # K = 1 logit
 
 
 class Scale(nn.Module):
@@ -80,10 +93,26 @@ class ATSSHead(nn.Module):
             feat = self.reg_convs(feat)
         return self.scales[level](self.atss_reg(feat)), self.atss_centerness(feat)
 
-    def forward_plain(self, feats: list[Tensor]) -> list[tuple[Tensor, Tensor, Tensor]]:
-        """Plain ATSS: per level (cls logits, regression, centerness)."""
-        out = []
-        for level, x in enumerate(feats):
-            reg, ctr = self.reg_outputs(x, level)
-            out.append((self.cls_logits(x), reg, ctr))
-        return out
+    def level_outputs(self, x: Tensor, level: int, repeat: int = 1) -> HeadOutputs:
+        """One level's head input [N, ch, H, W] -> its outputs (``repeat``: see ``reg_outputs``)."""
+        reg, ctr = self.reg_outputs(x, level, repeat)
+        return HeadOutputs(self.cls_logits(x), reg, ctr)
+
+    def forward_plain(self, feats: list[Tensor]) -> list[HeadOutputs]:
+        """Plain ATSS: the outputs of each level."""
+        return [self.level_outputs(x, level) for level, x in enumerate(feats)]
+
+    def flatten_levels(self, per_level: list[HeadOutputs], batch_size: int) -> HeadOutputs:
+        """Per-level maps [N, K, h, w] -> [N, A, K]: levels concatenated, cells row-major (anchor order).
+
+        The channel counts are Python ints, so a traced (ONNX) graph has static channel axes.
+        """
+
+        def flat(t: Tensor, k: int) -> Tensor:  # [N, K, H, W] -> [N, H*W, K]
+            return t.permute(0, 2, 3, 1).reshape(batch_size, -1, k)
+
+        return HeadOutputs(
+            cls_logits=torch.cat([flat(o.cls_logits, self.num_classes) for o in per_level], dim=1),
+            bbox_reg=torch.cat([flat(o.bbox_reg, self.reg_channels) for o in per_level], dim=1),
+            centerness=torch.cat([flat(o.centerness, 1) for o in per_level], dim=1),
+        )

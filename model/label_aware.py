@@ -14,12 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from xscreen.model.head import ATSSHead
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from xscreen.model.config import DetectorConfig
+from xscreen.model.head import ATSSHead, HeadOutputs
+from xscreen.model.timing import sync
 
 
 def _leaf(x: Tensor) -> Tensor:
@@ -123,7 +120,7 @@ def label_aware_weights(
                     ]
                 ]
         if timings is not None:
-            _sync(device)
+            sync(device)
             t1 = time.perf_counter()
             timings["head_first"] = timings.get("head_first", 0.0) + t1 - t0
             t0 = t1
@@ -131,7 +128,7 @@ def label_aware_weights(
         grads = _vjp(probs, x0, masks, batched)
     weights = [[torch.sigmoid(g.float()) for g in gs] for gs in grads]
     if timings is not None:
-        _sync(device)
+        sync(device)
         timings["la_grad"] = timings.get("la_grad", 0.0) + time.perf_counter() - t0
     return weights
 
@@ -159,24 +156,27 @@ def reweight(x: Tensor, w: list[Tensor], coeffs: tuple[float, float, float]) -> 
 def label_aware_forward(
     head: ATSSHead,
     feats: list[Tensor],
-    mode: str,
-    coeffs: tuple[float, float, float],
-    reg_tower_repeat: int,
+    cfg: DetectorConfig,
     targets: list[Tensor] | None = None,
-    reg_max: int = 16,
+    *,
     batched: bool = False,
     timings: dict | None = None,
     bf16: bool = False,
-) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """First prediction -> LA weights -> second prediction on x_new; per level (cls, reg, centerness)."""
-    weights = label_aware_weights(head, feats, mode, targets, reg_max, batched, timings, bf16)
+) -> list[HeadOutputs]:
+    """First prediction -> LA weights -> second prediction on x_new (Eq. 7); the outputs of each level.
+
+    cfg: an LA config (``la_mode`` cls or reg), read for ``la_coeffs``, ``reg_tower_repeat`` and
+    ``reg_max``. targets, batched, timings, bf16: as for ``label_aware_weights``.
+    """
+    if not cfg.uses_la:
+        raise ValueError(f"config {cfg.name!r} has la_mode 'none': no Label-aware loop to run")
+    weights = label_aware_weights(head, feats, cfg.la_mode, targets, cfg.reg_max, batched, timings, bf16)
     t0 = time.perf_counter()
     out = []
     for level, x in enumerate(feats):
-        x_new = reweight(x, [ws[level] for ws in weights], coeffs)
-        reg, ctr = head.reg_outputs(x_new, level, repeat=reg_tower_repeat)
-        out.append((head.cls_logits(x_new), reg, ctr))
+        x_new = reweight(x, [ws[level] for ws in weights], cfg.la_coeffs)
+        out.append(head.level_outputs(x_new, level, repeat=cfg.reg_tower_repeat))
     if timings is not None:
-        _sync(feats[0].device)
+        sync(feats[0].device)
         timings["head_second"] = timings.get("head_second", 0.0) + time.perf_counter() - t0
     return out

@@ -8,6 +8,8 @@ from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from xscreen.model.box_coder import DeltaXYWHBoxCoder, DistanceBinCoder
+from xscreen.model.config import DetectorConfig
+from xscreen.model.head import HeadOutputs
 
 
 def centerness_targets(anchors: Tensor, gt_boxes: Tensor) -> Tensor:
@@ -31,29 +33,23 @@ def distribution_focal_loss(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def atss_losses(
-    cls_logits: Tensor,
-    reg: Tensor,
-    centerness: Tensor,
+    outputs: HeadOutputs,
     anchors: Tensor,
     strides: Tensor,
     matched: Tensor,
     gt_boxes: list[Tensor],
     gt_labels: list[Tensor],
-    *,
-    la_mode: str,
-    focal_alpha: float = 0.25,
-    focal_gamma: float = 2.0,
-    giou_weight: float = 2.0,
-    dfl_weight: float = 0.25,
-    reg_max: int = 16,
+    cfg: DetectorConfig,
 ) -> dict[str, Tensor]:
     """Scalar losses for a batch.
 
-    cls_logits [N, A, C], reg [N, A, 4 or 4*(reg_max+1)], centerness [N, A, 1], anchors [A, 4],
-    strides [A], matched [N, A] (GT index per anchor, -1 background), per-image GT boxes/labels.
-    Normalisation as in the authors' mmdet ATSSHead: focal and centerness losses / max(1, num_pos);
-    GIoU weighted by the centerness targets and divided by max(1, sum of those targets).
+    outputs: cls_logits [N, A, C], bbox_reg [N, A, cfg.reg_channels], centerness [N, A, 1];
+    anchors [A, 4], strides [A], matched [N, A] (GT index per anchor, -1 background), per-image GT
+    boxes/labels. cfg gives the loss weights (focal_alpha/gamma, giou_weight, dfl_weight), LAreg or
+    not and reg_max. Normalisation as in the authors' mmdet ATSSHead: focal and centerness losses
+    / max(1, num_pos); GIoU weighted by the centerness targets and divided by max(1, sum of those).
     """
+    cls_logits, reg, centerness = outputs
     num_images, num_anchors, num_classes = cls_logits.shape
     cls_targets = torch.zeros_like(cls_logits)
     pos_anchor, pos_gt, pos_img, pos_strides = [], [], [], []
@@ -70,13 +66,15 @@ def atss_losses(
     num_pos = sum(p.numel() for p in pos_img)
     norm = max(1.0, float(num_pos))
     loss_cls = (
-        sigmoid_focal_loss(cls_logits, cls_targets, alpha=focal_alpha, gamma=focal_gamma, reduction="sum")
+        sigmoid_focal_loss(
+            cls_logits, cls_targets, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma, reduction="sum"
+        )
         / norm
     )
     if num_pos == 0:
         zero = reg.sum() * 0.0 + centerness.sum() * 0.0
         losses = {"loss_cls": loss_cls, "loss_bbox": zero, "loss_centerness": zero}
-        if la_mode == "reg":
+        if cfg.la_reg:
             losses["loss_dfl"] = zero
         return losses
 
@@ -85,8 +83,8 @@ def atss_losses(
     r = reg.reshape(-1, reg.shape[-1])[flat]
     ctr_logit = centerness.reshape(-1)[flat]
     ctr_t = centerness_targets(a, g)
-    if la_mode == "reg":
-        coder = DistanceBinCoder(reg_max)
+    if cfg.la_reg:
+        coder = DistanceBinCoder(cfg.reg_max)
         pred_boxes = coder.decode(a, r, s)
     else:
         pred_boxes = DeltaXYWHBoxCoder().decode(a, r)
@@ -94,12 +92,12 @@ def atss_losses(
     giou = generalized_box_iou_loss(pred_boxes, g, reduction="none")
     losses = {
         "loss_cls": loss_cls,
-        "loss_bbox": giou_weight * (giou * ctr_t).sum() / ctr_sum,
+        "loss_bbox": cfg.giou_weight * (giou * ctr_t).sum() / ctr_sum,
         "loss_centerness": F.binary_cross_entropy_with_logits(ctr_logit, ctr_t, reduction="sum") / norm,
     }
-    if la_mode == "reg":
+    if cfg.la_reg:
         # GFL: DFL over the 4 sides, weighted by the quality target, averaged over 4 sides x weight sum
         target = coder.target_distances(a, g, s)  # [K, 4]
-        dfl = distribution_focal_loss(r.reshape(-1, reg_max + 1), target.reshape(-1)).reshape(-1, 4)
-        losses["loss_dfl"] = dfl_weight * (dfl * ctr_t[:, None]).sum() / (4.0 * ctr_sum)
+        dfl = distribution_focal_loss(r.reshape(-1, cfg.reg_max + 1), target.reshape(-1)).reshape(-1, 4)
+        losses["loss_dfl"] = cfg.dfl_weight * (dfl * ctr_t[:, None]).sum() / (4.0 * ctr_sum)
     return losses

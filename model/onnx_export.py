@@ -46,16 +46,16 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 class ExportableDetector(nn.Module):
     """``forward(batch) == detector.forward_raw(batch)`` (pseudo-label LA loop) without autograd.
 
-    batch: normalised padded [N, 3, H, W]. Returns (cls_logits [N, A, C], reg [N, A, R],
-    centerness [N, A, 1]) and, with ``debug_la``, the LA weights of every level flattened and
-    concatenated: la_w1 [N, ch, sum(h*w)] (and la_w2 for LAcls).
+    batch: normalised padded [N, 3, H, W]. Returns the fields of ``HeadOutputs`` as a plain tuple
+    (cls_logits [N, A, C], bbox_reg [N, A, R], centerness [N, A, 1]) and, with ``debug_la``, the LA
+    weights of every level flattened and concatenated: la_w1 [N, ch, sum(h*w)] (and la_w2 for LAcls).
     """
 
     def __init__(self, detector: nn.Module, debug_la: bool = False):
         super().__init__()
         self.detector = detector
         self.cfg: DetectorConfig = detector.cfg
-        self.debug_la = debug_la and self.cfg.la_mode != "none"
+        self.debug_la = debug_la and self.cfg.uses_la
         head = detector.head
         # kernels frozen at construction: export right after building this wrapper
         self._cls_tower = ExplicitTower(head.cls_convs, head.atss_cls, freeze_kernels=True)
@@ -63,7 +63,7 @@ class ExportableDetector(nn.Module):
 
     def la_weights(self, x: Tensor, level: int) -> list[Tensor]:
         """[w1, w2] (LAcls) or [w1] (LAreg) for one level's head input, pseudo-labels (Sec. IV-D)."""
-        if self.cfg.la_mode == "cls":
+        if self.cfg.la_cls:
             g1, g2 = la_cls_grads(x, self._cls_tower)
             return [torch.sigmoid(g1), torch.sigmoid(g2)]
         # LAreg's first prediction is one regression-tower pass, the per-level Scale applied to the
@@ -75,7 +75,7 @@ class ExportableDetector(nn.Module):
     def forward(self, batch: Tensor):
         head, cfg = self.detector.head, self.cfg
         feats = self.detector.backbone(batch)
-        if cfg.la_mode == "none":
+        if not cfg.uses_la:
             per_level = head.forward_plain(feats)
             weights: list[list[Tensor]] = []
         else:
@@ -84,19 +84,10 @@ class ExportableDetector(nn.Module):
                 w = self.la_weights(x, level)
                 weights.append(w)
                 x_new = reweight(x, w, cfg.la_coeffs)  # Eq. 7
-                reg, ctr = head.reg_outputs(x_new, level, repeat=cfg.reg_tower_repeat)
-                per_level.append((head.cls_logits(x_new), reg, ctr))
+                per_level.append(head.level_outputs(x_new, level, repeat=cfg.reg_tower_repeat))
         n = batch.shape[0]
-
-        def flat(t: Tensor, k: int) -> Tensor:  # [N, K, H, W] -> [N, H*W, K], as ATSSDetector.forward_raw
-            # k is a Python int, so the exported graph has a static channel axis that consumers can check
-            return t.permute(0, 2, 3, 1).reshape(n, -1, k)
-
-        outputs = (
-            torch.cat([flat(c, head.atss_cls.out_channels) for c, _, _ in per_level], dim=1),
-            torch.cat([flat(r, head.atss_reg.out_channels) for _, r, _ in per_level], dim=1),
-            torch.cat([flat(c, 1) for _, _, c in per_level], dim=1),
-        )
+        # the same flattening as ATSSDetector.forward_raw; a plain tuple for the tracer
+        outputs = tuple(head.flatten_levels(per_level, n))
         if self.debug_la:
             ch = cfg.fpn_channels
             for k in range(len(weights[0])):
@@ -106,8 +97,8 @@ class ExportableDetector(nn.Module):
 
 def output_names(cfg: DetectorConfig, debug_la: bool = False) -> list[str]:
     names = list(OUTPUT_NAMES)
-    if debug_la and cfg.la_mode != "none":
-        names += list(DEBUG_OUTPUT_NAMES[: 2 if cfg.la_mode == "cls" else 1])
+    if debug_la and cfg.uses_la:
+        names += list(DEBUG_OUTPUT_NAMES[: 2 if cfg.la_cls else 1])
     return names
 
 

@@ -8,31 +8,31 @@ from torchvision.ops import batched_nms
 
 from xscreen.model.anchors import anchor_strides
 from xscreen.model.box_coder import DeltaXYWHBoxCoder, DistanceBinCoder
+from xscreen.model.config import DetectorConfig
+from xscreen.model.head import HeadOutputs
 
 
 def postprocess_detections(
-    cls_logits: Tensor,
-    reg: Tensor,
-    centerness: Tensor,
+    outputs: HeadOutputs,
     anchors: Tensor,
     num_anchors_per_level: list[int],
     image_sizes: list[tuple[int, int]],
     original_sizes: list[tuple[int, int]],
-    cfg,
+    cfg: DetectorConfig,
 ) -> list[dict[str, Tensor]]:
     """Raw head outputs -> one {boxes, scores, labels} per image, boxes in ``original_sizes`` pixels.
 
-    cls_logits [N, A, C], reg [N, A, 4] deltas (or [N, A, 4*(reg_max+1)] bin logits when
-    cfg.la_mode == "reg"), centerness [N, A, 1], anchors [A, 4] for the padded batch,
+    outputs: cls_logits [N, A, C], bbox_reg [N, A, 4] deltas (or [N, A, 4*(reg_max+1)] bin logits
+    for LAreg, cfg.la_reg), centerness [N, A, 1]; anchors [A, 4] for the padded batch,
     image_sizes: (h, w) each image had inside the padded batch, original_sizes: (h, w) of the input.
     Per level the top ``nms_pre`` locations by max class score x centerness; boxes decoded and clipped
     to the resized image; score threshold on the class score, final score = score x centerness
     (mmdet multiclass_nms with score_factors); class-wise NMS; at most ``max_dets``; rescaled.
     """
     cls_logits, reg, centerness, anchors = (
-        cls_logits.float(),
-        reg.float(),
-        centerness.float(),
+        outputs.cls_logits.float(),
+        outputs.bbox_reg.float(),
+        outputs.centerness.float(),
         anchors.float(),
     )
     strides = anchor_strides(num_anchors_per_level, anchors.device)
@@ -52,7 +52,7 @@ def postprocess_detections(
                 keep_idx.append(torch.arange(start, start + n, device=anchors.device))
             start += n
         idx = torch.cat(keep_idx)
-        if cfg.la_mode == "reg":
+        if cfg.la_reg:
             boxes = bin_coder.decode(anchors[idx], reg[i, idx], strides[idx])
         else:
             boxes = delta_coder.decode(anchors[idx], reg[i, idx])

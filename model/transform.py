@@ -62,6 +62,29 @@ def network_image(image, min_size: int = 800, max_size: int = 1333) -> Tensor:
     return normalize(t)
 
 
+def padded_size(height: int, width: int, size_divisor: int = 32) -> tuple[int, int]:
+    """(h, w) rounded up to multiples of ``size_divisor``: the size ``pad_batch`` gives an image."""
+    return (
+        int(math.ceil(height / size_divisor) * size_divisor),
+        int(math.ceil(width / size_divisor) * size_divisor),
+    )
+
+
+def group_by_padded_size(shapes, size_divisor: int = 32) -> list[list[int]]:
+    """Indices of images that pad to the same size, grouped: one sub-batch per padded size.
+
+    ``shapes``: per image a shape or size whose last two entries are (h, w), e.g. ``tensor.shape``
+    of a [3, H, W] image. Groups come in order of first appearance, indices ascending inside each.
+    Inference runs each group as one batch, so a scan's result does not depend on its neighbours
+    (GroupNorm statistics and border features would otherwise see their extra padding).
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, shape in enumerate(shapes):
+        key = padded_size(int(shape[-2]), int(shape[-1]), size_divisor)
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
 def pad_batch(images: list[Tensor], size_divisor: int = 32) -> tuple[Tensor, list[tuple[int, int]]]:
     """Stack [3, H_i, W_i] images into [N, 3, H, W], zero-padded bottom/right to a multiple of 32.
 
@@ -70,8 +93,7 @@ def pad_batch(images: list[Tensor], size_divisor: int = 32) -> tuple[Tensor, lis
     if not images:
         raise ValueError("pad_batch needs at least one image")
     sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-    max_h = int(math.ceil(max(h for h, _ in sizes) / size_divisor) * size_divisor)
-    max_w = int(math.ceil(max(w for _, w in sizes) / size_divisor) * size_divisor)
+    max_h, max_w = padded_size(max(h for h, _ in sizes), max(w for _, w in sizes), size_divisor)
     batch = images[0].new_zeros((len(images), images[0].shape[0], max_h, max_w))
     for i, im in enumerate(images):
         batch[i, :, : im.shape[-2], : im.shape[-1]].copy_(im)

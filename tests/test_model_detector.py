@@ -7,8 +7,10 @@ import torch
 
 from xscreen.model import ConfigError, build_detector, load_config
 from xscreen.model.config import available_configs
-from xscreen.model.detector import TIMING_KEYS, DetectorInputError
+from xscreen.model.detector import DetectorInputError
+from xscreen.model.head import HeadOutputs
 from xscreen.model.postprocess import postprocess_detections
+from xscreen.model.timing import MODEL_STAGES
 
 
 def _tiny(name="small_lacls", **kw):
@@ -91,7 +93,8 @@ def test_postprocess_maps_boxes_to_input_pixels_and_applies_thresholds():
     cls[0, k + 1, 7] = 0.5  # other class at the same place survives class-wise NMS
     cls[0, k + 2, 1] = -3.0  # sigmoid 0.047 < 0.05 -> dropped
     # resized image 60x90 inside the padded 64x96 batch; the input scan was 120x180
-    (det,) = postprocess_detections(cls, reg, ctr, anchors, per_level, [(60, 90)], [(120, 180)], cfg)
+    outputs = HeadOutputs(cls, reg, ctr)
+    (det,) = postprocess_detections(outputs, anchors, per_level, [(60, 90)], [(120, 180)], cfg)
     assert det["labels"].tolist() == [3, 7]
     c = torch.sigmoid(torch.tensor(10.0))
     torch.testing.assert_close(det["scores"], torch.sigmoid(torch.tensor([2.0, 0.5])) * c)
@@ -134,7 +137,7 @@ def test_eval_contract_timings_and_inference_mode():
     timings = {}
     with torch.inference_mode():
         (det,) = model.predict(images, timings)
-    assert set(timings) == set(TIMING_KEYS) and all(v >= 0 for v in timings.values())
+    assert set(timings) == set(MODEL_STAGES) and all(v >= 0 for v in timings.values())
     assert timings["la_grad"] > 0 and timings["head_second"] > 0
     assert det["boxes"].shape[1] == 4 and len(det["boxes"]) == len(det["scores"]) == len(det["labels"]) > 0
     assert det["boxes"][:, 2].max() <= 200 and det["boxes"][:, 3].max() <= 150  # input pixels

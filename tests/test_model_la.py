@@ -3,9 +3,13 @@
 import pytest
 import torch
 
-from xscreen.model import build_detector, load_config
+from xscreen.model import DetectorConfig, build_detector, load_config
 from xscreen.model.head import ATSSHead
 from xscreen.model.label_aware import label_aware_forward, label_aware_weights
+
+
+def _la_cfg(coeffs=(1.0, 1.0, 1.0), reg_tower_repeat: int = 2) -> DetectorConfig:
+    return DetectorConfig(name="la_test", la_mode="cls", la_coeffs=coeffs, reg_tower_repeat=reg_tower_repeat)
 
 
 def _head(num_classes: int, reg_channels: int = 4) -> ATSSHead:
@@ -92,26 +96,26 @@ def test_second_prediction_follows_eq7_and_repeats_the_regression_tower():
     head, feats = _head(4), _feats()
     coeffs = (1.0, 1.0, 1.0)
     w1, w2 = label_aware_weights(head, feats, "cls")
-    out = label_aware_forward(head, feats, "cls", coeffs, reg_tower_repeat=2)
+    out = label_aware_forward(head, feats, _la_cfg(coeffs, reg_tower_repeat=2))
     for level, (x, (cls, reg, ctr)) in enumerate(zip(feats, out, strict=True)):
         x_new = x + w1[level] * x - w2[level] * x
         feat = head.reg_convs(head.reg_convs(x_new))  # regression tower applied twice (paper Sec. IV-B)
         torch.testing.assert_close(cls, head.atss_cls(head.cls_convs(x_new)))
         torch.testing.assert_close(reg, head.scales[level](head.atss_reg(feat)))
         torch.testing.assert_close(ctr, head.atss_centerness(feat))
-    once = label_aware_forward(head, feats, "cls", coeffs, reg_tower_repeat=1)
-    assert not torch.allclose(once[0][1], out[0][1])  # the switch changes the regression output
+    once = label_aware_forward(head, feats, _la_cfg(coeffs, reg_tower_repeat=1))
+    assert not torch.allclose(once[0].bbox_reg, out[0].bbox_reg)  # the switch changes the regression output
 
 
 def test_la_under_inference_mode_and_no_grad():
     head, feats = _head(4), _feats()
-    ref = label_aware_forward(head, feats, "cls", (1.0, 1.0, 1.0), 2)
+    ref = label_aware_forward(head, feats, _la_cfg())
     with torch.inference_mode():
         inf_feats = [f.clone() for f in feats]
         assert inf_feats[0].is_inference()
-        got = label_aware_forward(head, inf_feats, "cls", (1.0, 1.0, 1.0), 2)
+        got = label_aware_forward(head, inf_feats, _la_cfg())
     with torch.no_grad():
-        got2 = label_aware_forward(head, feats, "cls", (1.0, 1.0, 1.0), 2)
+        got2 = label_aware_forward(head, feats, _la_cfg())
     for a, b, c in zip(ref, got, got2, strict=True):
         for t_ref, t_inf, t_ng in zip(a, b, c, strict=True):
             assert torch.equal(t_ref.detach(), t_inf) and torch.equal(t_ref.detach(), t_ng)

@@ -34,7 +34,7 @@ def load(weights: Path, data: Path, split: str):
     from xscreen.training.dataset import CocoDetection
 
     model, _ = load_weights(weights)
-    if model.cfg.la_mode == "none":
+    if not model.cfg.uses_la:
         raise XscreenError(f"{weights}: an ATSS model without LA has no label source to probe")
     return model.eval(), CocoDetection(data, split, class_names=model.cfg.class_names)
 
@@ -84,7 +84,7 @@ def weight_stats(model, ds, images: int) -> list[dict[str, float]]:
     from xscreen.model.transform import pad_batch
     from xscreen.scans import read_converted
 
-    if model.cfg.la_mode != "cls":
+    if not model.cfg.la_cls:
         return []
     acc: list[dict[str, list[float]]] = []
     with torch.inference_mode():

@@ -8,9 +8,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from xscreen.errors import XscreenError
-
-# Stage names reported by backends (model/detector.py ``predict(timings=...)`` keys).
-MODEL_STAGES = ("preprocess", "backbone_fpn", "head_first", "la_grad", "head_second", "postprocess")
+from xscreen.model.timing import MODEL_STAGES as MODEL_STAGES  # the stage names backends report
 
 
 class BackendError(XscreenError):

@@ -9,10 +9,8 @@ The CUDA execution provider is used only when both torch and onnxruntime see a G
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -171,7 +169,7 @@ class OnnxBackend:
         cfg = meta.config
         expected = {
             "cls_logits": cfg.num_classes,
-            "bbox_reg": 4 * (cfg.reg_max + 1) if cfg.la_mode == "reg" else 4,
+            "bbox_reg": cfg.reg_channels,
             "centerness": 1,
         }
         for name, channels in expected.items():
@@ -188,7 +186,7 @@ class OnnxBackend:
         Same steps as ``ATSSDetector.predict``: resize_to_fit, normalize, sub-batches of equal padded
         size (a scan's result must not depend on its batch neighbours), pad_batch.
         """
-        from xscreen.model.transform import network_image, pad_batch
+        from xscreen.model.transform import group_by_padded_size, network_image, pad_batch
 
         originals, resized = [], []
         for i, im in enumerate(images):
@@ -197,11 +195,8 @@ class OnnxBackend:
                 raise BackendError(f"image {i}: expected a converted [H, W, 3] array, got {shape}")
             originals.append((int(im.shape[0]), int(im.shape[1])))
             resized.append(network_image(im, self.cfg.min_size, self.cfg.max_size))
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for i, t in enumerate(resized):
-            groups[(math.ceil(t.shape[-2] / 32) * 32, math.ceil(t.shape[-1] / 32) * 32)].append(i)
         batches = []
-        for idx in groups.values():
+        for idx in group_by_padded_size([t.shape for t in resized]):
             batch, sizes = pad_batch([resized[i] for i in idx])
             batches.append((idx, batch, sizes))
         return batches, originals
@@ -214,6 +209,7 @@ class OnnxBackend:
         import torch
 
         from xscreen.model.anchors import feature_sizes, generate_anchors
+        from xscreen.model.head import HeadOutputs
         from xscreen.model.postprocess import postprocess_detections
 
         timings = {"preprocess": 0.0, "network": 0.0, "postprocess": 0.0}
@@ -230,9 +226,7 @@ class OnnxBackend:
                 anchors, per_level = generate_anchors(feature_sizes(*batch.shape[-2:]))
                 with torch.no_grad():
                     dets = postprocess_detections(
-                        torch.from_numpy(cls),
-                        torch.from_numpy(reg),
-                        torch.from_numpy(ctr),
+                        HeadOutputs(torch.from_numpy(cls), torch.from_numpy(reg), torch.from_numpy(ctr)),
                         anchors,
                         per_level,
                         sizes,
