@@ -246,3 +246,51 @@ def test_dockerfile_installs_the_lock_then_the_project_without_deps():
     project = text.index("pip install --no-deps")
     assert lock < code < project  # a code change does not reinstall the dependencies
     assert text.index("COPY requirements/service.txt") < lock and "COPY pyproject.toml" not in text[:lock]
+
+
+# --- image digests ----------------------------------------------------------------------------------------
+
+PINNED = re.compile(r"[a-z0-9][a-z0-9./_-]*:[A-Za-z0-9._-]+@sha256:[0-9a-f]{64}")
+
+
+def test_every_pulled_image_is_pinned_by_digest():
+    text = (REPO / "Dockerfile").read_text()
+    (base,) = re.findall(r"^FROM (\S+)", text, re.M)
+    assert PINNED.fullmatch(base)
+    import yaml
+
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    for name, svc in compose.items():
+        if "build" not in svc:  # the detector is built here
+            assert PINNED.fullmatch(svc["image"]), name
+
+
+def test_update_digests_rewrites_only_the_pins_that_moved(tmp_path):
+    """deploy/update-digests.sh with a stand-in `crane` (no registry here) that moved one tag."""
+    for name in ("Dockerfile", "docker-compose.yml", "deploy/update-digests.sh"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text((REPO / name).read_text())
+    pins = {
+        m.split("@")[0]: m.split("@")[1]
+        for m in PINNED.findall((tmp_path / "docker-compose.yml").read_text())
+    }
+    pins.update(m.split("@") for m in PINNED.findall((tmp_path / "Dockerfile").read_text()))
+    moved = "grafana/grafana:12.1.1"
+    new = "sha256:" + "1" * 64
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    cases = "".join(f'  "{image}") echo {digest} ;;\n' for image, digest in {**pins, moved: new}.items())
+    (bin_dir / "crane").write_text(f'#!/bin/sh\n[ "$1" = digest ] || exit 9\ncase "$2" in\n{cases}esac\n')
+    (bin_dir / "crane").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    script = ["bash", str(tmp_path / "deploy" / "update-digests.sh")]
+    check = subprocess.run([*script, "--check"], capture_output=True, text=True, env=env)
+    assert check.returncode == 1, check.stderr
+    assert f"changed {moved}: {pins[moved]} -> {new}" in check.stdout
+    assert check.stdout.count("ok ") == len(pins) - 1
+    assert (tmp_path / "docker-compose.yml").read_text() == (REPO / "docker-compose.yml").read_text()
+    update = subprocess.run(script, capture_output=True, text=True, env=env)
+    assert update.returncode == 0, update.stderr
+    compose = (tmp_path / "docker-compose.yml").read_text()
+    assert f"{moved}@{new}" in compose and pins[moved] not in compose
+    assert (tmp_path / "Dockerfile").read_text() == (REPO / "Dockerfile").read_text()
