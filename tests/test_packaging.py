@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -257,8 +258,6 @@ def test_every_pulled_image_is_pinned_by_digest():
     text = (REPO / "Dockerfile").read_text()
     (base,) = re.findall(r"^FROM (\S+)", text, re.M)
     assert PINNED.fullmatch(base)
-    import yaml
-
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
     for name, svc in compose.items():
         if "build" not in svc:  # the detector is built here
@@ -270,11 +269,8 @@ def test_update_digests_rewrites_only_the_pins_that_moved(tmp_path):
     for name in ("Dockerfile", "docker-compose.yml", "deploy/update-digests.sh"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text((REPO / name).read_text())
-    pins = {
-        m.split("@")[0]: m.split("@")[1]
-        for m in PINNED.findall((tmp_path / "docker-compose.yml").read_text())
-    }
-    pins.update(m.split("@") for m in PINNED.findall((tmp_path / "Dockerfile").read_text()))
+    texts = (tmp_path / "docker-compose.yml").read_text() + (tmp_path / "Dockerfile").read_text()
+    pins = dict(m.split("@") for m in PINNED.findall(texts))
     moved = "grafana/grafana:12.1.1"
     new = "sha256:" + "1" * 64
     bin_dir = tmp_path / "bin"
