@@ -21,11 +21,11 @@ class SettingsError(XscreenError):
 
 
 def bundled_weights_path() -> Path:
-    """The demo weights shipped inside the installed ``model`` package (small_lacls, synthetic scans).
+    """The demo weights shipped inside the installed ``xscreen.model`` package (small_lacls, synthetic scans).
 
     Located through the import system without importing ``model`` (which would pull in torch).
     """
-    spec = importlib.util.find_spec("model")
+    spec = importlib.util.find_spec("xscreen.model")
     if spec is None or not spec.submodule_search_locations:
         return Path("model") / "weights" / BUNDLED_WEIGHTS_NAME
     return Path(next(iter(spec.submodule_search_locations))) / "weights" / BUNDLED_WEIGHTS_NAME

@@ -9,6 +9,7 @@ import sys
 
 from xscreen import __version__
 from xscreen.errors import XscreenError
+from xscreen.extras import COMMAND_EXTRAS, extra_providing, missing_extra_message, missing_modules
 
 # Subcommand name -> (module, one-line help). Each module provides ``add_arguments(parser)``
 # (fills the subparser) and ``run(args) -> int``. Only the chosen command's module is imported,
@@ -59,7 +60,13 @@ def _command_in(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser, module = build_parser(_command_in(argv))
+    command = _command_in(argv)
+    # A command whose extra is not installed stops here, before its module is imported.
+    extra = COMMAND_EXTRAS.get(command or "")
+    if extra and (missing := missing_modules(extra)):
+        print(f"xscreen {command}: error: {missing_extra_message(extra, missing)}", file=sys.stderr)
+        return 2
+    parser, module = build_parser(command)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -72,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except XscreenError as exc:
         print(f"xscreen {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # an optional path of a command, e.g. eval --onnx without onnxruntime
+        if (extra := extra_providing(exc.name)) is None:
+            raise
+        print(f"xscreen {args.command}: error: {missing_extra_message(extra, exc.name)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"xscreen {args.command}: interrupted", file=sys.stderr)

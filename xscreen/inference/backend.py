@@ -114,12 +114,14 @@ def make_backend(settings: BackendSettings) -> InferenceBackend:
     if settings.backend == "onnxruntime":
         if settings.onnx_path is None:
             raise BackendError("backend 'onnxruntime' needs onnx_path (XSCREEN_ONNX_PATH)")
-        try:
-            from xscreen.inference.onnx_backend import (
-                OnnxBackend,
-            )  # written by the ONNX export work (issue 6)
-        except ImportError as exc:
-            raise BackendError(f"the onnxruntime backend is not available: {exc}") from None
+        import importlib.util
+
+        from xscreen.extras import missing_extra_message
+
+        if importlib.util.find_spec("onnxruntime") is None:  # an optional extra (xscreen/extras.py)
+            raise BackendError(f"backend 'onnxruntime' {missing_extra_message('onnx', 'onnxruntime')}")
+        from xscreen.inference.onnx_backend import OnnxBackend
+
         return OnnxBackend(
             settings.onnx_path,
             settings.device,
