@@ -201,12 +201,12 @@ def test_missing_or_wrong_secrets_get_one_clear_line_each(tmp_path):
     (secrets / "alertmanager_webhook_token.txt").mkdir()  # what an old compose leaves for a missing file
     os.chown(secrets / "api_keys.txt", 1234, -1)
     subprocess.run(
-        ["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "other.pem"],
+        ["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "o.pem"],
         cwd=secrets,
         check=True,
         capture_output=True,
     )
-    os.replace(secrets / "other.pem", secrets / "tls_key.pem")
+    os.replace(secrets / "o.pem", secrets / "tls_key.pem")
     proc = _check_secrets(secrets)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
