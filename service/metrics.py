@@ -32,6 +32,7 @@ REJECT_REASONS = ("queue_full", "deadline")
 SCAN_ROUTES = ("/detect", "/render")
 SCAN_STATUSES = ("200", "500", "503", "504")
 PREPARE_STAGES = ("decode", "convert")
+BACKEND_STAGES = ("transfer",)  # what the torch backend times around the model's own MODEL_STAGES
 # ``*_created`` series only clutter the exposition (they are not needed by PromQL rate()).
 disable_created_metrics()
 
@@ -106,7 +107,7 @@ class ServiceMetrics:
             self.rejected.labels(reason=reason)
         for name in CLASS_NAMES:
             self.detections.labels(class_name=name)
-        for stage in PREPARE_STAGES + tuple(MODEL_STAGES):
+        for stage in PREPARE_STAGES + tuple(MODEL_STAGES) + BACKEND_STAGES:
             self.stage_seconds.labels(stage=stage)
         for route in SCAN_ROUTES:
             for status in SCAN_STATUSES:
