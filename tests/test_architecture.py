@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -129,6 +130,7 @@ def test_a_fresh_install_has_xscreen_and_no_generic_names(tmp_path):
         "    raise SystemExit(f'{name} is importable')\n"
         "print(xscreen.model.__file__)\n"
     )
-    proc = subprocess.run([str(py), "-c", probe], cwd=outside, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # only the venv's own site-packages
+    proc = subprocess.run([str(py), "-c", probe], cwd=outside, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().startswith(site)

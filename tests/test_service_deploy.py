@@ -1,23 +1,55 @@
-"""Deployment files agree with the service: Dockerfile lint, compose vs Settings, Prometheus, Grafana."""
+"""Deployment files agree with the service: Dockerfile lint, compose vs Settings and the Compose schema,
+the TLS proxy, the secrets recipe and its check, Prometheus, Grafana."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from xscreen.service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 HADOLINT = str(Path(sys.executable).with_name("hadolint"))
+CHECK_JSONSCHEMA = str(Path(sys.executable).with_name("check-jsonschema"))
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 DETECTOR = COMPOSE["services"]["detector"]
 ENV = DETECTOR["environment"]
 PORT = int(ENV["XSCREEN_PORT"])
+SECRETS_README = REPO / "deploy" / "secrets" / "README.md"
+CHECK_SECRETS = REPO / "deploy" / "check-secrets.sh"
+CADDYFILE = REPO / "deploy" / "caddy" / "Caddyfile"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# uid of the process that reads each compose secret (images: caddy root, xscreen 10001, Prometheus and
+# Alertmanager nobody, Grafana 472)
+SECRET_READERS = {
+    "tls_cert": 0,
+    "tls_key": 0,
+    "xscreen_api_keys": 10001,
+    "xscreen_metrics_key": 65534,
+    "grafana_admin_password": 472,
+    "alertmanager_smtp_password": 65534,
+    "alertmanager_webhook_token": 65534,
+}
+
+
+def tool(name: str, package: str) -> str:
+    """The tool's path; under CI a missing tool fails the test (.ci/run installs it), elsewhere it skips."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} not found (Debian package {package}; .ci/run installs it)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
 
 
 def test_dockerfile_passes_hadolint():
@@ -52,8 +84,150 @@ def test_compose_environment_is_made_of_real_settings():
     assert s.host == "0.0.0.0" and s.port == PORT and s.protect_metrics is True
 
 
-def test_compose_ports_volumes_secrets_health():
-    assert f"{PORT}:{PORT}" in DETECTOR["ports"]
+def test_compose_validates_against_the_compose_specification(tmp_path):
+    assert Path(CHECK_JSONSCHEMA).exists(), "check-jsonschema missing: pip install -e '.[dev]'"
+    proc = subprocess.run(
+        [CHECK_JSONSCHEMA, "--builtin-schema", "vendor.compose-spec", str(REPO / "docker-compose.yml")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # and the check is real: a misspelt key is refused
+    broken = (REPO / "docker-compose.yml").read_text().replace("stop_grace_period:", "stop_grace_periode:")
+    (tmp_path / "compose.yml").write_text(broken)
+    proc = subprocess.run(
+        [CHECK_JSONSCHEMA, "--builtin-schema", "vendor.compose-spec", str(tmp_path / "compose.yml")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1 and "stop_grace_periode" in proc.stdout + proc.stderr
+
+
+def test_only_the_tls_proxy_is_published():
+    published = {name for name, svc in COMPOSE["services"].items() if svc.get("ports")}
+    assert published == {"proxy"}
+    assert COMPOSE["services"]["proxy"]["ports"] == ["443:443"]
+    assert COMPOSE["networks"]["internal"]["internal"] is True
+    for name in ("detector", "prometheus", "alertmanager", "grafana", "dcgm-exporter"):
+        assert "internal" in COMPOSE["services"][name]["networks"], name
+    # only the proxy reaches the published network; only Alertmanager has a way out (mail, webhook)
+    for name, svc in COMPOSE["services"].items():
+        outside = set(svc["networks"]) - {"internal"}
+        assert outside == {"proxy": {"edge"}, "alertmanager": {"egress"}}.get(name, set()), name
+        assert not any(COMPOSE["networks"][n].get("internal") for n in outside), name
+    proxy = COMPOSE["services"]["proxy"]
+    assert re.fullmatch(r"caddy:\d+\.\d+\.\d+-alpine(@sha256:[0-9a-f]{64})?", proxy["image"])
+    assert "./deploy/caddy/Caddyfile:/etc/caddy/Caddyfile:ro" in proxy["volumes"]
+    assert set(proxy["secrets"]) == {"tls_cert", "tls_key"}
+    # every image is pinned to a version (no latest, no bare name)
+    for name, svc in COMPOSE["services"].items():
+        assert re.search(r":[\w.-]*\d[\w.-]*(@sha256:[0-9a-f]{64})?$", svc["image"]), (name, svc["image"])
+
+
+def test_caddyfile_routes_the_api_and_grafana_with_the_secret_certificate():
+    text = CADDYFILE.read_text()
+    assert "tls {$XSCREEN_TLS_CERT:/run/secrets/tls_cert} {$XSCREEN_TLS_KEY:/run/secrets/tls_key}" in text
+    assert re.search(r"handle /grafana\* \{\s*reverse_proxy grafana:3000", text)
+    assert re.search(r"handle \{\s*reverse_proxy detector:8000", text)
+    assert re.search(r'handle /metrics\* \{\s*respond "not found" 404', text)
+    grafana = COMPOSE["services"]["grafana"]["environment"]
+    assert grafana["GF_SERVER_SERVE_FROM_SUB_PATH"] == "true"
+    assert grafana["GF_SERVER_ROOT_URL"].endswith("/grafana/")
+
+
+def _caddy_validate(tmp_path: Path, cert: Path, key: Path) -> subprocess.CompletedProcess:
+    caddy = tool("caddy", "caddy")
+    env = dict(os.environ, HOME=str(tmp_path), XDG_DATA_HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path))
+    env.update(XSCREEN_TLS_CERT=str(cert), XSCREEN_TLS_KEY=str(key))
+    return subprocess.run(
+        [caddy, "validate", "--config", str(CADDYFILE), "--adapter", "caddyfile"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def _make_secrets(tmp_path: Path) -> Path:
+    """Run every sh block of deploy/secrets/README.md, in order, in an empty secrets folder (as root, the
+    ``sudo`` prefix dropped): the recipe a site follows."""
+    if os.geteuid() != 0:
+        pytest.skip("the recipe's chown needs root")
+    blocks = re.findall(r"```sh\n(.*?)```", SECRETS_README.read_text(), re.S)
+    assert len(blocks) >= 3
+    script = "set -eu\n" + "\n".join(blocks).replace("sudo ", "")
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "XSCREEN_SITE_HOST"}
+    proc = subprocess.run(["sh", "-c", script], cwd=secrets, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return secrets
+
+
+def _check_secrets(secrets: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", str(CHECK_SECRETS), str(secrets)], capture_output=True, text=True)
+
+
+def test_secrets_recipe_creates_every_compose_secret_readable_by_its_container(tmp_path):
+    secrets = _make_secrets(tmp_path)
+    files = {name: Path(spec["file"]).name for name, spec in COMPOSE["secrets"].items()}
+    assert set(files) == set(SECRET_READERS)
+    assert {p.name for p in secrets.iterdir()} == set(files.values())
+    for name, filename in files.items():
+        st = (secrets / filename).stat()
+        assert st.st_size > 0
+        assert st.st_uid == SECRET_READERS[name], (filename, st.st_uid)
+        assert st.st_mode & stat.S_IRUSR
+        # nobody else may read a key or password (the certificate is public)
+        assert bool(st.st_mode & stat.S_IROTH) == (name == "tls_cert"), (filename, oct(st.st_mode))
+    keys = (secrets / "api_keys.txt").read_text().split()
+    assert (secrets / "metrics_key.txt").read_text().strip() in keys
+    assert all(len(k) >= 16 for k in keys)
+    # every service mounts secrets that exist, and names each in the check script with its reader's uid
+    for name, svc in COMPOSE["services"].items():
+        assert set(svc.get("secrets", [])) <= set(files), name
+    listed = re.findall(r"^(\S+\.(?:pem|txt)) (\d+) (\S+) ", CHECK_SECRETS.read_text(), re.M)
+    assert {(secret, int(uid)) for _f, uid, secret in listed} == set(SECRET_READERS.items())
+    proc = _check_secrets(secrets)
+    assert proc.returncode == 0, proc.stderr
+    assert "all 7 secrets" in proc.stdout
+    # the proxy's configuration loads the recipe's certificate
+    proc = _caddy_validate(tmp_path, secrets / "tls_cert.pem", secrets / "tls_key.pem")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Valid configuration" in proc.stdout + proc.stderr
+
+
+def test_missing_or_wrong_secrets_get_one_clear_line_each(tmp_path):
+    secrets = _make_secrets(tmp_path)
+    (secrets / "grafana_admin_password.txt").unlink()
+    (secrets / "alertmanager_webhook_token.txt").unlink()
+    (secrets / "alertmanager_webhook_token.txt").mkdir()  # what an old compose leaves for a missing file
+    os.chown(secrets / "api_keys.txt", 1234, -1)
+    subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "o.pem"],
+        cwd=secrets,
+        check=True,
+        capture_output=True,
+    )
+    os.replace(secrets / "o.pem", secrets / "tls_key.pem")
+    proc = _check_secrets(secrets)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("check-secrets: 4 problem(s)")
+    text = "\n".join(lines)
+    assert f"{secrets}/grafana_admin_password.txt: missing (compose secret grafana_admin_password" in text
+    assert "deploy/secrets/README.md" in text
+    assert f"{secrets}/alertmanager_webhook_token.txt: is a directory" in text
+    assert f"{secrets}/api_keys.txt: not readable by uid 10001 (detector): sudo chown 10001" in text
+    assert f"{secrets}/tls_key.pem: does not match the certificate" in text
+    # Caddy's own refusal names the certificate file it cannot open
+    proc = _caddy_validate(tmp_path, secrets / "no_such_cert.pem", secrets / "tls_key.pem")
+    assert proc.returncode != 0
+    assert f"loading certificates: open {secrets}/no_such_cert.pem: no such file or directory" in proc.stderr
+
+
+def test_compose_volumes_secrets_health():
+    assert "ports" not in DETECTOR and str(PORT) in DETECTOR["expose"]
     weights_dir = [v for v in DETECTOR["volumes"] if v.endswith(":/weights:ro")]
     assert weights_dir and ENV["XSCREEN_WEIGHTS"].startswith("/weights/")
     host_dir = REPO / weights_dir[0].split(":")[0]
@@ -64,9 +238,10 @@ def test_compose_ports_volumes_secrets_health():
     assert f"127.0.0.1:{PORT}/readyz" in health
     gpu = DETECTOR["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
-    for name in ("prometheus", "grafana"):
+    assert ENV["XSCREEN_DEVICE"] == "cuda"  # no GPU: refuse to start rather than serve on CPU
+    for name in ("proxy", "prometheus", "alertmanager", "grafana"):
         svc = COMPOSE["services"][name]
-        assert svc["healthcheck"]["test"] and svc["ports"]
+        assert svc["healthcheck"]["test"]
         for volume in svc["volumes"]:
             source = volume.split(":")[0]
             if source.startswith("./"):
@@ -76,6 +251,18 @@ def test_compose_ports_volumes_secrets_health():
     # a graceful stop has time to finish in-flight requests
     grace = float(DETECTOR["stop_grace_period"].removesuffix("s"))
     assert grace > float(ENV["XSCREEN_GRACEFUL_TIMEOUT_S"])
+
+
+def test_gpu_profile_runs_the_dcgm_exporter_and_prometheus_scrapes_it():
+    dcgm = COMPOSE["services"]["dcgm-exporter"]
+    assert dcgm["profiles"] == ["gpu"]
+    assert re.fullmatch(r"nvcr\.io/nvidia/k8s/dcgm-exporter:[\w.-]+(@sha256:[0-9a-f]{64})?", dcgm["image"])
+    assert dcgm["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    prom = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "dcgm")
+    assert job["static_configs"][0]["targets"] == ["dcgm-exporter:9400"]
+    # every profile-less service starts without the GPU exporter
+    assert all("profiles" not in svc for name, svc in COMPOSE["services"].items() if name != "dcgm-exporter")
 
 
 def test_prometheus_scrapes_the_service():
@@ -107,8 +294,11 @@ def test_grafana_provisioning_and_dashboard():
     assert prov["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
     dash = json.loads((REPO / "deploy/grafana/dashboards/xscreen.json").read_text())
     titles = " ".join(p["title"] for p in dash["panels"]).lower()
-    for topic in ("latency", "throughput", "queue depth", "batch size", "errors by status"):
+    for topic in ("latency", "throughput", "queue depth", "batch size", "errors by status", "gpu", "memory"):
         assert topic in titles
+    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
+    for metric in ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "process_resident_memory_bytes"):
+        assert metric in exprs
     for panel in dash["panels"]:
         assert panel["datasource"]["uid"] == uid and panel["targets"]
         assert all(t["expr"] for t in panel["targets"])

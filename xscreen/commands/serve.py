@@ -81,8 +81,15 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(**_overrides(args))  # SettingsError -> one line, exit 2
     # Load (and sha256-check) the weights before binding: a bad file stops start-up with one line
     # (the CLI prints the XscreenError); JSON logging starts once the model is loaded.
-    backend = make_backend(settings)
+    backend = make_backend(settings)  # device 'cuda' without a usable GPU: one line, exit 2
     configure_logging(settings.log_level)
+    if settings.device == "auto" and backend.device != "cuda":
+        log.warning(
+            "XSCREEN_DEVICE=auto found no usable CUDA device: serving on %s (set XSCREEN_DEVICE=cuda to "
+            "refuse to start without a GPU)",
+            backend.device,
+            extra={"device": backend.device, "requested_device": settings.device},
+        )
     app = create_app(settings, backend)
     config = uvicorn.Config(
         app,

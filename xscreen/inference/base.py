@@ -44,16 +44,30 @@ class InferenceBackend(Protocol):
 
 
 def resolve_device(requested: str) -> str:
-    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; 'cuda' without a GPU is an error."""
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; 'cuda' without a usable GPU is an error.
+
+    Usable means torch reports a device and a one-element tensor can be put on it (a driver/runtime
+    mismatch passes ``is_available`` on some set-ups and fails only at the first allocation).
+    """
     import torch
 
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise BackendError("device 'cuda' requested but no CUDA device is available (use auto or cpu)")
-    if requested not in ("cuda", "cpu"):
+    if requested not in ("auto", "cuda", "cpu"):
         raise BackendError(f"unknown device {requested!r} (expected auto, cuda or cpu)")
-    return requested
+    if requested == "cpu":
+        return "cpu"
+    problem = None
+    if not torch.cuda.is_available():
+        problem = "no CUDA device is available"
+    else:
+        try:
+            torch.zeros(1, device="cuda")
+        except (RuntimeError, AssertionError) as exc:
+            problem = f"the CUDA device is not usable ({str(exc).splitlines()[0] if str(exc) else exc!r})"
+    if problem is None:
+        return "cuda"
+    if requested == "cuda":
+        raise BackendError(f"device 'cuda' requested but {problem} (use auto or cpu)")
+    return "cpu"
 
 
 def groups_for(class_names: tuple[str, ...]) -> tuple[str, ...]:
