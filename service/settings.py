@@ -87,8 +87,8 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, le=3600, description="per-request deadline -> 504")
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="whole request body limit")
     max_pixels: int = Field(25_000_000, ge=4, description="per image (width x height) limit")
-    formats: Annotated[list[Literal["png", "tiff", "npy", "raw"]], NoDecode] = Field(
-        default_factory=lambda: ["png", "tiff", "npy", "raw"],
+    formats: Annotated[list[Literal["png", "tiff", "npy", "raw", "dicom"]], NoDecode] = Field(
+        default_factory=lambda: ["png", "tiff", "npy", "raw", "dicom"],
         description="accepted scan encodings (comma-separated); others are answered 415",
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
@@ -113,7 +113,7 @@ class Settings(BaseSettings):
         if isinstance(value, list):
             value = [v.lower() if isinstance(v, str) else v for v in value]
             if not value:
-                raise ValueError("at least one format must be accepted (png, tiff, npy, raw)")
+                raise ValueError("at least one format must be accepted (png, tiff, npy, raw, dicom)")
         return value
 
     @field_validator("log_level", "device", "backend", mode="before")

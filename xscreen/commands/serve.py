@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--request-timeout-s", type=float, help="per-request deadline, answered with 504 (default 30)")
     a("--max-upload-bytes", type=int, help="request body limit (default 64 MiB)")
     a("--max-pixels", type=int, help="pixels per energy image limit (default 25,000,000)")
-    a("--formats", help="accepted scan encodings, comma-separated (default png,tiff,npy,raw)")
+    a("--formats", help="accepted scan encodings, comma-separated (default png,tiff,npy,raw,dicom)")
     a("--api-keys-file", help="file with one API key per line")
     a("--protect-metrics", action="store_true", default=None, help="require an API key for /metrics")
     a("--score-threshold", type=float, help="default minimum score in responses (default 0.3)")
