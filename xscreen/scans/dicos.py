@@ -174,7 +174,14 @@ def _read_dx_dataset(ds, name: str | None, max_pixels: int | None) -> DxImage:
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     check_size(rows, cols, max_pixels, name)
     syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
-    syntax = syntax or EXPLICIT_LE
+    if not syntax:  # a bare dataset (no file meta): the encoding pydicom found while parsing it
+        from pydicom.dataset import FileMetaDataset
+
+        implicit = bool((getattr(ds, "original_encoding", None) or (False, True))[0])
+        syntax = IMPLICIT_LE if implicit else EXPLICIT_LE
+        if not hasattr(ds, "file_meta"):
+            ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = syntax
     decoder = TRANSFER_SYNTAXES.get(syntax)
     if decoder is None:
         from pydicom.uid import UID
