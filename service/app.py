@@ -95,6 +95,12 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None) -> F
                 "api_keys": len(keys),
             },
         )
+        dicos = None
+        if settings.dicos_port is not None:  # the DICOS listener shares this batcher (docs/dicos.md)
+            from xscreen.service.dicos_listener import DicosListener
+
+            dicos = DicosListener(service, asyncio.get_running_loop())
+            await asyncio.to_thread(dicos.start)
         warm = None
         if settings.warmup:
             warm = asyncio.create_task(_warm_up(service))
@@ -108,6 +114,8 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None) -> F
             service.metrics.ready.set(0)
             if warm is not None and not warm.done():
                 warm.cancel()
+            if dicos is not None:  # off the loop: its workers still need the batcher
+                await asyncio.to_thread(dicos.stop)
             await service.batcher.stop(drain_timeout_s=settings.graceful_timeout_s)
             log.info("stopped")
 

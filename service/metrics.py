@@ -98,6 +98,31 @@ class ServiceMetrics:
             registry=r,
         )
         self.ready = Gauge("xscreen_ready", "1 when weights are loaded and warm-up is done", registry=r)
+        # DICOS listener (service/dicos_listener.py, docs/dicos.md)
+        self.dicos_received = Counter(
+            "xscreen_dicos_received", "DX images received over DICOS, by result", ("result",), registry=r
+        )
+        self.dicos_paired = Counter(
+            "xscreen_dicos_paired", "DX pairs complete and sent to detection", registry=r
+        )
+        self.dicos_timed_out = Counter(
+            "xscreen_dicos_timed_out", "First energies dropped because the second never arrived", registry=r
+        )
+        self.dicos_pending = Gauge(
+            "xscreen_dicos_pending", "First energies waiting for the second", registry=r
+        )
+        self.dicos_tdr_sent = Counter(
+            "xscreen_dicos_tdr_sent", "TDRs delivered, by where (scp, folder, log)", ("to",), registry=r
+        )
+        self.dicos_tdr_failed = Counter(
+            "xscreen_dicos_tdr_failed", "Pairs without a delivered TDR, by reason", ("reason",), registry=r
+        )
+        self.dicos_latency = Histogram(
+            "xscreen_dicos_latency_seconds",
+            "Second energy received -> TDR delivered",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
 
         self._preinitialise()
 

@@ -19,6 +19,7 @@ from xscreen.scans import (
     read_scan,
     sniff_format,
 )
+from xscreen.scans.dicos import DxPair, read_dx_pair
 from xscreen.service.errors import ApiError
 
 _DECODER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="xscreen-decode")
@@ -31,6 +32,7 @@ class PreparedScan:
     image: np.ndarray  # float32 [H, W, 3], xscreen.scans.convert_scan (docs/method.md §1)
     decode_seconds: float
     convert_seconds: float
+    dicos: DxPair | None = None  # the DX images the scan came in as, referenced by a TDR answer
 
     @property
     def size(self) -> tuple[int, int]:
@@ -70,6 +72,25 @@ def scan_error_to_api(exc: ScanError) -> ApiError:
     return ApiError(400, "invalid_scan", msg)
 
 
+def _dicom_parts(
+    high_bytes: bytes, low_bytes: bytes, declared: tuple[bool, bool], raw: bool, formats: list[str] | None
+) -> bool:
+    """True when the parts are a DICOS DX pair (DICM preamble, or declared application/dicom)."""
+    dicom = [d or sniff_format(b) == "dicom" for b, d in zip((high_bytes, low_bytes), declared, strict=True)]
+    if not any(dicom):
+        return False
+    if formats is not None and "dicom" not in formats:
+        raise ApiError(415, "unsupported_format", f"DICOS files are not accepted here (accepted: {formats})")
+    if raw:
+        raise ApiError(400, "invalid_parameter", "'width' and 'height' are for raw buffers, not DICOS DX")
+    if not all(dicom):
+        which, other = ("high", "low") if dicom[0] else ("low", "high")
+        raise ApiError(
+            400, "invalid_scan", f"{which} is a DICOS file but {other} is not; send both energies as DX"
+        )
+    return True
+
+
 def prepare_scan(
     high_bytes: bytes,
     low_bytes: bytes,
@@ -78,17 +99,25 @@ def prepare_scan(
     height: int | None,
     max_pixels: int,
     formats: list[str] | None = None,
+    dicom: tuple[bool, bool] = (False, False),
 ) -> PreparedScan:
-    """Decode both energy images (files, or raw little-endian uint16 with width/height), check, convert.
+    """Decode both energy images (files, DICOS DX, or raw little-endian uint16 with width/height), check,
+    convert. ``dicom`` says which parts were sent as application/dicom (read even without a preamble).
 
     Runs in a worker thread (CPU-bound); every problem with the input is an ``ApiError`` (4xx).
     """
     if (width is None) != (height is None):
         raise ApiError(400, "invalid_parameter", "raw uint16 buffers need both 'width' and 'height'")
-    check_formats(high_bytes, low_bytes, width is not None, formats)
+    is_dicos = _dicom_parts(high_bytes, low_bytes, dicom, width is not None, formats)
+    if not is_dicos:
+        check_formats(high_bytes, low_bytes, width is not None, formats)
     t0 = time.perf_counter()
+    pair = None
     try:
-        if width is not None and height is not None:
+        if is_dicos:
+            pair = read_dx_pair(high_bytes, low_bytes, max_pixels=max_pixels, force=dicom)
+            high, low = pair.high.pixels, pair.low.pixels
+        elif width is not None and height is not None:
             if width * height > max_pixels:
                 raise ApiError(
                     413,
@@ -112,4 +141,4 @@ def prepare_scan(
     except ScanError as exc:
         raise scan_error_to_api(exc) from None
     t2 = time.perf_counter()
-    return PreparedScan(high, low, image, decode_seconds=t1 - t0, convert_seconds=t2 - t1)
+    return PreparedScan(high, low, image, decode_seconds=t1 - t0, convert_seconds=t2 - t1, dicos=pair)

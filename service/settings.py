@@ -87,8 +87,8 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, le=3600, description="per-request deadline -> 504")
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="whole request body limit")
     max_pixels: int = Field(25_000_000, ge=4, description="per image (width x height) limit")
-    formats: Annotated[list[Literal["png", "tiff", "npy", "raw"]], NoDecode] = Field(
-        default_factory=lambda: ["png", "tiff", "npy", "raw"],
+    formats: Annotated[list[Literal["png", "tiff", "npy", "raw", "dicom"]], NoDecode] = Field(
+        default_factory=lambda: ["png", "tiff", "npy", "raw", "dicom"],
         description="accepted scan encodings (comma-separated); others are answered 415",
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
@@ -100,11 +100,54 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     warmup: bool = Field(True, description="run one inference before /readyz says ready")
     graceful_timeout_s: float = Field(30.0, gt=0, le=3600, description="wait for in-flight requests on stop")
+    # DICOS network listener (docs/dicos.md); off unless dicos_port is set.
+    dicos_port: int | None = Field(
+        None, ge=1, le=65535, description="DICOS listener port (unset: no listener)"
+    )
+    dicos_host: str = Field("127.0.0.1", min_length=1, description="DICOS listener bind address")
+    dicos_ae_title: str = Field("XSCREEN", min_length=1, max_length=16, description="the listener's AE title")
+    dicos_allowed_aets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="calling AE titles allowed (comma-separated; empty: any, loopback only)",
+    )
+    dicos_dest_ae_title: str | None = Field(
+        None, min_length=1, max_length=16, description="TDR destination AE"
+    )
+    dicos_dest_host: str | None = Field(None, min_length=1, description="TDR destination host")
+    dicos_dest_port: int | None = Field(None, ge=1, le=65535, description="TDR destination port")
+    dicos_output_dir: Path | None = Field(None, description="also write each TDR into this folder")
+    dicos_pair_timeout_s: float = Field(30.0, gt=0, le=3600, description="wait for the second energy")
+    dicos_max_pending: int = Field(
+        32, ge=1, le=10_000, description="first halves held waiting for the second"
+    )
+    dicos_retries: int = Field(3, ge=0, le=100, description="TDR C-STORE retries after the first attempt")
+    dicos_retry_backoff_s: float = Field(
+        1.0, ge=0, le=600, description="first retry delay, doubled each time"
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
     def _parse_keys(cls, value: Any) -> Any:
         return _split_keys(value)
+
+    @field_validator("dicos_allowed_aets", mode="before")
+    @classmethod
+    def _parse_aets(cls, value: Any) -> Any:
+        return _split_keys(value)
+
+    @model_validator(mode="after")
+    def _check_dicos(self) -> Settings:
+        dest = (self.dicos_dest_ae_title, self.dicos_dest_host, self.dicos_dest_port)
+        if any(v is not None for v in dest) and not all(v is not None for v in dest):
+            raise ValueError(
+                "a DICOS destination needs all of XSCREEN_DICOS_DEST_AE_TITLE, _DEST_HOST and _DEST_PORT"
+            )
+        if self.dicos_port is not None and not self.dicos_allowed_aets and not is_loopback(self.dicos_host):
+            raise ValueError(
+                f"refusing to run the DICOS listener on non-loopback host {self.dicos_host!r} "
+                "without XSCREEN_DICOS_ALLOWED_AETS"
+            )
+        return self
 
     @field_validator("formats", mode="before")
     @classmethod
@@ -113,7 +156,7 @@ class Settings(BaseSettings):
         if isinstance(value, list):
             value = [v.lower() if isinstance(v, str) else v for v in value]
             if not value:
-                raise ValueError("at least one format must be accepted (png, tiff, npy, raw)")
+                raise ValueError("at least one format must be accepted (png, tiff, npy, raw, dicom)")
         return value
 
     @field_validator("log_level", "device", "backend", mode="before")

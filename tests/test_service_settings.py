@@ -91,7 +91,7 @@ def test_default_weights_point_into_model_package():
 
 
 def test_formats_from_environment(monkeypatch):
-    assert load_settings().formats == ["png", "tiff", "npy", "raw"]
+    assert load_settings().formats == ["png", "tiff", "npy", "raw", "dicom"]
     monkeypatch.setenv("XSCREEN_FORMATS", "PNG, raw")
     assert load_settings().formats == ["png", "raw"]
 

@@ -26,12 +26,14 @@ from xscreen.service.schemas import (
     ImageSize,
 )
 from xscreen.service.state import ServiceDep, ServiceState
+from xscreen.service.tdr import DICOM_MEDIA_TYPE, tdr_from_response, wants_dicom
 
 router = APIRouter(tags=["detection"])
 
 _PART_HELP = (
-    "energy image: 16-bit greyscale PNG, 16-bit TIFF or .npy (uint16 [H, W]); or, with 'width' and "
-    "'height', headerless little-endian uint16 pixels, row-major"
+    "energy image: 16-bit greyscale PNG, 16-bit TIFF, .npy (uint16 [H, W]) or DICOS DX (application/dicom "
+    "or a DICM preamble; both parts then DX); or, with 'width' and 'height', headerless little-endian "
+    "uint16 pixels, row-major"
 )
 HighPart = Annotated[UploadFile, File(description="high-energy " + _PART_HELP)]
 LowPart = Annotated[UploadFile, File(description="low-energy " + _PART_HELP)]
@@ -54,6 +56,10 @@ _ERRORS = {
     503: {"model": ErrorResponse, "description": "queue full (see Retry-After) or not ready"},
     504: {"model": ErrorResponse, "description": "no result before the request deadline"},
 }
+
+
+def _is_dicom_part(part: UploadFile) -> bool:
+    return (part.content_type or "").split(";")[0].strip().lower() == DICOM_MEDIA_TYPE
 
 
 def _retry_after(service: ServiceState) -> str:
@@ -90,6 +96,7 @@ async def _run_detection(
             height=height,
             max_pixels=service.settings.max_pixels,
             formats=service.settings.formats,
+            dicom=(_is_dicom_part(high), _is_dicom_part(low)),
         )
     service.metrics.stage_seconds.labels(stage="decode").observe(prepared.decode_seconds)
     service.metrics.stage_seconds.labels(stage="convert").observe(prepared.convert_seconds)
@@ -136,7 +143,16 @@ async def _run_detection(
 
 
 @router.post(
-    "/detect", response_model=DetectResponse, responses=_ERRORS, summary="Detect threats in a raw scan"
+    "/detect",
+    response_model=DetectResponse,
+    responses={
+        200: {
+            "content": {DICOM_MEDIA_TYPE: {}},
+            "description": "detections as JSON, or as a DICOS TDR with 'Accept: application/dicom'",
+        },
+        **_ERRORS,
+    },
+    summary="Detect threats in a raw scan",
 )
 async def detect(
     request: Request,
@@ -147,8 +163,13 @@ async def detect(
     height: HeightField = None,
     scan_id: ScanIdField = None,
     score_threshold: ThresholdField = None,
-) -> DetectResponse:
-    _, response = await _run_detection(service, request, high, low, width, height, scan_id, score_threshold)
+) -> DetectResponse | Response:
+    prepared, response = await _run_detection(
+        service, request, high, low, width, height, scan_id, score_threshold
+    )
+    if wants_dicom(request.headers.get("accept")):
+        tdr = await asyncio.to_thread(tdr_from_response, prepared, response)
+        return Response(tdr, media_type=DICOM_MEDIA_TYPE, headers={"X-Scan-Id": response.scan_id})
     return response
 
 

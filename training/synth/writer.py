@@ -5,10 +5,13 @@ Layout (shared contract)::
     DIR/annotations/{train,val,test}.json   COCO; images carry "challenging", annotations "overlap"
     DIR/images/{split}/STEM.png             converted 3-channel 8-bit (training.scans.write_converted)
     DIR/raw/{split}/STEM_high.png, STEM_low.png   16-bit greyscale
+    DIR/dicos/{split}/STEM_high.dcm, STEM_low.dcm, STEM_tdr.dcm   with --format dicos: the scan as a
+        DICOS DX pair and its ground truth as a TDR (TDR type GROUND_TRUTH, score 1), docs/dicos.md
 """
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing as mp
 import os
@@ -21,6 +24,7 @@ import numpy as np
 from xscreen.errors import XscreenError
 from xscreen.model.classes import CLASS_NAMES, CLCXRAY_CLASSES
 from xscreen.scans import convert_scan, quantise_converted
+from xscreen.scans.dicos import AtrIdentity, ThreatObject, write_dx_pair, write_tdr
 from xscreen.training.synth.scene import CHALLENGING_MIN_OVERLAP, MASK_DEPTH, make_scan
 
 SPLITS = ("train", "val", "test")
@@ -49,6 +53,7 @@ class SynthConfig:
     similar_rate: float = 0.2
     splits: tuple[float, float, float] = (0.7, 0.15, 0.15)
     fast_png: bool = False  # uncompressed PNGs: faster, ~3x more disk
+    dicos: bool = False  # also write each scan as a DICOS DX pair and its ground truth as a TDR
 
 
 def split_of_images(n: int, fractions: tuple[float, float, float], seed: int) -> list[str]:
@@ -79,6 +84,8 @@ def _render_one(job: tuple[SynthConfig, Path, int, str]) -> dict:
     conv = quantise_converted(convert_scan(scan.high, scan.low))
     conv_params = PNG_PARAMS["fast" if cfg.fast_png else "converted"]
     _imwrite(out / "images" / split / f"{stem}.png", cv2.cvtColor(conv, cv2.COLOR_RGB2BGR), conv_params)
+    if cfg.dicos:
+        _write_dicos(out / "dicos" / split, stem, scan)
     return {
         "index": index,
         "split": split,
@@ -98,6 +105,29 @@ def _render_one(job: tuple[SynthConfig, Path, int, str]) -> dict:
     }
 
 
+_GROUP = {c.name: c.group for c in CLCXRAY_CLASSES}
+SYNTH_ATR = AtrIdentity("xscreen synthetic scanner", "ground truth", "")
+
+
+def _write_dicos(folder: Path, stem: str, scan) -> None:
+    """The scan as a DX pair (explicit VR little endian) and its objects as a ground-truth TDR."""
+    import pydicom
+
+    high, low = write_dx_pair(scan.high, scan.low, scan_id=stem)
+    (folder / f"{stem}_high.dcm").write_bytes(high)
+    (folder / f"{stem}_low.dcm").write_bytes(low)
+    refs = []
+    for buf in (high, low):
+        ds = pydicom.dcmread(io.BytesIO(buf), stop_before_pixels=True)
+        refs.append((str(ds.SOPClassUID), str(ds.SOPInstanceUID)))
+        study = str(ds.StudyInstanceUID)
+    objects = [ThreatObject(tuple(map(float, o.box)), o.name, _GROUP[o.name], 1.0) for o in scan.objects]
+    tdr = write_tdr(
+        objects, atr=SYNTH_ATR, references=refs, study_uid=study, scan_id=stem, tdr_type="GROUND_TRUTH"
+    )
+    (folder / f"{stem}_tdr.dcm").write_bytes(tdr)
+
+
 def remove_previous_output(out: Path) -> int:
     """Delete an earlier synthetic dataset's files (only names this writer produces); return the count."""
     n = 0
@@ -106,6 +136,7 @@ def remove_previous_output(out: Path) -> int:
             f"raw/{split}/synth_*_high.png",
             f"raw/{split}/synth_*_low.png",
             f"images/{split}/synth_*.png",
+            f"dicos/{split}/synth_*.dcm",
         ):
             for f in out.glob(pattern):
                 f.unlink()
@@ -137,7 +168,7 @@ def write_dataset(cfg: SynthConfig, out: str | Path, *, workers: int = 1, progre
 
     out = Path(out)
     splits = split_of_images(cfg.images, cfg.splits, cfg.seed)
-    for sub in ("raw", "images"):
+    for sub in ("raw", "images", "dicos") if cfg.dicos else ("raw", "images"):
         for split in SPLITS:
             (out / sub / split).mkdir(parents=True, exist_ok=True)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
@@ -177,6 +208,9 @@ def write_dataset(cfg: SynthConfig, out: str | Path, *, workers: int = 1, progre
                     "raw_low": f"raw/{split}/{rec['stem']}_low.png",
                 }
             )
+            if cfg.dicos:
+                for part in ("high", "low", "tdr"):
+                    images[-1][f"dicos_{part}"] = f"dicos/{split}/{rec['stem']}_{part}.dcm"
             for o in rec["objects"]:
                 ann_id += 1
                 x1, y1, x2, y2 = o["box"]

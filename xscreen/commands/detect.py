@@ -1,7 +1,8 @@
 """Detect threats in one raw dual-energy scan offline (the service's inference without HTTP).
 
 Prints the same JSON as ``POST /detect`` with ``--json``, writes the pseudo-colour picture with
-boxes with ``--render OUT.png``, otherwise prints a short table.
+boxes with ``--render OUT.png`` and a DICOS Threat Detection Report with ``--tdr OUT.dcm``, otherwise
+prints a short table. ``--high``/``--low`` may be a DICOS DX pair (docs/dicos.md).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a(
         "--high",
         required=True,
-        help="high-energy image: 16-bit PNG, 16-bit TIFF, .npy or raw uint16 (with sizes)",
+        help="high-energy image: 16-bit PNG, 16-bit TIFF, .npy, DICOS DX or raw uint16 (with sizes)",
     )
     a("--low", required=True, help="low-energy image, same format and size as --high")
     a("--width", type=int, help="raw little-endian uint16 files only: pixels per row")
@@ -34,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--scan-id", help="id echoed in the JSON (default: generated)")
     a("--json", action="store_true", help="print the /detect JSON response")
     a("--render", metavar="OUT.png", help="write the pseudo-colour picture with the detections")
+    a("--tdr", metavar="OUT.dcm", help="write the detections as a DICOS Threat Detection Report")
 
 
 def _read(path: str, label: str) -> bytes:
@@ -70,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
             raise XscreenError(f"--render {out}: the picture is written as PNG, give a .png path")
         if not out.parent.exists():
             raise XscreenError(f"--render {out}: folder {out.parent} does not exist")
+    if args.tdr and not Path(args.tdr).parent.exists():
+        raise XscreenError(f"--tdr {args.tdr}: folder {Path(args.tdr).parent} does not exist")
     t0 = time.perf_counter()
     high_bytes, low_bytes = _read(args.high, "high"), _read(args.low, "low")
     try:
@@ -106,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
         from xscreen.service.response import render_response_png
 
         Path(args.render).write_bytes(render_response_png(prepared, response))
+    if args.tdr:
+        from xscreen.service.tdr import tdr_from_response
+
+        Path(args.tdr).write_bytes(tdr_from_response(prepared, response))
     if args.json:
         print(json.dumps(response.model_dump(), indent=2))
         return 0
@@ -119,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
             f"  {d.class_name:<17} {d.group:<16} {d.score:.3f}  "
             f"[{b.x1:.0f}, {b.y1:.0f}, {b.x2:.0f}, {b.y2:.0f}]"
         )
-    if args.render:
-        print(f"wrote {args.render}")
+    for path in (args.render, args.tdr):
+        if path:
+            print(f"wrote {path}")
     return 0

@@ -1,4 +1,5 @@
-"""Run the HTTP inference service (FastAPI on uvicorn): POST /detect, /render, /healthz, /readyz, /metrics.
+"""Run the HTTP inference service (FastAPI on uvicorn): POST /detect, /render, /healthz, /readyz, /metrics;
+with ``--dicos-port`` also the DICOS network listener beside it (docs/dicos.md).
 
 Every option is also an ``XSCREEN_*`` environment variable (flags win); see docs/service.md.
 """
@@ -27,11 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--request-timeout-s", type=float, help="per-request deadline, answered with 504 (default 30)")
     a("--max-upload-bytes", type=int, help="request body limit (default 64 MiB)")
     a("--max-pixels", type=int, help="pixels per energy image limit (default 25,000,000)")
-    a("--formats", help="accepted scan encodings, comma-separated (default png,tiff,npy,raw)")
+    a("--formats", help="accepted scan encodings, comma-separated (default png,tiff,npy,raw,dicom)")
     a("--api-keys-file", help="file with one API key per line")
     a("--protect-metrics", action="store_true", default=None, help="require an API key for /metrics")
     a("--score-threshold", type=float, help="default minimum score in responses (default 0.3)")
     a("--log-level", choices=("debug", "info", "warning", "error"), help="log level (default info)")
+    a("--dicos-port", type=int, help="also run the DICOS network listener on this port (docs/dicos.md)")
+    a("--dicos-ae-title", help="the DICOS listener's AE title (default XSCREEN)")
     a("--no-warmup", dest="warmup", action="store_false", default=None, help="skip the warm-up inference")
 
 
@@ -41,6 +44,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         "max_queue_delay_ms", "queue_size", "request_timeout_s", "max_upload_bytes", "max_pixels",
         "formats",
         "api_keys_file", "protect_metrics", "score_threshold", "log_level", "warmup",
+        "dicos_port", "dicos_ae_title",
     }  # fmt: skip
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 

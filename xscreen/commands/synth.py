@@ -1,4 +1,5 @@
-"""Simulate a dual-energy X-ray dataset of bag scans (raw 16-bit pairs, converted images, COCO json).
+"""Simulate a dual-energy X-ray dataset of bag scans (raw 16-bit pairs, converted images, COCO json; with
+``--format dicos`` also DICOS DX pairs and ground-truth TDRs).
 
 Example: ``xscreen synth --out synth-demo --images 50 --seed 1``
 """
@@ -38,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--splits", default="0.7,0.15,0.15", help="train,val,test fractions (default 0.7,0.15,0.15)"
     )
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
+    parser.add_argument(
+        "--format",
+        choices=("png", "dicos"),
+        default="png",
+        help="dicos: also write each scan as a DICOS DX pair and its ground truth as a TDR (default png)",
+    )
     parser.add_argument("--fast-png", action="store_true", help="store PNGs uncompressed (faster, ~3x disk)")
     parser.add_argument(
         "--overwrite",
@@ -103,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         similar_rate=args.similar_clutter,
         splits=parse_splits(args.splits),
         fast_png=args.fast_png,
+        dicos=args.format == "dicos",
     )
     check_output_dir(args.out, args.overwrite)
     if args.overwrite:

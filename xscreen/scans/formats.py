@@ -27,6 +27,7 @@ MIN_SIDE = 2
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 NPY_MAGIC = b"\x93NUMPY"
+DICM_OFFSET, DICM_MAGIC = 128, b"DICM"  # DICOM Part 10 file: 128-byte preamble, then "DICM"
 _PNG_COLOUR_TYPES = {0: "greyscale", 2: "RGB colour", 3: "palette colour", 4: "grey+alpha", 6: "RGBA colour"}
 
 
@@ -39,7 +40,8 @@ class ScanTooLargeError(ScanError):
 
 
 class UnsupportedScanFormatError(ScanError):
-    """Bytes that are none of the accepted encodings (16-bit PNG, 16-bit TIFF, .npy)."""
+    """Bytes that are none of the accepted encodings (16-bit PNG, 16-bit TIFF, .npy, DICOS DX pair), or a
+    DICOS transfer syntax that is not decoded here."""
 
 
 class ScanSizeMismatchError(ScanError):
@@ -50,7 +52,7 @@ def _label(name: str | None) -> str:
     return f"{name}: " if name else ""
 
 
-def _check_size(height: int, width: int, max_pixels: int | None, name: str | None) -> None:
+def check_size(height: int, width: int, max_pixels: int | None, name: str | None) -> None:
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
     if height <= 0 or width <= 0:
         raise ScanError(f"{_label(name)}empty image ({width}x{height} pixels)")
@@ -77,7 +79,7 @@ def _read_png(buf: bytes, max_pixels: int | None, name: str | None) -> np.ndarra
         )
     if depth != 16:
         raise ScanError(f"{_label(name)}PNG is {depth}-bit; a raw scan must be 16-bit greyscale")
-    _check_size(height, width, max_pixels, name)
+    check_size(height, width, max_pixels, name)
     if buf.rfind(b"IEND") < 0:
         raise ScanError(f"{_label(name)}truncated PNG (no IEND chunk)")
     img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -87,6 +89,8 @@ def _read_png(buf: bytes, max_pixels: int | None, name: str | None) -> np.ndarra
 
 
 def _read_tiff(buf: bytes, max_pixels: int | None, name: str | None) -> np.ndarray:
+    # Uncompressed, LZW (OpenCV's default for .tiff), Deflate and PackBits strips are decoded by
+    # tifffile with imagecodecs; a damaged stream is still reported as a corrupt TIFF.
     import tifffile
 
     try:
@@ -104,11 +108,15 @@ def _read_tiff(buf: bytes, max_pixels: int | None, name: str | None) -> np.ndarr
                 raise ScanError(
                     f"{_label(name)}TIFF pixels are {dtype}; a raw scan must be 16-bit unsigned (uint16)"
                 )
-            _check_size(shape[0], shape[1], max_pixels, name)
+            check_size(shape[0], shape[1], max_pixels, name)
             img = page.asarray()
     except ScanError:
         raise
     except Exception as exc:  # tifffile raises many types on damaged files
+        if "imagecodecs" in str(exc):  # LZW and others decode through imagecodecs (a dependency)
+            raise UnsupportedScanFormatError(
+                f"{_label(name)}TIFF compression needs the imagecodecs package ({exc})"
+            ) from None
         raise ScanError(f"{_label(name)}truncated or corrupt TIFF ({type(exc).__name__}: {exc})") from None
     if img.shape != shape:
         raise ScanError(f"{_label(name)}corrupt TIFF (decoded shape {img.shape}, header says {shape})")
@@ -131,7 +139,7 @@ def _read_npy(buf: bytes, max_pixels: int | None, name: str | None) -> np.ndarra
         raise ScanError(f"{_label(name)}.npy array has dtype {dtype}; a raw scan must be uint16")
     if len(shape) != 2:
         raise ScanError(f"{_label(name)}.npy array has shape {tuple(shape)}; a raw scan must be 2-D [H, W]")
-    _check_size(shape[0], shape[1], max_pixels, name)
+    check_size(shape[0], shape[1], max_pixels, name)
     expected = fp.tell() + shape[0] * shape[1] * 2
     if len(buf) < expected:
         raise ScanError(f"{_label(name)}truncated .npy ({len(buf)} bytes, {expected} needed)")
@@ -144,13 +152,15 @@ def _read_npy(buf: bytes, max_pixels: int | None, name: str | None) -> np.ndarra
 
 
 def sniff_format(buf: bytes) -> str | None:
-    """'png', 'tiff' or 'npy' from a file's magic bytes (not its name); None for anything else."""
+    """'png', 'tiff', 'npy' or 'dicom' from a file's magic bytes (not its name); None for anything else."""
     if buf.startswith(PNG_MAGIC):
         return "png"
     if buf[:4] in TIFF_MAGICS:
         return "tiff"
     if buf.startswith(NPY_MAGIC):
         return "npy"
+    if buf[DICM_OFFSET : DICM_OFFSET + 4] == DICM_MAGIC:
+        return "dicom"
     return None
 
 
@@ -183,6 +193,10 @@ def read_scan(
         raise ScanError(f"{_label(name)}empty file (0 bytes)")
     readers = {"png": _read_png, "tiff": _read_tiff, "npy": _read_npy}
     kind = sniff_format(buf)
+    if kind == "dicom":
+        raise UnsupportedScanFormatError(
+            f"{_label(name)}a DICOS DX image is read with its other energy (xscreen.scans.dicos.read_dx_pair)"
+        )
     if kind is not None:
         return readers[kind](buf, max_pixels, name)
     if buf[:3] == b"\xff\xd8\xff":
@@ -201,7 +215,7 @@ def decode_raw_uint16(buf: bytes, width: int, height: int, *, max_pixels: int | 
         width, height = int(width), int(height)
     except (TypeError, ValueError):
         raise ScanError(f"width and height must be integers, got {width!r} x {height!r}") from None
-    _check_size(height, width, max_pixels, None)
+    check_size(height, width, max_pixels, None)
     expected = width * height * 2
     if len(buf) != expected:
         raise ScanError(
