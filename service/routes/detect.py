@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import logging
 import time
 import uuid
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 
+from xscreen.service.audit import AuditError
+from xscreen.service.auth import bearer_token, key_id, require_api_key
 from xscreen.service.batching import (
     BatcherStoppedError,
     BatchFailedError,
@@ -17,6 +21,7 @@ from xscreen.service.batching import (
     QueueFullError,
 )
 from xscreen.service.errors import ApiError
+from xscreen.service.models import class_ids
 from xscreen.service.response import detections_from_output, model_summary, render_response_png
 from xscreen.service.scan_input import PreparedScan, prepare_scan
 from xscreen.service.schemas import (
@@ -27,7 +32,10 @@ from xscreen.service.schemas import (
 )
 from xscreen.service.state import ServiceDep, ServiceState
 
-router = APIRouter(tags=["detection"])
+log = logging.getLogger("xscreen.service")
+
+# require_api_key declares the Bearer scheme in OpenAPI; the upload guard has already checked the key.
+router = APIRouter(tags=["detection"], dependencies=[Depends(require_api_key)])
 
 _PART_HELP = (
     "energy image: 16-bit greyscale PNG, 16-bit TIFF or .npy (uint16 [H, W]); or, with 'width' and "
@@ -45,14 +53,29 @@ ThresholdField = Annotated[
     Form(ge=0.0, le=1.0, allow_inf_nan=False, description="minimum score returned (default: the setting)"),
 ]
 
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds to wait before sending the scan again",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
 _ERRORS = {
     400: {"model": ErrorResponse, "description": "bad scan or parameter"},
     401: {"model": ErrorResponse, "description": "missing or wrong API key"},
     413: {"model": ErrorResponse, "description": "too many bytes or pixels"},
     415: {"model": ErrorResponse, "description": "not multipart/form-data, or an unsupported file format"},
     422: {"model": ErrorResponse, "description": "missing part or invalid form field"},
-    503: {"model": ErrorResponse, "description": "queue full (see Retry-After) or not ready"},
-    504: {"model": ErrorResponse, "description": "no result before the request deadline"},
+    500: {"model": ErrorResponse, "description": "inference failed on the batch holding this scan"},
+    503: {
+        "model": ErrorResponse,
+        "description": "queue full, not ready, shutting down, or the audit record could not be written",
+        "headers": _RETRY_AFTER,
+    },
+    504: {
+        "model": ErrorResponse,
+        "description": "no result before the request deadline",
+        "headers": _RETRY_AFTER,
+    },
 }
 
 
@@ -100,15 +123,21 @@ async def _run_detection(
         raise ApiError(503, "queue_full", str(exc), {"Retry-After": _retry_after(service)}) from None
     except DeadlineExceededError as exc:
         service.metrics.rejected.labels(reason="deadline").inc()
-        raise ApiError(504, "timeout", f"{exc} ({service.settings.request_timeout_s:g} s)") from None
+        raise ApiError(
+            504,
+            "timeout",
+            f"{exc} ({service.settings.request_timeout_s:g} s)",
+            {"Retry-After": _retry_after(service)},
+        ) from None
     except BatcherStoppedError as exc:
         raise ApiError(503, "shutting_down", str(exc), {"Retry-After": "5"}) from None
     except BatchFailedError as exc:
         raise ApiError(500, "inference_failed", str(exc)) from None
 
     threshold = service.settings.score_threshold if score_threshold is None else score_threshold
+    backend = result.backend  # the model that ran this scan's batch (a switch may have happened since)
     info = backend.info
-    detections = detections_from_output(result.output, info, service.class_ids, threshold)
+    detections = detections_from_output(result.output, info, class_ids(info.class_names), threshold)
     for d in detections:
         service.metrics.detections.labels(class_name=d.class_name).inc()
     timings = {
@@ -132,7 +161,61 @@ async def _run_detection(
     )
     request.state.timings = timings
     request.state.detections = len(detections)
+    await _audit(service, request, response, time.perf_counter() - t_start)
     return prepared, response
+
+
+async def _audit(service: ServiceState, request: Request, response: DetectResponse, latency: float) -> None:
+    """Append the scan's audit record and wait for its fsync: no answer leaves without its record."""
+    token = bearer_token(request)
+    kid = key_id(token) if token is not None and service.api_keys.enabled else None
+    if kid is not None:
+        request.state.key_id = kid
+    if service.audit is None:
+        return
+    threshold = response.score_threshold
+    record = {
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "scan_id": response.scan_id,
+        "request_id": getattr(request.state, "request_id", None),
+        "trace_id": getattr(request.state, "trace_id", None),
+        "route": request.url.path,
+        "key_id": kid,
+        "model": {
+            "name": response.model.name,
+            "version": response.model.version,
+            "sha256": response.model.sha256,
+        },
+        "image": {"width": response.image.width, "height": response.image.height},
+        "score_threshold": threshold,
+        "alarm": any(d.score >= threshold for d in response.detections),
+        "detections": [
+            {
+                "class_name": d.class_name,
+                "class_id": d.class_id,
+                "group": d.group,
+                "score": d.score,
+                "box": [d.box.x1, d.box.y1, d.box.x2, d.box.y2],
+            }
+            for d in response.detections
+        ],  # fmt: skip
+        "latency_s": round(latency, 6),
+    }
+    try:
+        await service.audit.append(record)
+    except AuditError as exc:
+        service.metrics.audit_failures.labels(reason=exc.reason).inc()
+        log.error(
+            "audit record not written: scan refused", extra={"scan_id": response.scan_id, "reason": str(exc)}
+        )
+        raise ApiError(
+            503,
+            "audit_unavailable",
+            "the scan's audit record could not be written, so no answer is given "
+            "(the audit disk is full or unwritable)",
+            {"Retry-After": _retry_after(service)},
+        ) from None
+    service.metrics.audit_records.inc()
 
 
 @router.post(
