@@ -1,43 +1,37 @@
-"""The FastAPI application: lifespan (backend, batcher, warm-up), middleware, error handlers, routers."""
+"""The FastAPI application: lifespan (backend, batcher, warm-up, audit, SIGHUP), middleware, error handlers,
+routers, and the OpenAPI document behind the same key rule as the API."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator
 
-import numpy as np
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.formparsers import MultiPartParser
 
 from xscreen import __version__
 from xscreen.inference.backend import InferenceBackend, make_backend
-from xscreen.service.auth import ApiKeys
+from xscreen.service.audit import AuditLog
+from xscreen.service.auth import ApiKeys, require_api_key
 from xscreen.service.batching import MicroBatcher
 from xscreen.service.errors import install_error_handlers
 from xscreen.service.metrics import ServiceMetrics
 from xscreen.service.middleware import ObservabilityMiddleware, UploadGuardMiddleware
-from xscreen.service.response import class_ids_for
-from xscreen.service.routes import detect, health
+from xscreen.service.models import ModelManager, warmup_scan
+from xscreen.service.routes import admin, detect, health, model
 from xscreen.service.settings import Settings
 from xscreen.service.state import ServiceState
 
 log = logging.getLogger("xscreen.service")
 
 UPLOAD_PATHS = {"/detect", "/render"}
-
-
-def warmup_scan(size: int = 256) -> np.ndarray:
-    """A converted synthetic scan (bright air with a dense block) for the warm-up inference."""
-    from xscreen.scans import convert_scan
-
-    high = np.full((size, size), 60000, np.uint16)
-    low = np.full((size, size), 58000, np.uint16)
-    high[size // 4 : size // 2, size // 4 : 3 * size // 4] = 20000
-    low[size // 4 : size // 2, size // 4 : 3 * size // 4] = 9000
-    return convert_scan(high, low)
+__all__ = ["create_app", "warmup_scan"]
 
 
 async def _warm_up(service: ServiceState) -> None:
@@ -55,23 +49,46 @@ async def _warm_up(service: ServiceState) -> None:
     log.info("ready: warm-up inference done")
 
 
+def _install_sighup(service: ServiceState) -> bool:
+    """SIGHUP re-reads the model selection file (main thread only: an in-thread test server has none)."""
+    loop = asyncio.get_running_loop()
+
+    def on_hup() -> None:
+        if service.batcher is not None:
+            loop.create_task(service.models.reload_selection(service.batcher), name="xscreen-sighup")
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    except (ValueError, RuntimeError, NotImplementedError, AttributeError):
+        return False
+    return True
+
+
 def create_app(settings: Settings, backend: InferenceBackend | None = None) -> FastAPI:
     """Build the app. ``backend`` may be given already loaded (``xscreen serve`` does, so a bad weights
-    file stops start-up with one clear line before the server binds); otherwise the lifespan loads it."""
+    file stops start-up with one clear line before the server binds); otherwise the lifespan loads it.
+    An audit file that cannot be opened raises AuditError here (before binding, one line too)."""
     keys = settings.all_api_keys()
-    service = ServiceState(settings=settings, metrics=ServiceMetrics(), api_keys=ApiKeys(keys))
+    metrics = ServiceMetrics()
+    service = ServiceState(
+        settings=settings,
+        metrics=metrics,
+        api_keys=ApiKeys(keys),
+        admin_keys=ApiKeys(settings.all_admin_keys()),
+        models=ModelManager(settings, metrics),
+    )
+    if settings.audit_path is not None:
+        service.audit = AuditLog(settings.audit_path, settings.audit_max_bytes, settings.audit_keep)
+        for reason in ("ENOSPC", "EROFS", "EACCES", "EIO", "other"):
+            metrics.audit_failures.labels(reason=reason)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nonlocal backend
         if backend is None:
             backend = await asyncio.to_thread(make_backend, settings)
-        service.backend = backend
+        service.models.activate(backend)
         info = backend.info
-        service.class_ids = class_ids_for(info.class_names)
-        service.metrics.model_info.labels(
-            info.name, info.version, info.sha256, settings.backend, backend.device, info.precision
-        ).set(1)
         service.batcher = MicroBatcher(
             backend,
             max_batch_size=settings.max_batch_size,
@@ -80,9 +97,13 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None) -> F
             metrics=service.metrics,
         )
         await service.batcher.start()
+        if service.audit is not None:
+            service.audit.start()
+        hup = _install_sighup(service)
         if not keys:
             log.warning(
-                "no API keys configured: /detect and /render are open (loopback host %s)", settings.host
+                "no API keys configured: /detect, /render, /model and /docs are open (loopback host %s)",
+                settings.host,
             )
         log.info(
             "model loaded",
@@ -90,9 +111,13 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None) -> F
                 "model": info.name,
                 "version": info.version,
                 "sha256": info.sha256,
+                "model_name": settings.model_name,
                 "device": backend.device,
                 "backend": settings.backend,
                 "api_keys": len(keys),
+                "admin_keys": len(service.admin_keys or ()),
+                "audit_path": str(settings.audit_path) if settings.audit_path else None,
+                "sighup_reload": hup,
             },
         )
         dicos = None
@@ -112,11 +137,15 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None) -> F
         finally:
             service.ready, service.ready_detail = False, "shutting down"
             service.metrics.ready.set(0)
+            if hup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             if warm is not None and not warm.done():
                 warm.cancel()
             if dicos is not None:  # off the loop: its workers still need the batcher
                 await asyncio.to_thread(dicos.stop)
             await service.batcher.stop(drain_timeout_s=settings.graceful_timeout_s)
+            if service.audit is not None:
+                service.audit.close()
             log.info("stopped")
 
     app = FastAPI(
@@ -124,9 +153,13 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None) -> F
         version=__version__,
         description="Threat detection on dual-energy X-ray scans: ATSS + Label-aware Mechanism.",
         lifespan=lifespan,
+        openapi_url=None,  # served below, behind the API key rule
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
     app.state.api_keys = service.api_keys
+    app.state.admin_keys = service.admin_keys
     install_error_handlers(app)
     # The upload guard holds the whole body (<= max_upload_bytes) in memory before the form is parsed,
     # so spilling a part over Starlette's 1 MB default to a temporary file saves no memory; it only
@@ -134,7 +167,10 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None) -> F
     # Class-wide; never lowered, so several apps in one process keep the largest limit.
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, settings.max_upload_bytes)
     app.include_router(detect.router)
+    app.include_router(model.router)
+    app.include_router(admin.router)
     app.include_router(health.router)
+    _add_docs_routes(app)
     # Added last = outermost: observability sees every answer, including the guard's refusals.
     app.add_middleware(
         UploadGuardMiddleware,
@@ -142,6 +178,25 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None) -> F
         api_keys=service.api_keys,
         max_upload_bytes=settings.max_upload_bytes,
     )
-    known = UPLOAD_PATHS | {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc"}
+    known = UPLOAD_PATHS | {
+        "/healthz", "/readyz", "/metrics", "/model", "/admin/model", "/openapi.json", "/docs", "/redoc",
+    }  # fmt: skip
     app.add_middleware(ObservabilityMiddleware, metrics=service.metrics, known_paths=known)
     return app
+
+
+def _add_docs_routes(app: FastAPI) -> None:
+    """/openapi.json, /docs, /redoc: open without keys, else a scan key is needed (like /detect)."""
+    guarded = [Depends(require_api_key)]
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=guarded)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=guarded)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="xscreen API")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=guarded)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title="xscreen API")

@@ -48,6 +48,7 @@ class BatchResult:
     queue_wait: float
     batch_size: int
     inference_seconds: float
+    backend: InferenceBackend  # the model that produced it (the served one may change between batches)
 
 
 @dataclass
@@ -186,10 +187,11 @@ class MicroBatcher:
             if not live:
                 continue
             waits = [now - job.enqueued for job in live]
+            backend = self.backend  # a model switch assigns self.backend; this batch keeps its own
             t0 = time.perf_counter()
             try:
                 outputs, stages = await loop.run_in_executor(
-                    self._executor, self.backend.predict, [job.image for job in live]
+                    self._executor, backend.predict, [job.image for job in live]
                 )
                 if len(outputs) != len(live):
                     raise RuntimeError(f"backend returned {len(outputs)} results for {len(live)} scans")
@@ -223,5 +225,6 @@ class MicroBatcher:
                             queue_wait=wait,
                             batch_size=len(live),
                             inference_seconds=elapsed,
+                            backend=backend,
                         )
                     )

@@ -37,6 +37,8 @@ from xscreen.scans.dicos import (
     dx_from_dataset,
     dx_pair,
 )
+from xscreen.service.audit import AuditError, audit_record
+from xscreen.service.models import class_ids
 from xscreen.service.response import detections_from_output, model_summary
 from xscreen.service.scan_input import PreparedScan
 from xscreen.service.schemas import DetectResponse, ImageSize
@@ -222,7 +224,8 @@ class DicosListener:
         try:
             tdr, response = self._detect(pair, scan_id)
         except Exception as exc:
-            self.metrics.dicos_tdr_failed.labels(reason="detection").inc()
+            reason = "audit" if isinstance(exc, AuditError) else "detection"
+            self.metrics.dicos_tdr_failed.labels(reason=reason).inc()
             log.error(
                 "DICOS: detection failed, no TDR",
                 extra={
@@ -275,8 +278,11 @@ class DicosListener:
             batcher.submit(image, time.monotonic() + s.request_timeout_s), self.loop
         )
         result = future.result(timeout=s.request_timeout_s + 5)
+        backend = result.backend  # the model that ran this pair's batch (a switch may have happened since)
         info = backend.info
-        detections = detections_from_output(result.output, info, service.class_ids, s.score_threshold)
+        detections = detections_from_output(
+            result.output, info, class_ids(info.class_names), s.score_threshold
+        )
         for d in detections:
             self.metrics.detections.labels(class_name=d.class_name).inc()
         height, width = pair.high.pixels.shape
@@ -296,6 +302,16 @@ class DicosListener:
             batch_size=result.batch_size,
             timings={k: round(v, 6) for k, v in timings.items()},
         )
+        if (
+            service.audit is not None
+        ):  # no TDR leaves without its audit record (docs/service.md "Audit trail")
+            record = audit_record(response, time.perf_counter() - t0, route="dicos")
+            try:
+                asyncio.run_coroutine_threadsafe(service.audit.append(record), self.loop).result(timeout=60)
+            except AuditError as exc:
+                self.metrics.audit_failures.labels(reason=exc.reason).inc()
+                raise
+            self.metrics.audit_records.inc()
         prepared = PreparedScan(pair.high.pixels, pair.low.pixels, image, 0.0, t1 - t0, dicos=pair)
         return tdr_from_response(prepared, response), response
 

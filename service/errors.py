@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 
 from fastapi import FastAPI, Request
@@ -11,6 +12,44 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("xscreen.service")
 
+
+class ErrorCode(enum.StrEnum):
+    """Every ``error`` code the service answers with (the OpenAPI document lists them as an enum)."""
+
+    bad_request = "bad_request"
+    unauthorized = "unauthorized"
+    forbidden = "forbidden"
+    not_found = "not_found"
+    method_not_allowed = "method_not_allowed"
+    conflict = "conflict"
+    payload_too_large = "payload_too_large"
+    unsupported_media_type = "unsupported_media_type"
+    invalid_request = "invalid_request"
+    too_many_requests = "too_many_requests"
+    internal_error = "internal_error"
+    unavailable = "unavailable"
+    timeout = "timeout"
+    error = "error"  # any other framework status
+    # scans
+    empty_body = "empty_body"
+    invalid_scan = "invalid_scan"
+    invalid_parameter = "invalid_parameter"
+    scan_size_mismatch = "scan_size_mismatch"
+    too_many_pixels = "too_many_pixels"
+    unsupported_format = "unsupported_format"
+    not_ready = "not_ready"
+    queue_full = "queue_full"
+    shutting_down = "shutting_down"
+    inference_failed = "inference_failed"
+    audit_unavailable = "audit_unavailable"
+    # model switching (POST /admin/model)
+    admin_disabled = "admin_disabled"
+    model_not_found = "model_not_found"
+    sha256_mismatch = "sha256_mismatch"
+    invalid_model = "invalid_model"
+    model_switch_in_progress = "model_switch_in_progress"
+
+
 # Default codes for HTTP errors raised by the framework itself (404, 405, body parse errors...).
 _CODES = {
     400: "bad_request",
@@ -18,6 +57,7 @@ _CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
@@ -34,7 +74,7 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None):
         super().__init__(detail)
         self.status = status
-        self.code = code
+        self.code = str(code)  # one of ErrorCode (tests/test_service_contract.py checks every use)
         self.detail = detail
         self.headers = headers
 

@@ -1,7 +1,12 @@
-"""Structured logging: one JSON object per line on stderr (request lines carry scan_id, status, timings)."""
+"""Structured logging: one JSON object per line on stderr (request lines carry scan_id, status, timings).
+
+Every line written while a request is handled carries its ``request_id`` and ``trace_id`` (set by the
+observability middleware in a context variable, which threads started with ``asyncio.to_thread`` inherit).
+"""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
@@ -16,6 +21,12 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
 }
 
 
+# {"request_id": ..., "trace_id": ...} of the request being handled, None outside requests.
+request_ids: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "xscreen_request_ids", default=None
+)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -25,6 +36,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        for key, value in (request_ids.get() or {}).items():
+            entry[key] = value
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value

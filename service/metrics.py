@@ -124,6 +124,26 @@ class ServiceMetrics:
             registry=r,
         )
 
+        # model switching and the audit trail (docs/service.md "Models", "Audit trail")
+        self.model_reloads = Counter(
+            "xscreen_model_reloads",
+            "Model switch attempts by result (switched, unchanged, or why the old model was kept)",
+            ("result",),
+            registry=r,
+        )
+        self.model_loaded = Gauge(
+            "xscreen_model_loaded_timestamp_seconds",
+            "When the serving model was loaded (Unix time)",
+            registry=r,
+        )
+        self.audit_records = Counter("xscreen_audit_records", "Audit records written and fsync'd", registry=r)
+        self.audit_failures = Counter(
+            "xscreen_audit_failures",
+            "Scans refused (503 audit_unavailable) because their audit record could not be written, by errno",
+            ("reason",),
+            registry=r,
+        )
+
         self._preinitialise()
 
     def _preinitialise(self) -> None:

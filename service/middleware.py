@@ -1,4 +1,8 @@
-"""Pure ASGI middleware: request metrics + one JSON log line per request, and the upload guard.
+"""Pure ASGI middleware: request ids, request metrics + one JSON log line per request, and the upload guard.
+
+Request ids: a valid ``X-Request-ID`` is kept, else the trace id of a valid W3C ``traceparent``, else a
+new one; a malformed header is replaced, never refused. The answer carries ``X-Request-ID`` and a
+``traceparent`` continuing the caller's trace (same trace id, this server's span id).
 
 The upload guard runs before any body is parsed: API key (401), content type (415), declared and
 streamed size against ``max_upload_bytes`` (413, enforced while reading), empty body (400).
@@ -8,11 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from xscreen.service.auth import ApiKeys
+from xscreen.service.logs import request_ids
 
 log = logging.getLogger("xscreen.service.access")
 
@@ -29,6 +36,36 @@ async def send_json(send: Send, status: int, body: dict, headers: dict[str, str]
     raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}$")
+TRACEPARENT_RE = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+def parse_traceparent(value: str | None) -> tuple[str, str] | None:
+    """(trace id, flags) of a valid W3C traceparent (version 00 rules, all-zero ids refused), else None."""
+    if not value:
+        return None
+    m = TRACEPARENT_RE.match(value.strip().lower())
+    if m is None:
+        return None
+    version, trace_id, parent_id, flags = m.groups()
+    if version == "ff" or trace_id == "0" * 32 or parent_id == "0" * 16:
+        return None
+    return trace_id, flags
+
+
+def request_identity(headers: dict[str, str]) -> dict[str, str]:
+    """request_id, trace_id and the traceparent to answer with, from the request's headers."""
+    trace = parse_traceparent(headers.get("traceparent"))
+    trace_id, flags = trace if trace else (secrets.token_hex(16), "00")
+    given = headers.get("x-request-id", "").strip()
+    request_id = given if REQUEST_ID_RE.match(given) else trace_id
+    return {
+        "request_id": request_id,
+        "trace_id": trace_id,
+        "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-{flags}",
+    }
 
 
 class ObservabilityMiddleware:
@@ -53,12 +90,21 @@ class ObservabilityMiddleware:
             return
         state = scope.setdefault("state", {})
         status_holder = {"status": 500}
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        ids = request_identity(headers)
+        state["request_id"], state["trace_id"] = ids["request_id"], ids["trace_id"]
+        extra_headers = [
+            (b"x-request-id", ids["request_id"].encode()),
+            (b"traceparent", ids["traceparent"].encode()),
+        ]
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), *extra_headers]}
             await send(message)
 
+        token = request_ids.set({"request_id": ids["request_id"], "trace_id": ids["trace_id"]})
         self.metrics.in_flight.inc()
         t0 = time.perf_counter()
         try:
@@ -75,10 +121,11 @@ class ObservabilityMiddleware:
                 "status": int(status),
                 "duration_s": round(elapsed, 6),
             }
-            for key in ("scan_id", "timings", "detections", "error"):
+            for key in ("scan_id", "timings", "detections", "error", "key_id"):
                 if key in state:
                     extra[key] = state[key]
             log.info("request", extra=extra)
+            request_ids.reset(token)
 
 
 class UploadGuardMiddleware:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import ipaddress
+import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -14,6 +17,10 @@ from xscreen.errors import XscreenError
 
 BUNDLED_WEIGHTS_NAME = "xscreen-small-lacls.safetensors"
 MIN_API_KEY_LENGTH = 16
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+MODEL_SUFFIX = {"torch": ".safetensors", "onnxruntime": ".onnx"}
+
+log = logging.getLogger("xscreen.service.settings")
 
 
 class SettingsError(XscreenError):
@@ -124,8 +131,27 @@ class Settings(BaseSettings):
     dicos_retry_backoff_s: float = Field(
         1.0, ge=0, le=600, description="first retry delay, doubled each time"
     )
+    # -- models directory, admin key, audit trail (docs/service.md "Models", "Audit trail") --------------
+    models_dir: Path | None = Field(
+        None, description="folder of versioned model files <name>.safetensors / <name>.onnx"
+    )
+    model_name: str | None = Field(
+        None, pattern=MODEL_NAME_PATTERN, description="with models_dir: the file stem of the model to serve"
+    )
+    model_selection_file: Path | None = Field(
+        None,
+        description='JSON {"name": ..., "sha256": ...}: read at start and on SIGHUP, written by '
+        "POST /admin/model; wins over model_name/weights_sha256 when it exists",
+    )
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, repr=False, description="keys for /admin/* (comma-separated); none: disabled"
+    )
+    admin_keys_file: Path | None = Field(None, description="one admin key per line ('#' comments)")
+    audit_path: Path | None = Field(None, description="JSON-lines audit file, one record per answered scan")
+    audit_max_bytes: int = Field(100 * 1024 * 1024, ge=4096, description="rotate the audit file past this")
+    audit_keep: int = Field(10, ge=1, le=10_000, description="rotated audit files kept (audit.jsonl.1 ...)")
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
     def _parse_keys(cls, value: Any) -> Any:
         return _split_keys(value)
@@ -177,9 +203,45 @@ class Settings(BaseSettings):
                 f"refusing to listen on non-loopback host {self.host!r} without an API key: "
                 "set XSCREEN_API_KEYS or XSCREEN_API_KEYS_FILE"
             )
+        short = [k for k in self.all_admin_keys() if len(k) < MIN_API_KEY_LENGTH]
+        if short:
+            raise ValueError(
+                f"admin keys must be at least {MIN_API_KEY_LENGTH} characters ({len(short)} too short)"
+            )
+        self._resolve_model()
         if self.backend == "onnxruntime" and self.onnx_path is None:
             raise ValueError("backend 'onnxruntime' needs XSCREEN_ONNX_PATH (the exported .onnx file)")
         return self
+
+    def _resolve_model(self) -> None:
+        """With a models directory, point ``weights`` (or ``onnx_path``) at the selected model's file."""
+        if self.models_dir is None:
+            if self.model_name is not None or self.model_selection_file is not None:
+                raise ValueError(
+                    "XSCREEN_MODEL_NAME and XSCREEN_MODEL_SELECTION_FILE need XSCREEN_MODELS_DIR"
+                )
+            return
+        name, sha256 = self.model_name, self.weights_sha256
+        chosen = read_selection(self.model_selection_file) if self.model_selection_file else None
+        if chosen is not None:
+            name, sha256 = chosen
+        if name is None:
+            raise ValueError(
+                "XSCREEN_MODELS_DIR needs XSCREEN_MODEL_NAME (or a selection file) naming the model to serve"
+            )
+        path = model_file(self.models_dir, name, self.backend)
+        self.model_name, self.weights_sha256 = name, sha256
+        if self.backend == "onnxruntime":
+            self.onnx_path = path
+        else:
+            self.weights = path
+
+    def all_admin_keys(self) -> list[str]:
+        """Keys from XSCREEN_ADMIN_KEYS plus those in XSCREEN_ADMIN_KEYS_FILE."""
+        keys = list(self.admin_keys)
+        if self.admin_keys_file is not None:
+            keys += read_keys_file(self.admin_keys_file)
+        return keys
 
     def all_api_keys(self) -> list[str]:
         """Keys from XSCREEN_API_KEYS plus those in XSCREEN_API_KEYS_FILE (read at validation)."""
@@ -187,6 +249,62 @@ class Settings(BaseSettings):
         if self.api_keys_file is not None:
             keys += read_keys_file(self.api_keys_file)
         return keys
+
+
+def available_models(models_dir: Path, backend: str) -> list[str]:
+    """Model names (file stems) in ``models_dir`` that ``backend`` can load, sorted."""
+    suffix = MODEL_SUFFIX.get(backend, ".safetensors")
+    try:
+        return sorted(p.stem for p in models_dir.iterdir() if p.suffix == suffix and p.is_file())
+    except OSError as exc:
+        raise ValueError(f"cannot list models directory {models_dir}: {exc.strerror or exc}") from None
+
+
+def model_file(models_dir: Path, name: str, backend: str) -> Path:
+    """``<models_dir>/<name><suffix>``; ValueError naming the models there when it does not exist."""
+    import re
+
+    if not re.match(MODEL_NAME_PATTERN, name):
+        raise ValueError(f"invalid model name {name!r} (letters, digits, '.', '_', '-')")
+    path = models_dir / f"{name}{MODEL_SUFFIX.get(backend, '.safetensors')}"
+    if not path.is_file():
+        known = available_models(models_dir, backend)
+        raise ValueError(
+            f"no model named {name!r} in {models_dir} for backend {backend} "
+            f"(available: {', '.join(known) if known else 'none'})"
+        )
+    return path
+
+
+def read_selection(path: Path) -> tuple[str, str] | None:
+    """(name, sha256) from a selection file ``{"name": ..., "sha256": ...}``; None when it does not exist."""
+    import json
+    import re
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read model selection file {path}: {exc}") from None
+    name, sha256 = (data.get("name"), data.get("sha256")) if isinstance(data, dict) else (None, None)
+    if not isinstance(name, str) or not isinstance(sha256, str) or not re.match(r"^[0-9a-fA-F]{64}$", sha256):
+        raise ValueError(f'model selection file {path} must hold {{"name": "<model>", "sha256": "<64 hex>"}}')
+    return name, sha256.lower()
+
+
+def unknown_environment_variables(environ: dict[str, str] | None = None) -> list[str]:
+    """One warning per ``XSCREEN_*`` variable that is no setting, naming the closest setting if any."""
+    environ = dict(os.environ if environ is None else environ)
+    known = [f"XSCREEN_{name.upper()}" for name in Settings.model_fields]
+    warnings = []
+    for var in sorted(environ):
+        if not var.upper().startswith("XSCREEN_") or var.upper() in known:
+            continue
+        close = difflib.get_close_matches(var.upper(), known, n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        warnings.append(f"environment variable {var} is not a setting and is ignored{hint}")
+    return warnings
 
 
 def _describe(exc: ValidationError) -> str:
@@ -200,6 +318,8 @@ def _describe(exc: ValidationError) -> str:
 
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment with ``overrides`` (CLI flags) on top; one clear error on bad values."""
+    for warning in unknown_environment_variables():
+        log.warning(warning)
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:

@@ -1,16 +1,18 @@
-"""The per-app service state (settings, backend, batcher, metrics) and its typed FastAPI dependency."""
+"""The per-app service state (settings, models, batcher, audit, metrics) and its typed FastAPI dependency."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from xscreen.inference.backend import InferenceBackend
+from xscreen.service.audit import AuditLog
 from xscreen.service.auth import ApiKeys
 from xscreen.service.batching import MicroBatcher
 from xscreen.service.metrics import ServiceMetrics
+from xscreen.service.models import ModelManager
 from xscreen.service.settings import Settings
 
 
@@ -19,11 +21,17 @@ class ServiceState:
     settings: Settings
     metrics: ServiceMetrics
     api_keys: ApiKeys
-    backend: InferenceBackend | None = None
+    models: ModelManager
+    admin_keys: ApiKeys | None = None
+    audit: AuditLog | None = None
     batcher: MicroBatcher | None = None
     ready: bool = False
     ready_detail: str = "loading weights"
-    class_ids: tuple[int, ...] = field(default_factory=tuple)
+
+    @property
+    def backend(self) -> InferenceBackend | None:
+        """The model serving now (None before the lifespan loaded it)."""
+        return self.models.active.backend if self.models.active is not None else None
 
 
 async def get_service(request: Request) -> ServiceState:

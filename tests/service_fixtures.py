@@ -265,9 +265,10 @@ def post_scan(
     key: str | None = API_KEY,
     path: str = "/detect",
     timeout: float = 60.0,
+    headers: dict[str, str] | None = None,
     **fields,
 ) -> requests.Response:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers = {**({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
     files = {
         "high": ("high.bin", high, "application/octet-stream"),
         "low": ("low.bin", low, "application/octet-stream"),

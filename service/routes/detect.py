@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 
+from xscreen.service.audit import AuditError, audit_record
+from xscreen.service.auth import bearer_token, key_id, require_api_key
 from xscreen.service.batching import (
     BatcherStoppedError,
     BatchFailedError,
@@ -17,6 +20,7 @@ from xscreen.service.batching import (
     QueueFullError,
 )
 from xscreen.service.errors import ApiError
+from xscreen.service.models import class_ids
 from xscreen.service.response import detections_from_output, model_summary, render_response_png
 from xscreen.service.scan_input import PreparedScan, prepare_scan
 from xscreen.service.schemas import (
@@ -28,7 +32,10 @@ from xscreen.service.schemas import (
 from xscreen.service.state import ServiceDep, ServiceState
 from xscreen.service.tdr import DICOM_MEDIA_TYPE, tdr_from_response, wants_dicom
 
-router = APIRouter(tags=["detection"])
+log = logging.getLogger("xscreen.service")
+
+# require_api_key declares the Bearer scheme in OpenAPI; the upload guard has already checked the key.
+router = APIRouter(tags=["detection"], dependencies=[Depends(require_api_key)])
 
 _PART_HELP = (
     "energy image: 16-bit greyscale PNG, 16-bit TIFF, .npy (uint16 [H, W]) or DICOS DX (application/dicom "
@@ -47,14 +54,29 @@ ThresholdField = Annotated[
     Form(ge=0.0, le=1.0, allow_inf_nan=False, description="minimum score returned (default: the setting)"),
 ]
 
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds to wait before sending the scan again",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
 _ERRORS = {
     400: {"model": ErrorResponse, "description": "bad scan or parameter"},
     401: {"model": ErrorResponse, "description": "missing or wrong API key"},
     413: {"model": ErrorResponse, "description": "too many bytes or pixels"},
     415: {"model": ErrorResponse, "description": "not multipart/form-data, or an unsupported file format"},
     422: {"model": ErrorResponse, "description": "missing part or invalid form field"},
-    503: {"model": ErrorResponse, "description": "queue full (see Retry-After) or not ready"},
-    504: {"model": ErrorResponse, "description": "no result before the request deadline"},
+    500: {"model": ErrorResponse, "description": "inference failed on the batch holding this scan"},
+    503: {
+        "model": ErrorResponse,
+        "description": "queue full, not ready, shutting down, or the audit record could not be written",
+        "headers": _RETRY_AFTER,
+    },
+    504: {
+        "model": ErrorResponse,
+        "description": "no result before the request deadline",
+        "headers": _RETRY_AFTER,
+    },
 }
 
 
@@ -107,15 +129,21 @@ async def _run_detection(
         raise ApiError(503, "queue_full", str(exc), {"Retry-After": _retry_after(service)}) from None
     except DeadlineExceededError as exc:
         service.metrics.rejected.labels(reason="deadline").inc()
-        raise ApiError(504, "timeout", f"{exc} ({service.settings.request_timeout_s:g} s)") from None
+        raise ApiError(
+            504,
+            "timeout",
+            f"{exc} ({service.settings.request_timeout_s:g} s)",
+            {"Retry-After": _retry_after(service)},
+        ) from None
     except BatcherStoppedError as exc:
         raise ApiError(503, "shutting_down", str(exc), {"Retry-After": "5"}) from None
     except BatchFailedError as exc:
         raise ApiError(500, "inference_failed", str(exc)) from None
 
     threshold = service.settings.score_threshold if score_threshold is None else score_threshold
+    backend = result.backend  # the model that ran this scan's batch (a switch may have happened since)
     info = backend.info
-    detections = detections_from_output(result.output, info, service.class_ids, threshold)
+    detections = detections_from_output(result.output, info, class_ids(info.class_names), threshold)
     for d in detections:
         service.metrics.detections.labels(class_name=d.class_name).inc()
     timings = {
@@ -139,7 +167,41 @@ async def _run_detection(
     )
     request.state.timings = timings
     request.state.detections = len(detections)
+    await _audit(service, request, response, time.perf_counter() - t_start)
     return prepared, response
+
+
+async def _audit(service: ServiceState, request: Request, response: DetectResponse, latency: float) -> None:
+    """Append the scan's audit record and wait for its fsync: no answer leaves without its record."""
+    token = bearer_token(request)
+    kid = key_id(token) if token is not None and service.api_keys.enabled else None
+    if kid is not None:
+        request.state.key_id = kid
+    if service.audit is None:
+        return
+    record = audit_record(
+        response,
+        latency,
+        route=request.url.path,
+        request_id=getattr(request.state, "request_id", None),
+        trace_id=getattr(request.state, "trace_id", None),
+        key_id=kid,
+    )
+    try:
+        await service.audit.append(record)
+    except AuditError as exc:
+        service.metrics.audit_failures.labels(reason=exc.reason).inc()
+        log.error(
+            "audit record not written: scan refused", extra={"scan_id": response.scan_id, "reason": str(exc)}
+        )
+        raise ApiError(
+            503,
+            "audit_unavailable",
+            "the scan's audit record could not be written, so no answer is given "
+            "(the audit disk is full or unwritable)",
+            {"Retry-After": _retry_after(service)},
+        ) from None
+    service.metrics.audit_records.inc()
 
 
 @router.post(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from xscreen.service.auth import require_api_key
+from xscreen.service.auth import bearer_token, check_key
 from xscreen.service.schemas import ErrorResponse, HealthResponse, ReadyResponse
 from xscreen.service.state import ServiceDep
 
@@ -39,5 +39,5 @@ async def readyz(service: ServiceDep) -> Response:
 )
 async def metrics(request: Request, service: ServiceDep) -> Response:
     if service.settings.protect_metrics:
-        require_api_key(request)
+        check_key(service.api_keys, bearer_token(request))
     return Response(service.metrics.render(), media_type=service.metrics.content_type)
