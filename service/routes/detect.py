@@ -17,7 +17,12 @@ from xscreen.service.batching import (
     QueueFullError,
 )
 from xscreen.service.errors import ApiError
-from xscreen.service.response import detections_from_output, model_summary, render_response_png
+from xscreen.service.response import (
+    detections_from_output,
+    effective_threshold,
+    model_summary,
+    render_response_png,
+)
 from xscreen.service.scan_input import PreparedScan, prepare_scan
 from xscreen.service.schemas import (
     SCAN_ID_PATTERN,
@@ -42,7 +47,12 @@ ScanIdField = Annotated[
 ]
 ThresholdField = Annotated[
     float | None,
-    Form(ge=0.0, le=1.0, allow_inf_nan=False, description="minimum score returned (default: the setting)"),
+    Form(
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="minimum score returned (default: XSCREEN_SCORE_THRESHOLD if set, else the model's own)",
+    ),
 ]
 
 _ERRORS = {
@@ -106,8 +116,8 @@ async def _run_detection(
     except BatchFailedError as exc:
         raise ApiError(500, "inference_failed", str(exc)) from None
 
-    threshold = service.settings.score_threshold if score_threshold is None else score_threshold
     info = backend.info
+    threshold = effective_threshold(score_threshold, service.settings.score_threshold, info)
     detections = detections_from_output(result.output, info, service.class_ids, threshold)
     for d in detections:
         service.metrics.detections.labels(class_name=d.class_name).inc()

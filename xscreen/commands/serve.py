@@ -30,7 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--formats", help="accepted scan encodings, comma-separated (default png,tiff,npy,raw)")
     a("--api-keys-file", help="file with one API key per line")
     a("--protect-metrics", action="store_true", default=None, help="require an API key for /metrics")
-    a("--score-threshold", type=float, help="default minimum score in responses (default 0.3)")
+    a(
+        "--score-threshold",
+        type=float,
+        help="minimum score when a request sends none (default: the model's own)",
+    )
     a("--log-level", choices=("debug", "info", "warning", "error"), help="log level (default info)")
     a("--no-warmup", dest="warmup", action="store_false", default=None, help="skip the warm-up inference")
 
