@@ -1,6 +1,13 @@
 """Inference latency of ATSS, ATSS+LAcls, ATSS+LAreg and torchvision FCOS R-50-FPN on one random input.
 
 Usage: python benchmarks/model_latency.py --variant r50 --size 800x1333 [--runs 3] [--device cpu]
+       [--batch 8] [--dtype bf16] [--models atss_r50,atss_lacls_r50,...,fcos]
+
+``--batch N`` times one call on N images of the size (per-image time = seconds / N); ``--dtype bf16``
+runs the whole inference under ``torch.autocast`` bf16, LA passes included (``--la-bf16`` alone: only
+the LA passes);
+``--models`` replaces the variant's list by config names (and ``fcos``), e.g. a release-parity LAcls.
+A model that fails in a setting is reported as failed in its row instead of stopping the table.
 
 All four detectors run in this process on the same random 0..255 image, with random weights
 (nothing is downloaded). Each is warmed up once, then all are timed round-robin ``--runs`` times;
@@ -16,6 +23,7 @@ measured in a fresh subprocess per model (so one model's peak does not hide anot
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -59,30 +67,41 @@ def build(
     return model.to(device).eval()
 
 
-def run_once(model, image: torch.Tensor, stages: dict | None) -> float:
-    device = image.device
+def run_once(model, images: list[torch.Tensor], stages: dict | None, dtype: str = "fp32") -> float:
+    device = images[0].device
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    with (
+        torch.inference_mode(),
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"),
+    ):
         if hasattr(model, "predict"):
-            model.predict([image], stages)
+            model.predict(images, stages)
         else:
-            model([image / 255.0])  # torchvision detection models take 0..1 images
+            model([im / 255.0 for im in images])  # torchvision detection models take 0..1 images
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - t0
 
 
-def time_models(models: dict, image, runs: int) -> dict[str, tuple[float, dict[str, float]]]:
+def time_models(
+    models: dict, images: list[torch.Tensor], runs: int, dtype: str = "fp32"
+) -> tuple[dict[str, tuple[float, dict[str, float]]], dict[str, str]]:
     """Warm each model up once, then time them round-robin (so load drift on a shared machine hits
-    every model alike); median total and median per stage for each."""
-    for model in models.values():
-        run_once(model, image, None)
+    every model alike); median total and median per stage for each, and {model: error} for those
+    that failed (left out of the timing)."""
+    failed: dict[str, str] = {}
+    for name, model in list(models.items()):
+        try:
+            run_once(model, images, None, dtype)
+        except Exception as exc:  # one model failing in a setting (e.g. bf16) must not end the table
+            failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+            del models[name]
     totals: dict[str, list[float]] = {n: [] for n in models}
     stages: dict[str, list[dict]] = {n: [] for n in models}
     for r in range(runs):
         for name, model in models.items():
             st: dict[str, float] = {}
-            totals[name].append(run_once(model, image, st))
+            totals[name].append(run_once(model, images, st, dtype))
             stages[name].append(st)
             print(f"# run {r + 1}: {name} {totals[name][-1]:.3f} s", file=sys.stderr, flush=True)
     return {
@@ -91,15 +110,22 @@ def time_models(models: dict, image, runs: int) -> dict[str, tuple[float, dict[s
             {k: statistics.median(s.get(k, 0.0) for s in stages[n]) for k in MODEL_STAGES},
         )
         for n in models
-    }
+    }, failed
 
 
 def peak_memory_mib(
-    name: str, size: tuple[int, int], device: str, batched_grad: bool, channels_last: bool, la_bf16: bool
+    name: str,
+    size: tuple[int, int],
+    device: str,
+    batched_grad: bool,
+    channels_last: bool,
+    la_bf16: bool,
+    batch: int = 1,
+    dtype: str = "fp32",
 ) -> float:
     """Peak memory of one inference (see module docstring), measured in a child process."""
     cmd = [sys.executable, __file__, "--_memory-child", name, "--size", f"{size[0]}x{size[1]}"]
-    cmd += ["--device", device]
+    cmd += ["--device", device, "--batch", str(batch), "--dtype", dtype]
     if batched_grad:
         cmd.append("--batched-grad")
     if not channels_last:
@@ -119,18 +145,25 @@ def _status_kib(key: str) -> int:
 
 
 def _memory_child(
-    name: str, size: tuple[int, int], device: str, batched_grad: bool, channels_last: bool, la_bf16: bool
+    name: str,
+    size: tuple[int, int],
+    device: str,
+    batched_grad: bool,
+    channels_last: bool,
+    la_bf16: bool,
+    batch: int = 1,
+    dtype: str = "fp32",
 ) -> None:
     import resource
 
     torch.manual_seed(0)
     model = build(name, size, device, batched_grad, channels_last, la_bf16)
-    image = (torch.rand(3, *size) * 255).to(device)
+    image = [(torch.rand(3, *size) * 255).to(device) for _ in range(batch)]
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        run_once(model, image, None)
+        run_once(model, image, None, dtype)
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
         # Reset the kernel's peak-RSS mark (VmHWM) so that building the model does not count, then
@@ -139,11 +172,11 @@ def _memory_child(
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
-            run_once(model, image, None)
+            run_once(model, image, None, dtype)
             peak = (_status_kib("VmHWM") - rss_before) / 1024
         except OSError:  # no clear_refs: fall back to the growth of ru_maxrss
             before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            run_once(model, image, None)
+            run_once(model, image, None, dtype)
             peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     print(json.dumps({"peak_mib": peak}))
 
@@ -183,6 +216,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--la-bf16", action="store_true", help="LA: first prediction and gradient passes under bf16 autocast"
     )
+    p.add_argument("--batch", type=int_at_least(1), default=1, help="images per call (default 1)")
+    p.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: the whole inference under torch.autocast bf16 (default fp32)",
+    )
+    p.add_argument(
+        "--models",
+        type=lambda t: [m.strip() for m in t.split(",") if m.strip()],
+        help="comma list of config names and/or 'fcos' instead of --variant's (the first is the / ATSS base)",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the per-model memory subprocesses")
     p.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -192,39 +237,69 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(exc))
     if args.memory_child:
         _memory_child(
-            args.memory_child, args.size, args.device, args.batched_grad, args.channels_last, args.la_bf16
+            args.memory_child,
+            args.size,
+            args.device,
+            args.batched_grad,
+            args.channels_last,
+            args.la_bf16,
+            args.batch,
+            args.dtype,
         )
         return 0
+    names = args.models or [*VARIANTS[args.variant], "fcos"]
+    for n in names:
+        if n != "fcos":
+            try:
+                load_config(n)
+            except Exception as exc:
+                p.error(f"--models: {exc}")
     torch.manual_seed(0)
-    image = (torch.rand(3, *args.size) * 255).to(args.device)
-    names = [*VARIANTS[args.variant], "fcos"]
+    images = [(torch.rand(3, *args.size) * 255).to(args.device) for _ in range(args.batch)]
+    image = images[0]
+    if args.dtype == "bf16":
+        # LA's passes run under their own autocast, which would otherwise switch bf16 off inside them
+        args.la_bf16 = True
     models = {
         n: build(n, args.size, args.device, args.batched_grad, args.channels_last, args.la_bf16)
         for n in names
     }
-    results = time_models(models, image, args.runs)
+    results, failed = time_models(models, images, args.runs, args.dtype)
     deviations = bf16_deviation(models, image) if args.la_bf16 else {}
     del models
     memory = {}
     if not args.no_memory:
-        for name in names:
-            memory[name] = peak_memory_mib(
-                name, args.size, args.device, args.batched_grad, args.channels_last, args.la_bf16
-            )
-    fcos_s = results["fcos"][0]
-    atss_s = results[names[0]][0]
+        for name in results:
+            with contextlib.suppress(subprocess.CalledProcessError):  # left "-" in the table
+                memory[name] = peak_memory_mib(
+                    name,
+                    args.size,
+                    args.device,
+                    args.batched_grad,
+                    args.channels_last,
+                    args.la_bf16,
+                    args.batch,
+                    args.dtype,
+                )
+    fcos_s = results["fcos"][0] if "fcos" in results else float("nan")
+    atss_s = results[names[0]][0] if names[0] in results else float("nan")
     threads = torch.get_num_threads()
     h, w = args.size
     mem_what = "CUDA max_memory_allocated" if args.device.startswith("cuda") else "peak RSS over start"
     print(
-        f"Input {h}x{w}, device {args.device} ({threads} threads), "
-        f"median of {args.runs} runs, random weights.\n"
+        f"Input {h}x{w}, batch {args.batch}, {args.dtype}, device {args.device} ({threads} threads), "
+        f"median of {args.runs} runs, random weights; seconds per call of {args.batch} image(s).\n"
     )
     stage_keys = ("backbone_fpn", "head_first", "la_grad", "head_second", "postprocess")
     cells = []
     for name in names:
-        total, st = results[name]
         label = "FCOS R-50 (torchvision)" if name == "fcos" else LABELS[load_config(name).la_mode]
+        if args.models:
+            label = f"{label} ({name})"
+        if name in failed:
+            cells.append([label, "failed", "-", "-", failed[name], "-", "-", "-", "-", "-"])
+            continue
+        total, st = results[name]
         split = ["-"] * len(stage_keys) if name == "fcos" else [f"{st[k]:.3f}" for k in stage_keys]
         mem = f"{memory[name]:.0f}" if name in memory else "-"
         cells.append([label, f"{total:.3f}", f"{total / fcos_s:.2f}", f"{total / atss_s:.2f}", *split, mem])

@@ -92,13 +92,15 @@ def encode_requests(scans: list[tuple[np.ndarray, np.ndarray]], fmt: str) -> lis
     return out
 
 
-def model_latency(weights: Path, scans, runs: int, onnx_path: Path | None = None) -> float:
+def model_latency(
+    weights: Path, scans, runs: int, onnx_path: Path | None = None, device: str = "cpu"
+) -> float:
     """Median seconds of the model alone (the backend's predict, batch of 1) on the converted scans."""
     from xscreen.inference.backend import TorchBackend
     from xscreen.inference.onnx_backend import OnnxBackend
     from xscreen.scans import convert_scan
 
-    backend = TorchBackend(weights, "cpu") if onnx_path is None else OnnxBackend(onnx_path, "cpu")
+    backend = TorchBackend(weights, device) if onnx_path is None else OnnxBackend(onnx_path, device)
     images = [convert_scan(h, lo) for h, lo in scans]
     # Measured in a one-thread executor, exactly as the service's batcher calls it (on a busy machine
     # the main thread's OpenMP team can be several times slower than a worker thread's).
@@ -255,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-queue-delay-ms", type=setting_value("max_queue_delay_ms"), default=5.0)
     p.add_argument("--model-runs", type=positive_int, default=15)
     p.add_argument("--seed", type=non_negative_int, default=500)
+    p.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="the server's device (default cpu)"
+    )
     args = p.parse_args(argv)
     if args.onnx_path is not None and not args.onnx_path.is_file():
         p.error(f"ONNX file not found: {args.onnx_path}")
@@ -263,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     levels = args.concurrency
 
     scans = make_scans(args.scans, args.size, args.seed)
-    model_s = model_latency(args.weights, scans, args.model_runs, args.onnx_path)
+    model_s = model_latency(args.weights, scans, args.model_runs, args.onnx_path, args.device)
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("XSCREEN_")}
@@ -275,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.onnx_path is not None
             else {}
         ),
-        XSCREEN_DEVICE="cpu",
+        XSCREEN_DEVICE=args.device,
         XSCREEN_MAX_BATCH_SIZE=str(args.max_batch_size),
         XSCREEN_MAX_QUEUE_DELAY_MS=str(args.max_queue_delay_ms),
         XSCREEN_QUEUE_SIZE=str(max(64, 2 * max(levels))),
@@ -311,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
 
     served = "backend torch" if args.onnx_path is None else f"backend onnxruntime ({args.onnx_path.name})"
     print(f"\nweights: {args.weights.name}, {served}, scans {args.size}x{args.size} 16-bit, "
-          f"device cpu, {os.cpu_count()} cores, max_batch_size {args.max_batch_size}, "
+          f"device {args.device}, {os.cpu_count()} cores, max_batch_size {args.max_batch_size}, "
           f"max_queue_delay {args.max_queue_delay_ms:g} ms\n")  # fmt: skip
     header = ("format", "concurrency", "requests", "200", "other", "p50 s", "p95 s", "p99 s")
     cells = [

@@ -111,11 +111,19 @@ def onnx_metadata(
     opset: int,
     precision: str = "fp32",
     calibration: str | None = None,
+    operating_point: dict | None = None,
 ) -> dict[str, str]:
-    """The ``metadata_props`` of an exported file (all values are strings)."""
+    """The ``metadata_props`` of an exported file (all values are strings).
+
+    ``operating_point``: the weights' own (model.weights), stored as ``score_threshold`` and the JSON
+    ``operating_point``; files without them are served at the legacy default threshold.
+    """
     if precision not in PRECISIONS:
         raise OnnxModelError(f"unknown precision {precision!r} (expected one of {', '.join(PRECISIONS)})")
     extra = {"calibration": calibration} if calibration else {}
+    if operating_point is not None:
+        extra["score_threshold"] = repr(float(operating_point["score_threshold"]))
+        extra["operating_point"] = json.dumps(operating_point, sort_keys=True)
     return {
         "xscreen_format": ONNX_FORMAT,
         "xscreen_format_version": str(ONNX_FORMAT_VERSION),
@@ -152,6 +160,7 @@ class OnnxModelMeta:
     class_names: tuple[str, ...]
     raw: dict[str, str]
     precision: str = "fp32"
+    score_threshold: float | None = None  # None: the export records none (made before thresholds)
 
 
 def parse_onnx_metadata(meta: dict[str, str], source: str = "onnx model") -> OnnxModelMeta:
@@ -190,6 +199,16 @@ def parse_onnx_metadata(meta: dict[str, str], source: str = "onnx model") -> Onn
         raise OnnxModelError(
             f"{source}: metadata precision {precision!r} is not one of {', '.join(PRECISIONS)}"
         )
+    threshold = None
+    if "score_threshold" in meta:
+        try:
+            threshold = float(meta["score_threshold"])
+        except ValueError:
+            threshold = -1.0
+        if not 0.0 <= threshold <= 1.0:
+            raise OnnxModelError(
+                f"{source}: metadata score_threshold {meta['score_threshold']!r} is not a number in [0, 1]"
+            )
     return OnnxModelMeta(
         config=cfg,
         name=meta["model_name"],
@@ -198,6 +217,7 @@ def parse_onnx_metadata(meta: dict[str, str], source: str = "onnx model") -> Onn
         class_names=tuple(names),
         raw=dict(meta),
         precision=precision,
+        score_threshold=threshold,
     )
 
 
@@ -218,6 +238,7 @@ def export_onnx(
     debug_la: bool = False,
     calibration: list | None = None,
     calibration_source: str | None = None,
+    operating_point: dict | None = None,
 ) -> Path:
     """Export ``detector`` (an ATSSDetector) to ``out_path`` with dynamic batch/height/width.
 
@@ -236,6 +257,7 @@ def export_onnx(
         debug_la=debug_la,
         calibration=calibration,
         calibration_source=calibration_source,
+        operating_point=operating_point,
     )
     return path
 
@@ -251,6 +273,7 @@ def _export(
     debug_la: bool,
     calibration: list | None,
     calibration_source: str | None,
+    operating_point: dict | None = None,
 ) -> tuple[Path, dict[str, str]]:
     """``export_onnx``, also returning the metadata written into the file."""
     import onnx
@@ -324,6 +347,7 @@ def _export(
             opset=opset,
             precision=precision,
             calibration=calibration_source if calibration is not None else None,
+            operating_point=operating_point,
         )
         apply_metadata(proto, meta)
         proto.doc_string = (
@@ -369,5 +393,6 @@ def export_weights(
         debug_la=debug_la,
         calibration=batches,
         calibration_source=source,
+        operating_point=info.operating_point,
     )
     return path, parse_onnx_metadata(meta, str(path)), detector

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 FORMAT = "xscreen-detector"
 FORMAT_VERSION = 1
+# Score threshold of files that record no operating point (made before training picked one): the
+# service's default until then. New files carry ``operating_point`` in their header (training.threshold).
+LEGACY_SCORE_THRESHOLD = 0.3
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,44 @@ class WeightsInfo:
     name: str
     version: str
     metadata: dict = field(default_factory=dict)
+    operating_point: dict | None = None  # score_threshold, rule, precision/recall/F1 on the val split
+
+    @property
+    def score_threshold(self) -> float:
+        """The model's own threshold; LEGACY_SCORE_THRESHOLD for a file that records none."""
+        if self.operating_point is None:
+            return LEGACY_SCORE_THRESHOLD
+        return float(self.operating_point["score_threshold"])
+
+
+def check_operating_point(op, source: str = "operating point") -> dict:
+    """``op`` as a dict whose ``score_threshold`` is a number in [0, 1] and ``rule`` a string."""
+    if not isinstance(op, dict):
+        raise WeightsError(f"{source}: operating point must be a JSON object, got {type(op).__name__}")
+    t = op.get("score_threshold")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 1.0:
+        raise WeightsError(f"{source}: operating point score_threshold must be a number in [0, 1], got {t!r}")
+    if not isinstance(op.get("rule"), str) or not op["rule"]:
+        raise WeightsError(f"{source}: operating point has no rule (how the threshold was chosen)")
+    return {**op, "score_threshold": float(t)}
+
+
+def operating_point_of(meta: dict[str, str], source: str) -> dict | None:
+    """The header's operating point (None, with one log line, in a file made before they were recorded)."""
+    raw = meta.get("operating_point")
+    if raw is None:
+        log.info(
+            "%s records no operating threshold (made before weights carried one, or saved before any "
+            "validation): using the old default score threshold %g",
+            source,
+            LEGACY_SCORE_THRESHOLD,
+        )
+        return None
+    try:
+        op = json.loads(raw)
+    except json.JSONDecodeError:
+        raise WeightsError(f"{source}: operating_point in the header is not JSON") from None
+    return check_operating_point(op, source)
 
 
 def tensors_sha256(tensors: dict[str, Tensor]) -> str:
@@ -45,9 +86,19 @@ def tensors_sha256(tensors: dict[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_weights(model, path: str | Path, *, half: bool = False, metadata: dict | None = None) -> str:
-    """Write ``model``'s state dict (fp16 floats if ``half``) with its config; returns the sha256."""
-    from safetensors.torch import save_file
+def save_weights(
+    model,
+    path: str | Path,
+    *,
+    half: bool = False,
+    metadata: dict | None = None,
+    operating_point: dict | None = None,
+) -> str:
+    """Write ``model``'s state dict (fp16 floats if ``half``) with its config; returns the sha256.
+
+    ``operating_point``: the threshold the model is served with and how it was chosen
+    (training.threshold.select_threshold); stored as the header's ``operating_point`` JSON.
+    """
 
     cfg: DetectorConfig = model.cfg
     tensors = {}
@@ -68,12 +119,37 @@ def save_weights(model, path: str | Path, *, half: bool = False, metadata: dict 
         "version": str(meta.get("version", xscreen_version)),
         "metadata": json.dumps(meta, sort_keys=True, default=str),
     }
-    path = Path(path)
+    if operating_point is not None:
+        header["operating_point"] = json.dumps(check_operating_point(operating_point), sort_keys=True)
+    _write(tensors, header, Path(path))
+    return digest
+
+
+def _write(tensors: dict[str, Tensor], header: dict[str, str], path: Path) -> None:
+    from safetensors.torch import save_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=header)
     os.replace(tmp, path)
-    return digest
+
+
+def set_operating_point(src: str | Path, dst: str | Path, operating_point: dict) -> dict:
+    """Copy weights ``src`` to ``dst`` (may be the same file) with a new operating point; tensors, their
+    dtype and sha256 unchanged (verified). Returns the stored operating point."""
+    from safetensors.torch import load_file
+
+    src = Path(src)
+    header = read_header(src)
+    op = check_operating_point(operating_point)
+    try:
+        tensors = load_file(str(src))
+    except Exception as exc:
+        raise WeightsError(f"{src}: cannot read tensors, file truncated or corrupted ({exc})") from None
+    if tensors_sha256(tensors) != header.get("sha256"):
+        raise WeightsError(f"{src}: sha256 mismatch: the file is corrupted or was modified")
+    _write(tensors, {**header, "operating_point": json.dumps(op, sort_keys=True)}, Path(dst))
+    return op
 
 
 def read_header(path: str | Path) -> dict[str, str]:
@@ -171,5 +247,6 @@ def load_weights(
         name=meta.get("name", cfg.name),
         version=meta.get("version", ""),
         metadata=extra,
+        operating_point=operating_point_of(meta, str(path)),
     )
     return model, info

@@ -39,7 +39,7 @@ from xscreen.scans.dicos import (
 )
 from xscreen.service.audit import AuditError, audit_record
 from xscreen.service.models import class_ids
-from xscreen.service.response import detections_from_output, model_summary
+from xscreen.service.response import detections_from_output, effective_threshold, model_summary
 from xscreen.service.scan_input import PreparedScan
 from xscreen.service.schemas import DetectResponse, ImageSize
 from xscreen.service.state import ServiceState
@@ -280,9 +280,8 @@ class DicosListener:
         result = future.result(timeout=s.request_timeout_s + 5)
         backend = result.backend  # the model that ran this pair's batch (a switch may have happened since)
         info = backend.info
-        detections = detections_from_output(
-            result.output, info, class_ids(info.class_names), s.score_threshold
-        )
+        threshold = effective_threshold(None, s.score_threshold, info)  # the model's own unless overridden
+        detections = detections_from_output(result.output, info, class_ids(info.class_names), threshold)
         for d in detections:
             self.metrics.detections.labels(class_name=d.class_name).inc()
         height, width = pair.high.pixels.shape
@@ -297,7 +296,7 @@ class DicosListener:
             scan_id=scan_id,
             model=model_summary(info, s.backend, backend.device),
             image=ImageSize(width=width, height=height),
-            score_threshold=s.score_threshold,
+            score_threshold=threshold,
             detections=detections,
             batch_size=result.batch_size,
             timings={k: round(v, 6) for k, v in timings.items()},

@@ -19,6 +19,13 @@ def class_ids_for(class_names: tuple[str, ...]) -> tuple[int, ...]:
     return tuple(by_name.get(normalise_name(n), i + 1) for i, n in enumerate(class_names))
 
 
+def effective_threshold(requested: float | None, setting: float | None, info: ModelInfo) -> float:
+    """The request's threshold, else the XSCREEN_SCORE_THRESHOLD override, else the model's own."""
+    if requested is not None:
+        return requested
+    return info.score_threshold if setting is None else setting
+
+
 def detections_from_output(
     output: dict[str, np.ndarray], info: ModelInfo, class_ids: tuple[int, ...], threshold: float
 ) -> list[Detection]:

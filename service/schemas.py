@@ -102,7 +102,10 @@ class ModelResponse(BaseModel):
     backend: str
     device: str
     precision: str
-    score_threshold: float = Field(description="default minimum score of returned detections")
+    score_threshold: float = Field(
+        description="default minimum score of returned detections: XSCREEN_SCORE_THRESHOLD if set, "
+        "else the model's own operating threshold"
+    )
     classes: list[ModelClass]
     limits: InputLimits
     config: dict[str, Any] = Field(description="the detector config stored with the weights")

@@ -103,7 +103,13 @@ class Settings(BaseSettings):
     )
     api_keys_file: Path | None = Field(None, description="one key per line ('#' comments)")
     protect_metrics: bool = Field(False, description="require an API key for /metrics")
-    score_threshold: float = Field(0.3, ge=0.0, le=1.0, description="default minimum score returned")
+    score_threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="minimum score returned when a request sends none; unset: the model's own threshold "
+        "(recorded in its weights or export, 0.3 for files made before)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     warmup: bool = Field(True, description="run one inference before /readyz says ready")
     graceful_timeout_s: float = Field(30.0, gt=0, le=3600, description="wait for in-flight requests on stop")

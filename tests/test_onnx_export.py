@@ -396,6 +396,7 @@ def test_make_backend_passes_the_onnx_settings(lacls):
         make_backend(pinned)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(
     not (torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()),
     reason="needs a CUDA GPU and onnxruntime's CUDA execution provider",

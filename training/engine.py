@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("xscreen.train")
 
 VAL_METRICS = ("mAP", "AP50", "AP75", "APs", "APm", "APl")
+OPERATING_POINT_PNG = "operating_point.png"  # PR curve of the last validation with the chosen threshold
 
 
 class StopFlag:
@@ -259,7 +260,7 @@ class Trainer:
         epochs_done = epoch + 1
         if not (s.eval_every and (epochs_done % s.eval_every == 0 or epoch == s.epochs - 1)):
             return None
-        metrics = evaluate(self.model, s, self.device, self.dist)
+        metrics = evaluate(self.model, s, self.device, self.dist, self.progress.iteration)
         if self.dist.is_main:
             self._record_val(metrics, epochs_done)
         return metrics
@@ -273,7 +274,8 @@ class Trainer:
             p.best_mAP, p.best_epoch = vals["mAP"], epochs_done
             meta = {"epoch": epochs_done, "iteration": p.iteration, "run": self.run_info}
             meta["val"] = {k: metrics.get(k) for k in VAL_METRICS}
-            save_weights(self.model, self.out / BEST_FILE, metadata=meta)
+            op = metrics.get("operating_point")
+            save_weights(self.model, self.out / BEST_FILE, metadata=meta, operating_point=op)
         self.run_log.log_val(epoch=epochs_done, iteration=p.iteration, values=vals)
         log.info(
             "epoch %d: val mAP %.4f AP50 %.4f (best %s at epoch %s)",
@@ -300,7 +302,8 @@ class Trainer:
         meta = {"epoch": epoch_done, "iteration": p.iteration, "run": self.run_info, "why": why}
         if metrics:
             meta["val"] = {k: metrics.get(k) for k in VAL_METRICS}
-        save_weights(self.model, self.out / LAST_FILE, metadata=meta)
+        op = metrics.get("operating_point") if metrics else None
+        save_weights(self.model, self.out / LAST_FILE, metadata=meta, operating_point=op)
         state = {
             "iteration": p.iteration,
             "best_mAP": p.best_mAP,
@@ -317,17 +320,35 @@ class Trainer:
 
 
 def evaluate(
-    model: torch.nn.Module, s: TrainSettings, device: torch.device, dist: DistInfo
+    model: torch.nn.Module, s: TrainSettings, device: torch.device, dist: DistInfo, iteration: int = 0
 ) -> dict[str, Any]:
-    """Validation on rank 0 (pycocotools via training.evaluate); other ranks wait at a barrier."""
-    from xscreen.training.evaluate import evaluate_model
+    """Validation on rank 0 (pycocotools via training.evaluate); other ranks wait at a barrier.
+
+    The metrics carry the ``operating_point`` that ``s.threshold_rule`` picks on the same detections
+    (training.threshold); the checkpoints store it, and RUN/operating_point.png shows its PR curve.
+    """
+    from xscreen.training.dataset import CocoDetection
+    from xscreen.training.evaluate import detect_dataset, evaluate_detections
+    from xscreen.training.threshold import describe, pick_threshold
 
     metrics: dict[str, Any] = {}
     if dist.is_main:
         model.eval()
         try:
-            metrics = evaluate_model(model, s.data, "val", batch_size=s.eval_batch_size, device=str(device))
+            ds = CocoDetection(s.data, "val", class_names=model.cfg.class_names)
+            results = detect_dataset(model, ds, batch_size=s.eval_batch_size, device=str(device))
         finally:
             model.train()
+        metrics = evaluate_detections(ds.coco, results)
+        op = pick_threshold(
+            ds.coco,
+            results,
+            s.threshold_rule,
+            s.min_precision,
+            plot=Path(s.out) / OPERATING_POINT_PNG,
+            title=f"{model.cfg.name}, val split, iteration {iteration}",
+        )
+        metrics["operating_point"] = {**op, "split": "val"}
+        log.info("operating point: %s", describe(metrics["operating_point"]))
     barrier(dist)
     return metrics

@@ -28,4 +28,6 @@ class TrainSettings:
     log_every: int = 10
     eval_batch_size: int = 2
     progress: bool = True
+    threshold_rule: str = "best-f1"  # how validation picks the operating threshold (training.threshold)
+    min_precision: float = 0.9  # threshold_rule "precision": the precision to reach
     extra: dict[str, Any] = field(default_factory=dict)

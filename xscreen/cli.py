@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("xscreen.commands.synth", "generate a synthetic dual-energy scan dataset"),
     "render": ("xscreen.commands.render", "draw the pseudo-colour picture of a scan with boxes"),
     "eval": ("xscreen.commands.eval", "evaluate weights or detections with COCO metrics"),
+    "threshold": ("xscreen.commands.threshold", "show, set or re-pick the operating threshold of weights"),
     "la-experiment": (
         "xscreen.commands.la_experiment",
         "ATSS vs its LA variants, several seeds",

@@ -21,7 +21,12 @@ from xscreen.service.batching import (
 )
 from xscreen.service.errors import ApiError
 from xscreen.service.models import class_ids
-from xscreen.service.response import detections_from_output, model_summary, render_response_png
+from xscreen.service.response import (
+    detections_from_output,
+    effective_threshold,
+    model_summary,
+    render_response_png,
+)
 from xscreen.service.scan_input import PreparedScan, prepare_scan
 from xscreen.service.schemas import (
     SCAN_ID_PATTERN,
@@ -51,7 +56,12 @@ ScanIdField = Annotated[
 ]
 ThresholdField = Annotated[
     float | None,
-    Form(ge=0.0, le=1.0, allow_inf_nan=False, description="minimum score returned (default: the setting)"),
+    Form(
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="minimum score returned (default: XSCREEN_SCORE_THRESHOLD if set, else the model's own)",
+    ),
 ]
 
 _RETRY_AFTER = {
@@ -140,9 +150,9 @@ async def _run_detection(
     except BatchFailedError as exc:
         raise ApiError(500, "inference_failed", str(exc)) from None
 
-    threshold = service.settings.score_threshold if score_threshold is None else score_threshold
     backend = result.backend  # the model that ran this scan's batch (a switch may have happened since)
     info = backend.info
+    threshold = effective_threshold(score_threshold, service.settings.score_threshold, info)
     detections = detections_from_output(result.output, info, class_ids(info.class_names), threshold)
     for d in detections:
         service.metrics.detections.labels(class_name=d.class_name).inc()

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--device", choices=("auto", "cuda", "cpu"), help="inference device (default auto)")
     a("--backend", choices=("torch", "onnxruntime"), help="inference backend (default torch)")
     a("--onnx-path", help="exported .onnx model for --backend onnxruntime")
-    a("--score-threshold", type=float, help="minimum score (default 0.3)")
+    a("--score-threshold", type=float, help="minimum score (default: the model's own threshold)")
     a("--max-pixels", type=int, help="pixels per energy image limit")
     a("--scan-id", help="id echoed in the JSON (default: generated)")
     a("--json", action="store_true", help="print the /detect JSON response")
@@ -53,7 +53,12 @@ def _read(path: str, label: str) -> bytes:
 def run(args: argparse.Namespace) -> int:
     from xscreen.inference.backend import make_backend
     from xscreen.service.errors import ApiError
-    from xscreen.service.response import class_ids_for, detections_from_output, model_summary
+    from xscreen.service.response import (
+        class_ids_for,
+        detections_from_output,
+        effective_threshold,
+        model_summary,
+    )
     from xscreen.service.scan_input import prepare_scan
     from xscreen.service.schemas import DetectResponse, ImageSize
     from xscreen.service.settings import load_settings
@@ -87,9 +92,8 @@ def run(args: argparse.Namespace) -> int:
     (output,), stages = backend.predict([prepared.image])
     inference = time.perf_counter() - t1
     info = backend.info
-    detections = detections_from_output(
-        output, info, class_ids_for(info.class_names), settings.score_threshold
-    )
+    threshold = effective_threshold(None, settings.score_threshold, info)
+    detections = detections_from_output(output, info, class_ids_for(info.class_names), threshold)
     timings = {
         "decode": prepared.decode_seconds,
         "convert": prepared.convert_seconds,
@@ -101,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         scan_id=args.scan_id or uuid.uuid4().hex,
         model=model_summary(info, settings.backend, backend.device),
         image=ImageSize(width=prepared.size[0], height=prepared.size[1]),
-        score_threshold=settings.score_threshold,
+        score_threshold=threshold,
         detections=detections,
         batch_size=1,
         timings={k: round(v, 6) for k, v in timings.items()},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -21,19 +22,31 @@ def add_arguments(parser) -> None:
     parser.add_argument("--img-dir", help="converted-image folder (default DATA/images/SPLIT)")
     parser.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default 2)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument(
+        "--threshold-rule",
+        choices=("best-f1", "precision"),
+        default="best-f1",
+        help="also report the operating threshold this rule picks on the split (training.threshold)",
+    )
+    parser.add_argument(
+        "--min-precision", type=float, default=0.9, help="--threshold-rule precision: target (default 0.9)"
+    )
 
 
 def run(args) -> int:
     from xscreen.training.evaluate import (
         EvalError,
         OnnxDetector,
+        _read_json,
+        detect_dataset,
         evaluate_detections,
-        evaluate_model,
         metrics_markdown,
     )
+    from xscreen.training.threshold import check_rule
 
     if args.batch_size < 1:
         raise EvalError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_rule(args.threshold_rule, args.min_precision)
     given = [
         f
         for f, v in (("--weights", args.weights), ("--onnx", args.onnx), ("--detections", args.detections))
@@ -48,12 +61,16 @@ def run(args) -> int:
     ann_file = (
         Path(args.ann_file) if args.ann_file else Path(args.data) / "annotations" / f"{args.split}.json"
     )
+    stored = None  # the model's own operating point
     if args.detections:
-        metrics = evaluate_detections(ann_file, args.detections, subset=args.subset, out_dir=args.out)
+        gt = ann_file
+        results = _read_json(args.detections, "detections file")
+        metrics = evaluate_detections(gt, results, subset=args.subset, out_dir=args.out)
     else:
         import torch
 
         from xscreen.model.weights import load_weights
+        from xscreen.training.dataset import CocoDetection
 
         try:
             device = torch.device(args.device)
@@ -63,21 +80,42 @@ def run(args) -> int:
             raise EvalError(f"--device {args.device}: CUDA is not available on this machine")
         if args.onnx:
             model = OnnxDetector(args.onnx, device.type)
+            raw = model.backend.meta.raw.get("operating_point")
+            stored = json.loads(raw) if raw else None
         else:
-            model, _ = load_weights(args.weights, device=device)
-        metrics = evaluate_model(
-            model,
-            args.data,
-            args.split,
-            subset=args.subset,
-            batch_size=args.batch_size,
-            device=device,
-            out_dir=args.out,
-            ann_file=ann_file,
-            img_dir=args.img_dir,
-            progress=True,
+            model, info = load_weights(args.weights, device=device)
+            stored = info.operating_point
+        # evaluate_model's steps, keeping the detections for the operating point
+        ds = CocoDetection(
+            args.data, args.split, class_names=model.cfg.class_names, ann_file=ann_file, img_dir=args.img_dir
         )
+        hard = {int(im["id"]) for im in ds.images if im.get("challenging")}
+        if args.subset and not hard:
+            raise EvalError(f'{ds.ann_file}: no image is flagged "challenging": true')
+        results = detect_dataset(
+            model, ds, hard if args.subset else None, batch_size=args.batch_size, device=device, progress=True
+        )
+        gt = ds.coco
+        metrics = evaluate_detections(gt, results, subset=args.subset, out_dir=args.out)
     print(metrics_markdown(metrics))
+    _report_threshold(args, gt, results, stored)
     if args.out:
         print(f"wrote {args.out}/metrics.json, metrics.md, detections.json and pr_curves/")
     return 0
+
+
+def _report_threshold(args, gt, results: list, stored: dict | None) -> None:
+    """The operating point the rule picks on these detections, beside the model's stored one."""
+    from xscreen.training.evaluate import _check_results, _read_json
+    from xscreen.training.threshold import describe, pick_threshold
+
+    gt = _read_json(gt, "ground-truth annotation file")
+    ids = [int(im["id"]) for im in gt["images"] if not args.subset or im.get("challenging")]
+    plot = Path(args.out) / "operating_point.png" if args.out else None
+    op = pick_threshold(
+        gt, _check_results(results, gt), args.threshold_rule, args.min_precision, ids, plot=plot
+    )
+    subset = f" ({args.subset} subset)" if args.subset else ""
+    print(f"operating point on {args.split}{subset}: {describe(op)}")
+    if args.weights or args.onnx:
+        print(f"the model's stored operating point: {describe(stored)}")

@@ -31,7 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--formats", help="accepted scan encodings, comma-separated (default png,tiff,npy,raw,dicom)")
     a("--api-keys-file", help="file with one API key per line")
     a("--protect-metrics", action="store_true", default=None, help="require an API key for /metrics")
-    a("--score-threshold", type=float, help="default minimum score in responses (default 0.3)")
+    a(
+        "--score-threshold",
+        type=float,
+        help="minimum score when a request sends none (default: the model's own)",
+    )
     a("--log-level", choices=("debug", "info", "warning", "error"), help="log level (default info)")
     a("--dicos-port", type=int, help="also run the DICOS network listener on this port (docs/dicos.md)")
     a("--dicos-ae-title", help="the DICOS listener's AE title (default XSCREEN)")

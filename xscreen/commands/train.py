@@ -52,6 +52,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-every", type=positive_int, default=10, help="CSV/TensorBoard row every N iterations"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--threshold-rule",
+        choices=("best-f1", "precision"),
+        default="best-f1",
+        help="how validation picks the weights' operating score threshold: best F1 of all classes' "
+        "detections (default) or the lowest threshold reaching --min-precision",
+    )
+    parser.add_argument(
+        "--min-precision", type=positive_float, default=0.9, help="--threshold-rule precision (default 0.9)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         warmup_iters=args.warmup_iters,
         log_every=args.log_every,
         progress=not args.no_progress,
+        threshold_rule=args.threshold_rule,
+        min_precision=args.min_precision,
     )
     result = train(settings)
     if result["rank"] == 0:

@@ -62,6 +62,7 @@ class TorchBackend:
             class_names=names,
             groups=groups_for(names),
             precision="fp32, LA gradients bf16" if la_bf16 else "fp32",
+            score_threshold=winfo.score_threshold,
         )
         self._lock = threading.Lock()
 

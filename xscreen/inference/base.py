@@ -25,6 +25,7 @@ class ModelInfo:
     class_names: tuple[str, ...]
     groups: tuple[str, ...]  # group (cutter / liquid container) of each class, same order
     precision: str = "fp32"  # numeric precision of the network: fp32, or int8 for a quantised ONNX export
+    score_threshold: float = 0.3  # the model's own operating threshold (weights / export metadata)
 
 
 @runtime_checkable

@@ -17,6 +17,7 @@ import numpy as np
 
 from xscreen.inference.base import BackendError, ModelInfo, groups_for, resolve_device
 from xscreen.model.onnx_export import INPUT_NAME, OUTPUT_NAMES, OnnxModelError, parse_onnx_metadata
+from xscreen.model.weights import LEGACY_SCORE_THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,15 @@ class OnnxBackend:
             )
         self.cfg = meta.config
         self.meta = meta
+        threshold = meta.score_threshold
+        if threshold is None:
+            threshold = LEGACY_SCORE_THRESHOLD
+            log.info(
+                "%s records no operating threshold (exported before weights carried one): using the old "
+                "default score threshold %g",
+                path,
+                threshold,
+            )
         self.info = ModelInfo(
             name=meta.name,
             version=meta.version,
@@ -145,6 +155,7 @@ class OnnxBackend:
             class_names=meta.class_names,
             groups=groups_for(meta.class_names),
             precision=meta.precision,
+            score_threshold=threshold,
         )
         self._lock = threading.Lock()
         log.info(

@@ -1,0 +1,99 @@
+"""`xscreen threshold`: show, set or re-pick the operating score threshold stored in a weights file.
+
+    xscreen threshold W.safetensors                          # print the stored operating point
+    xscreen threshold W.safetensors --set 0.42 --out W2.safetensors
+    xscreen threshold W.safetensors --data DATA [--split val] [--rule precision --min-precision 0.9]
+        --out W2.safetensors [--plot pr.png]
+
+``--set`` records a threshold chosen by hand (rule "manual"); ``--data`` runs the model on a split and
+picks it with a rule of training.threshold, as training does at the end of a run. The tensors and their
+sha256 are unchanged; only the header's operating point is rewritten (``--out`` may be the same file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from xscreen.errors import XscreenError
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a("weights", help="safetensors weights (xscreen format)")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--set", type=_unit_float, metavar="T", help="record threshold T (rule 'manual')")
+    how.add_argument("--data", help="pick it on this dataset (COCO layout, as xscreen eval)")
+    a("--split", default="val", help="--data: split to pick on (default val)")
+    a("--rule", choices=("best-f1", "precision"), default="best-f1", help="--data: rule (default best-f1)")
+    a("--min-precision", type=_unit_float, default=0.9, help="--rule precision: target (default 0.9)")
+    a("--out", help="weights file to write (may equal WEIGHTS); required with --set / --data")
+    a("--plot", help="--data: write the PR curve with the chosen point to this PNG")
+    a("--device", default="cpu", help="--data: torch device (default cpu)")
+    a("--batch-size", type=int, default=2, help="--data: images per forward pass (default 2)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from xscreen.model.weights import operating_point_of, read_header, set_operating_point
+    from xscreen.training.threshold import describe
+
+    if (args.set is not None or args.data) and not args.out:
+        raise XscreenError("--out is required with --set or --data (give WEIGHTS itself to rewrite it)")
+    if args.out and args.set is None and not args.data:
+        raise XscreenError("--out needs --set T or --data DATA")
+    if args.plot and not args.data:
+        raise XscreenError("--plot needs --data")
+    if args.set is None and not args.data:
+        op = operating_point_of(read_header(args.weights), args.weights)
+        print(describe(op))
+        if op:
+            print(json.dumps(op, indent=2, sort_keys=True))
+        return 0
+    op = {"score_threshold": args.set, "rule": "manual"} if args.set is not None else _pick(args)
+    stored = set_operating_point(args.weights, args.out, op)
+    print(f"wrote {args.out}: {describe(stored)}")
+    if args.plot:
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _pick(args: argparse.Namespace) -> dict:
+    import torch
+
+    from xscreen.model.weights import load_weights
+    from xscreen.training.dataset import CocoDetection
+    from xscreen.training.evaluate import EvalError, detect_dataset
+    from xscreen.training.threshold import pick_threshold
+
+    if args.batch_size < 1:
+        raise EvalError(f"--batch-size must be at least 1, got {args.batch_size}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        raise EvalError(f"--device {args.device!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EvalError(f"--device {args.device}: CUDA is not available on this machine")
+    model, info = load_weights(args.weights, device=device)
+    ds = CocoDetection(args.data, args.split, class_names=info.config.class_names)
+    results = detect_dataset(model, ds, batch_size=args.batch_size, device=device)
+    op = pick_threshold(
+        ds.coco,
+        results,
+        args.rule,
+        args.min_precision,
+        plot=args.plot,
+        title=f"{info.name}, {args.split} split",
+    )
+    return {**op, "split": args.split}
