@@ -34,22 +34,69 @@ class FrozenBatchNorm2dFused(FrozenBatchNorm2d):
         )
 
 
+class FrozenStatsBatchNorm2d(nn.Module):
+    """BatchNorm with fixed running statistics but trainable affine weight and bias: mmdetection's
+    ``norm_eval=True`` with ``requires_grad=True`` (the authors' backbone, method.md §7.8).
+
+    Same state-dict keys as FrozenBatchNorm2d (weight, bias, running_mean, running_var), so a weights
+    file loads into either; here weight and bias are Parameters instead of buffers.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.pop(prefix + "num_batches_tracked", None)  # as FrozenBatchNorm2d: not kept
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, training=False, eps=self.eps
+        )
+
+
+class LastLevelP6P7NoReLU(LastLevelP6P7):
+    """P6 = conv(P5 output), P7 = conv(P6) without an activation in between: mmdetection's FPN with
+    ``add_extra_convs='on_output'`` and ``relu_before_extra_convs=False`` (method.md §7.7).
+    Same parameters (p6, p7) as torchvision's LastLevelP6P7, which computes P7 = conv(relu(P6))."""
+
+    def forward(self, p, c, names):
+        p5, c5 = p[-1], c[-1]
+        x = p5 if self.use_P5 else c5
+        p6 = self.p6(x)
+        p7 = self.p7(p6)
+        return [*p, p6, p7], [*names, "p6", "p7"]
+
+
 class ResNetFPN(nn.Module):
     """ResNet C3-C5 -> FPN P3-P5 (+P6, P7 from P5's output), ``out_channels`` each (method.md §2).
 
-    ``norm="frozen_bn"`` (method.md §2, ImageNet-initialised training): BatchNorm is torchvision's
-    FrozenBatchNorm2d, running statistics and affine parameters fixed, i.e. mmdet's ``norm_eval=True``
-    behaviour in every mode. ``norm="group_norm"``: trainable GroupNorm(32), for training from scratch.
-    ``frozen_stages=1`` freezes the stem and
-    layer1 (mmdet numbering); -1 freezes nothing beyond BatchNorm.
+    ``norm="frozen_bn"`` (method.md §2, ImageNet-initialised training): BatchNorm with fixed running
+    statistics in every mode; its affine parameters are fixed too (torchvision FrozenBatchNorm2d) unless
+    ``bn_affine_trainable`` (the authors' norm_eval=True + requires_grad=True, method.md §7.8).
+    ``norm="group_norm"``: trainable GroupNorm(32), for training from scratch.
+    ``frozen_stages=1`` freezes the stem and layer1 (mmdet numbering); -1 freezes nothing beyond BatchNorm.
+    ``p7_relu``: P7 = conv(relu(P6)) (torchvision) or conv(P6) (mmdetection, method.md §7.7).
     """
 
     def __init__(
-        self, depth: int = 50, out_channels: int = 256, frozen_stages: int = 1, norm: str = "frozen_bn"
+        self,
+        depth: int = 50,
+        out_channels: int = 256,
+        frozen_stages: int = 1,
+        norm: str = "frozen_bn",
+        *,
+        bn_affine_trainable: bool = False,
+        p7_relu: bool = True,
     ):
         super().__init__()
         if norm == "frozen_bn":
-            norm_layer = FrozenBatchNorm2dFused
+            norm_layer = FrozenStatsBatchNorm2d if bn_affine_trainable else FrozenBatchNorm2dFused
         elif norm == "group_norm":
             # Training from random initialisation (no ImageNet weights, as on the synthetic scans):
             # frozen BN is then an identity and the deep trunk trains poorly; trainable GroupNorm(32)
@@ -66,10 +113,11 @@ class ResNetFPN(nn.Module):
         )
         c5 = resnet.fc.in_features
         in_channels = [c5 // 4, c5 // 2, c5]
-        # mmdet FPN(start_level=1, add_extra_convs='on_output', num_outs=5):
-        # P6 = conv(P5), P7 = conv(relu(P6))
+        # P6 = conv(P5 output) (mmdet add_extra_convs='on_output'); P7 = conv(relu(P6)) is torchvision's
+        # LastLevelP6P7, P7 = conv(P6) mmdetection's relu_before_extra_convs=False (method.md §7.7)
+        extra = LastLevelP6P7 if p7_relu else LastLevelP6P7NoReLU
         self.fpn = FeaturePyramidNetwork(
-            in_channels, out_channels, extra_blocks=LastLevelP6P7(out_channels, out_channels)
+            in_channels, out_channels, extra_blocks=extra(out_channels, out_channels)
         )
         self.out_channels = out_channels
         self.frozen_stages = frozen_stages

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from xscreen.errors import XscreenError
 from xscreen.model.classes import CLASS_NAMES
 
+REG_CONF_TOPK = 4  # released reg_conf, earliest version: top-4 bin probabilities per side (method.md §7.2)
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 # Fields that change the network's tensors or the meaning of its outputs: weights saved under one
@@ -26,6 +27,10 @@ ARCHITECTURE_FIELDS = (
     "la_coeffs",
     "reg_tower_repeat",
     "reg_max",
+    "head_style",
+    "reg_conf_stats",
+    "reg_conf_channels",
+    "fpn_p7_relu",
 )
 
 
@@ -52,6 +57,25 @@ class DetectorConfig(BaseModel):
     # frozen_bn: method.md §2 (ImageNet-initialised). group_norm: trainable GroupNorm(32) for training
     # from random initialisation (the synthetic-scan models; docs/la_experiment.md).
     backbone_norm: Literal["frozen_bn", "group_norm"] = "frozen_bn"
+    # frozen_bn only. False: BatchNorm affine parameters fixed too (torchvision FrozenBatchNorm2d, the
+    # behaviour of every config before the release-parity work). True: the authors' norm_eval=True with
+    # requires_grad=True: statistics fixed, weight and bias of the stages after frozen_stages train
+    # (method.md §7.8). The state dict is the same either way.
+    bn_affine_trainable: bool = False
+    # P7 = conv(relu(P6)) (torchvision LastLevelP6P7, True) or conv(P6) (mmdetection FPN with
+    # relu_before_extra_convs=False, the authors' config; method.md §7.7)
+    fpn_p7_relu: bool = True
+    # "atss": delta-xywh regression (or GFL bins for LAreg) with a centerness conv (method.md §2-4).
+    # "released": the authors' released heads (method.md §7.1-7.6): 4 x (reg_max + 1) bin regression
+    # for every la_mode, the reg_conf quality branch instead of centerness, loss_d, and the released
+    # LAreg rules (sigmoid per bin, bin 0 at background).
+    head_style: Literal["atss", "released"] = "atss"
+    # released reg_conf input per side: "max_mean" = max - mean of the bin softmax (final version,
+    # 4 channels); "topk_mean" = top-4 probabilities and their mean (earliest version, 20 channels)
+    reg_conf_stats: Literal["max_mean", "topk_mean"] = "max_mean"
+    reg_conf_channels: int = Field(16, ge=1)  # hidden 1x1 conv width: LAcls final 16, LAreg / early 64
+    # released quality target: ATSS centerness (final) or the IoU of the predicted box (earliest version)
+    quality_target: Literal["centerness", "iou"] = "centerness"
     # --- Label-aware mechanism (method.md §3-4) ---
     la_mode: Literal["none", "cls", "reg"] = "none"
     # x_new = a*x + b*w1*x - c*w2*x (Eq. 7). LAreg has no "misleading" term: (a, b, c) = (0.5, 1, 0).
@@ -82,7 +106,9 @@ class DetectorConfig(BaseModel):
     warmup_ratio: float = Field(0.001, gt=0.0, le=1.0)
     epochs: int = Field(12, ge=1)
     lr_steps: tuple[int, ...] = (8, 11)
-    grad_clip: float | None = Field(35.0, gt=0.0)  # mmdet default optimizer_config for ATSS
+    # max gradient L2 norm; None: no clipping (the authors' schedule, method.md §7.8). 35 is what
+    # xscreen's configs have always used (not an mmdetection ATSS default).
+    grad_clip: float | None = Field(35.0, gt=0.0)
 
     @field_validator("class_names")
     @classmethod
@@ -101,6 +127,8 @@ class DetectorConfig(BaseModel):
             raise ValueError(f"max_size={self.max_size} is smaller than min_size={self.min_size}")
         if self.la_reg and self.la_coeffs[2] != 0.0:
             raise ValueError("la_coeffs: LAreg has no misleading-label term, c must be 0")
+        if self.bn_affine_trainable and self.backbone_norm != "frozen_bn":
+            raise ValueError("bn_affine_trainable applies to backbone_norm 'frozen_bn' only")
         if list(self.lr_steps) != sorted(self.lr_steps) or any(s > self.epochs for s in self.lr_steps):
             raise ValueError(f"lr_steps={list(self.lr_steps)} must be ascending and <= epochs={self.epochs}")
         return self
@@ -125,9 +153,29 @@ class DetectorConfig(BaseModel):
         return self.la_mode == "reg"
 
     @property
+    def released(self) -> bool:
+        """The authors' released head (method.md §7): bins, reg_conf quality branch, loss_d."""
+        return self.head_style == "released"
+
+    @property
+    def bin_regression(self) -> bool:
+        """Regression as 4 x (reg_max + 1) distance bins (LAreg, or any released head)."""
+        return self.la_reg or self.released
+
+    @property
     def reg_channels(self) -> int:
-        """Channels of the regression output: 4 deltas, or 4 sides x (reg_max + 1) bin logits for LAreg."""
-        return 4 * (self.reg_max + 1) if self.la_reg else 4
+        """Channels of the regression output: 4 deltas, or 4 sides x (reg_max + 1) bin logits."""
+        return 4 * (self.reg_max + 1) if self.bin_regression else 4
+
+    @property
+    def reg_conf_inputs(self) -> int:
+        """Input channels of the released reg_conf branch: 4 (max - mean) or 4 x 5 (top-4 and mean)."""
+        return 4 if self.reg_conf_stats == "max_mean" else 4 * (REG_CONF_TOPK + 1)
+
+    @property
+    def skip_label_grad(self) -> bool:
+        """LAcls with b = 0: the label gradient is multiplied by 0, its pass is skipped (method.md §7.5)."""
+        return self.la_cls and self.la_coeffs[1] == 0.0
 
     def with_overrides(self, **changes: Any) -> DetectorConfig:
         """A validated copy with some fields changed (unknown fields or bad values raise ConfigError)."""

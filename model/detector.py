@@ -48,8 +48,23 @@ class ATSSDetector(nn.Module):
     ):
         super().__init__()
         self.cfg = cfg
-        self.backbone = ResNetFPN(cfg.depth, cfg.fpn_channels, cfg.frozen_stages, cfg.backbone_norm)
-        self.head = ATSSHead(cfg.fpn_channels, cfg.num_classes, cfg.stacked_convs, cfg.reg_channels)
+        self.backbone = ResNetFPN(
+            cfg.depth,
+            cfg.fpn_channels,
+            cfg.frozen_stages,
+            cfg.backbone_norm,
+            bn_affine_trainable=cfg.bn_affine_trainable,
+            p7_relu=cfg.fpn_p7_relu,
+        )
+        self.head = ATSSHead(
+            cfg.fpn_channels,
+            cfg.num_classes,
+            cfg.stacked_convs,
+            cfg.reg_channels,
+            reg_conf_inputs=cfg.reg_conf_inputs if cfg.released else 0,
+            reg_conf_channels=cfg.reg_conf_channels,
+            reg_conf_stats=cfg.reg_conf_stats,
+        )
         # one stacked vector-Jacobian product for g1 and g2 instead of two backward passes
         self.la_batched_grad = la_batched_grad
         # opt-in: LA's first prediction and gradient passes under bf16 autocast (about 2x faster on

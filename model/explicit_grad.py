@@ -193,16 +193,22 @@ def cls_label_onehots(probs: Tensor, labels: Tensor | None = None) -> tuple[Tens
     return onehot, _onehot(misleading, num_classes, 1, probs)
 
 
-def la_cls_grads(x: Tensor, tower: ExplicitTower, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def la_cls_grads(
+    x: Tensor, tower: ExplicitTower, labels: Tensor | None = None, label_grad: bool = True
+) -> tuple[Tensor | None, Tensor]:
     """LAcls raw gradients g1 = d/dx sum(y*onehot(label)), g2 = d/dx sum(y*onehot(y*)) (method.md §3).
 
     x: [N, C, H, W] head input of one FPN level. Returns (g1, g2), each shaped like x; the
     caller applies ``sigmoid`` and Eq. 7. No autograd graph is built or needed.
+    ``label_grad=False`` skips g1 (returned as None): Eq. 7 with b = 0 multiplies it by 0, the released
+    setting (1.5, 0, 1) of method.md §7.5; the backward then runs on one cotangent instead of two.
     """
     logits, cache = tower.forward(x)
     y = torch.sigmoid(logits)
     onehot, onehot_star = cls_label_onehots(y, labels)
     dsig = y * (1.0 - y)  # d sigmoid / d logit
+    if not label_grad:
+        return None, tower.input_grad(onehot_star * dsig, cache)
     grad_logits = torch.cat([onehot * dsig, onehot_star * dsig], dim=0)
     g = tower.input_grad(grad_logits, cache, reps=2)
     n = x.shape[0]
@@ -215,8 +221,10 @@ def la_reg_grad(
     num_bins: int = 17,
     bins: Tensor | None = None,
     logit_scale: Tensor | float | None = None,
+    activation: str = "softmax",
 ) -> Tensor:
-    """LAreg raw gradient d/dx sum(y * onehot(bin)) with y a softmax over bins per side (method.md §4).
+    """LAreg raw gradient d/dx sum(y * onehot(bin)) with y a softmax over bins per side (method.md §4),
+    or with ``activation="sigmoid"`` a sigmoid per bin (the released LAreg head, method.md §7.6).
 
     The classifier outputs 4 * num_bins channels, side-major (channel = side * num_bins + bin,
     as in Generalized Focal Loss). bins: [N, 4, H, W] target bin per side, None = arg-max bin
@@ -231,12 +239,20 @@ def la_reg_grad(
     z = logits.reshape(n, sides, num_bins, h, w)
     if logit_scale is not None:
         z = z * logit_scale
-    y = torch.softmax(z, dim=2)
-    if bins is None:
-        bins = y.argmax(dim=2)
-    onehot = _onehot(bins, num_bins, 2, y)
-    # d/dz_j sum_k y_k o_k = y_j (o_j - sum_k y_k o_k)
-    grad_z = y * (onehot - (y * onehot).sum(dim=2, keepdim=True))
+    if activation == "sigmoid":
+        y = torch.sigmoid(z)
+        if bins is None:
+            bins = y.argmax(dim=2)
+        grad_z = _onehot(bins, num_bins, 2, y) * y * (1.0 - y)  # d/dz_j sum_k y_k o_k = o_j y_j (1 - y_j)
+    elif activation == "softmax":
+        y = torch.softmax(z, dim=2)
+        if bins is None:
+            bins = y.argmax(dim=2)
+        onehot = _onehot(bins, num_bins, 2, y)
+        # d/dz_j sum_k y_k o_k = y_j (o_j - sum_k y_k o_k)
+        grad_z = y * (onehot - (y * onehot).sum(dim=2, keepdim=True))
+    else:
+        raise ValueError(f"unknown LAreg activation {activation!r}")
     if logit_scale is not None:
         grad_z = grad_z * logit_scale
     return tower.input_grad(grad_z.reshape(n, k, h, w), cache)

@@ -1,4 +1,5 @@
-"""ATSS head: classification and regression towers, per-level scales, centerness (method.md §2)."""
+"""ATSS head: classification and regression towers, per-level scales, centerness or the released reg_conf
+quality branch (method.md §2, §7.2)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import math
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from xscreen.model.config import REG_CONF_TOPK
 
 
 class HeadOutputs(NamedTuple):
@@ -18,7 +22,7 @@ class HeadOutputs(NamedTuple):
 
     cls_logits: Tensor  # K = C class logits (sigmoid)
     bbox_reg: Tensor  # K = 4 deltas, or 4 x (reg_max + 1) bin logits for LAreg (cfg.reg_channels)
-    centerness: Tensor  # K = 1 logit
+    centerness: Tensor  # K = 1 quality logit (centerness conv, or the released reg_conf branch)
 
 
 class Scale(nn.Module):
@@ -44,12 +48,32 @@ def _tower(channels: int, stacked_convs: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def reg_conf_statistics(bin_logits: Tensor, stats: str = "max_mean") -> Tensor:
+    """Per-side statistics of the bin softmax that the released reg_conf branch reads (method.md §7.2).
+
+    bin_logits: [N, 4 * B, H, W], side-major (channel = side * B + bin). ``max_mean``: max - mean per
+    side -> [N, 4, H, W] (final version); ``topk_mean``: the top-4 probabilities of each side and their
+    mean -> [N, 4 * 5, H, W], side-major (earliest version).
+    """
+    n, k, h, w = bin_logits.shape
+    prob = F.softmax(bin_logits.reshape(n, 4, k // 4, h, w), dim=2)
+    if stats == "max_mean":
+        return prob.amax(dim=2) - prob.mean(dim=2)
+    top = prob.topk(REG_CONF_TOPK, dim=2).values
+    return torch.cat([top, top.mean(dim=2, keepdim=True)], dim=2).reshape(n, -1, h, w)
+
+
 class ATSSHead(nn.Module):
     """Two towers of ``stacked_convs`` x [3x3 conv, GroupNorm(32), ReLU] shared over P3..P7.
 
     ``atss_cls``: C sigmoid logits (prior 0.01); ``atss_reg``: 4 deltas, or 4 x (reg_max+1) bin
-    logits for LAreg; ``atss_centerness``: 1 logit from the regression tower. The Label-aware loop
-    that calls these pieces twice lives in model/label_aware.py.
+    logits (LAreg, released heads); quality logit: ``atss_centerness`` (3x3 conv on the regression
+    tower) or, with ``reg_conf_inputs`` > 0, the released ``reg_conf`` branch (method.md §7.2):
+    Sequential(1x1 conv reg_conf_inputs -> reg_conf_channels, ReLU, 1x1 conv -> 1) on the statistics of
+    the scaled bin softmax (``reg_conf_statistics``). Module names equal mmdetection's
+    (``cls_convs``/``reg_convs`` as flat Sequentials of conv, gn, relu; ``atss_cls``, ``atss_reg``,
+    ``reg_conf.0``/``reg_conf.2``, ``scales.N.scale``; model/mmdet_keys.py maps them). The Label-aware
+    loop that calls these pieces twice lives in model/label_aware.py.
     """
 
     def __init__(
@@ -60,15 +84,29 @@ class ATSSHead(nn.Module):
         reg_channels: int = 4,
         num_levels: int = 5,
         prior_prob: float = 0.01,
+        *,
+        reg_conf_inputs: int = 0,
+        reg_conf_channels: int = 16,
+        reg_conf_stats: str = "max_mean",
     ):
         super().__init__()
         self.num_classes = num_classes
         self.reg_channels = reg_channels
+        self.reg_conf_stats = reg_conf_stats
         self.cls_convs = _tower(channels, stacked_convs)
         self.reg_convs = _tower(channels, stacked_convs)
         self.atss_cls = nn.Conv2d(channels, num_classes, 3, padding=1)
         self.atss_reg = nn.Conv2d(channels, reg_channels, 3, padding=1)
-        self.atss_centerness = nn.Conv2d(channels, 1, 3, padding=1)
+        self.atss_centerness: nn.Conv2d | None = None
+        self.reg_conf: nn.Sequential | None = None
+        if reg_conf_inputs:
+            self.reg_conf = nn.Sequential(
+                nn.Conv2d(reg_conf_inputs, reg_conf_channels, 1),
+                nn.ReLU(),
+                nn.Conv2d(reg_conf_channels, 1, 1),
+            )
+        else:
+            self.atss_centerness = nn.Conv2d(channels, 1, 3, padding=1)
         self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels))
         # mmdet ATSSHead.init_weights: normal(std=0.01) convs, classifier bias from prior 0.01
         for m in self.modules():
@@ -83,7 +121,7 @@ class ATSSHead(nn.Module):
         return self.atss_cls(self.cls_convs(x))
 
     def reg_outputs(self, x: Tensor, level: int, repeat: int = 1) -> tuple[Tensor, Tensor]:
-        """[N, ch, H, W] -> (regression [N, R, H, W] scaled per level, centerness logit [N, 1, H, W]).
+        """[N, ch, H, W] -> (regression [N, R, H, W] scaled per level, quality logit [N, 1, H, W]).
 
         ``repeat`` > 1 applies the regression tower that many times in sequence (the paper's LA
         second prediction, Sec. IV-B: "the regression branch repeats twice").
@@ -91,7 +129,10 @@ class ATSSHead(nn.Module):
         feat = x
         for _ in range(repeat):
             feat = self.reg_convs(feat)
-        return self.scales[level](self.atss_reg(feat)), self.atss_centerness(feat)
+        reg = self.scales[level](self.atss_reg(feat))
+        if self.reg_conf is not None:  # method.md §7.2: quality from the scaled bin distribution
+            return reg, self.reg_conf(reg_conf_statistics(reg, self.reg_conf_stats))
+        return reg, self.atss_centerness(feat)
 
     def level_outputs(self, x: Tensor, level: int, repeat: int = 1) -> HeadOutputs:
         """One level's head input [N, ch, H, W] -> its outputs (``repeat``: see ``reg_outputs``)."""

@@ -81,7 +81,10 @@ def label_aware_weights(
     batched: bool = False,
     timings: dict | None = None,
     bf16: bool = False,
-) -> list[list[Tensor]]:
+    *,
+    released: bool = False,
+    skip_label_grad: bool = False,
+) -> list[list[Tensor | None]]:
     """Label-aware weights per level: [[w1 per level], [w2 per level]] (LAcls) or [[w1 per level]] (LAreg).
 
     feats: head inputs P3..P7 [N, ch, H, W]. targets: per level, LAcls [N, H, W] class or -1;
@@ -89,6 +92,11 @@ def label_aware_weights(
     gradients are enabled locally on a copy of the features. Returned weights carry no graph.
     bf16: run the first prediction and the two gradient passes under bfloat16 autocast (opt-in speed
     mode, issue #2: "bf16 autocast ... with outputs checked against fp32"); weights come back fp32.
+    released: LAreg as the authors' released head (method.md §7.6): y is a sigmoid per bin (not a
+    softmax per side); in training, locations without a target use bin 0 and a level without any
+    positive in the batch uses the arg-max bin everywhere. skip_label_grad (LAcls): the label
+    gradient's pass is not run and w1 comes back as None per level; for Eq. 7 with b = 0 it is
+    multiplied by 0 (method.md §7.5), so the result is the same at about half the gradient cost.
     """
     device = feats[0].device
     t0 = time.perf_counter()
@@ -102,7 +110,9 @@ def label_aware_weights(
             for level, x in enumerate(x0):
                 logits, _ = _reg_logits(head, x, level)
                 n, _, h, w = logits.shape
-                probs.append(F.softmax(logits.reshape(n, 4, reg_max + 1, h, w), dim=2))  # [N, 4, B, H, W]
+                z = logits.reshape(n, 4, reg_max + 1, h, w)
+                # [N, 4, B, H, W]: softmax per side (method.md §4) or the released sigmoid per bin (§7.6)
+                probs.append(torch.sigmoid(z) if released else F.softmax(z, dim=2))
         else:
             raise ValueError(f"unknown label-aware mode {mode!r}")
         with torch.no_grad():
@@ -111,11 +121,15 @@ def label_aware_weights(
                     cls_label_masks(p, None if targets is None else t)
                     for p, t in _zip_targets(probs, targets)
                 ]
-                masks = [[m1 for m1, _ in pairs], [m2 for _, m2 in pairs]]
+                masks = (
+                    [[m2 for _, m2 in pairs]]
+                    if skip_label_grad
+                    else [[m1 for m1, _ in pairs], [m2 for _, m2 in pairs]]
+                )
             else:
                 masks = [
                     [
-                        reg_label_masks(p, None if targets is None else t)
+                        reg_label_masks(p, _released_bins(t) if released else t)
                         for p, t in _zip_targets(probs, targets)
                     ]
                 ]
@@ -126,11 +140,21 @@ def label_aware_weights(
             t0 = t1
         # d/dx0 sum(y * onehot) is the VJP of y with the one-hot mask as cotangent
         grads = _vjp(probs, x0, masks, batched)
-    weights = [[torch.sigmoid(g.float()) for g in gs] for gs in grads]
+    weights: list[list[Tensor | None]] = [[torch.sigmoid(g.float()) for g in gs] for gs in grads]
+    if mode == "cls" and skip_label_grad:
+        weights.insert(0, [None] * len(feats))
     if timings is not None:
         sync(device)
         timings["la_grad"] = timings.get("la_grad", 0.0) + time.perf_counter() - t0
     return weights
+
+
+def _released_bins(bins: Tensor | None) -> Tensor | None:
+    """Training bins as the released LAreg head uses them (method.md §7.6): bin 0 where the location has
+    no target, and None (the arg-max bin everywhere) for a level without any positive in the batch."""
+    if bins is None or not bool((bins >= 0).any()):
+        return None
+    return bins.clamp(min=0)
 
 
 def _zip_targets(probs: list[Tensor], targets: list[Tensor] | None):
@@ -144,10 +168,15 @@ def _reg_logits(head: ATSSHead, x: Tensor, level: int) -> tuple[Tensor, Tensor]:
     return head.reg_outputs(x, level, repeat=1)
 
 
-def reweight(x: Tensor, w: list[Tensor], coeffs: tuple[float, float, float]) -> Tensor:
-    """Eq. 7: x_new = a*x + b*w1*x - c*w2*x (LAreg: w2 absent, c = 0)."""
+def reweight(x: Tensor, w: list[Tensor | None], coeffs: tuple[float, float, float]) -> Tensor:
+    """Eq. 7: x_new = a*x + b*w1*x - c*w2*x (LAreg: w2 absent, c = 0). w1 may be None when b = 0
+    (its gradient pass was skipped, method.md §7.5): the term is then absent, as b * w1 * x = 0."""
     a, b, c = coeffs
-    out = a * x + b * w[0] * x
+    out = a * x
+    if b != 0.0:
+        if w[0] is None:
+            raise ValueError("reweight: w1 was skipped but the coefficient b is not 0")
+        out = out + b * w[0] * x
     if len(w) > 1:
         out = out - c * w[1] * x
     return out
@@ -162,15 +191,28 @@ def label_aware_forward(
     batched: bool = False,
     timings: dict | None = None,
     bf16: bool = False,
+    skip_zero_terms: bool = True,
 ) -> list[HeadOutputs]:
     """First prediction -> LA weights -> second prediction on x_new (Eq. 7); the outputs of each level.
 
-    cfg: an LA config (``la_mode`` cls or reg), read for ``la_coeffs``, ``reg_tower_repeat`` and
-    ``reg_max``. targets, batched, timings, bf16: as for ``label_aware_weights``.
+    cfg: an LA config (``la_mode`` cls or reg), read for ``la_coeffs``, ``reg_tower_repeat``,
+    ``reg_max`` and ``head_style``. targets, batched, timings, bf16: as for ``label_aware_weights``.
+    skip_zero_terms: with b = 0 (the released (1.5, 0, 1)) skip the label-gradient pass (same outputs).
     """
     if not cfg.uses_la:
         raise ValueError(f"config {cfg.name!r} has la_mode 'none': no Label-aware loop to run")
-    weights = label_aware_weights(head, feats, cfg.la_mode, targets, cfg.reg_max, batched, timings, bf16)
+    weights = label_aware_weights(
+        head,
+        feats,
+        cfg.la_mode,
+        targets,
+        cfg.reg_max,
+        batched,
+        timings,
+        bf16,
+        released=cfg.released,
+        skip_label_grad=skip_zero_terms and cfg.skip_label_grad,
+    )
     t0 = time.perf_counter()
     out = []
     for level, x in enumerate(feats):

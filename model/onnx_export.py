@@ -51,25 +51,30 @@ class ExportableDetector(nn.Module):
     weights of every level flattened and concatenated: la_w1 [N, ch, sum(h*w)] (and la_w2 for LAcls).
     """
 
-    def __init__(self, detector: nn.Module, debug_la: bool = False):
+    def __init__(self, detector: nn.Module, debug_la: bool = False, skip_zero_terms: bool = True):
         super().__init__()
         self.detector = detector
         self.cfg: DetectorConfig = detector.cfg
+        # LAcls with b = 0 (the released (1.5, 0, 1)): no label-gradient pass (method.md §7.5)
+        self.skip_label_grad = skip_zero_terms and self.cfg.skip_label_grad
         self.debug_la = debug_la and self.cfg.uses_la
         head = detector.head
         # kernels frozen at construction: export right after building this wrapper
         self._cls_tower = ExplicitTower(head.cls_convs, head.atss_cls, freeze_kernels=True)
         self._reg_tower = ExplicitTower(head.reg_convs, head.atss_reg, freeze_kernels=True)
 
-    def la_weights(self, x: Tensor, level: int) -> list[Tensor]:
-        """[w1, w2] (LAcls) or [w1] (LAreg) for one level's head input, pseudo-labels (Sec. IV-D)."""
+    def la_weights(self, x: Tensor, level: int) -> list[Tensor | None]:
+        """[w1, w2] (LAcls; w1 None when skipped) or [w1] (LAreg) for one level's head input,
+        pseudo-labels (Sec. IV-D)."""
         if self.cfg.la_cls:
-            g1, g2 = la_cls_grads(x, self._cls_tower)
-            return [torch.sigmoid(g1), torch.sigmoid(g2)]
+            g1, g2 = la_cls_grads(x, self._cls_tower, label_grad=not self.skip_label_grad)
+            return [None if g1 is None else torch.sigmoid(g1), torch.sigmoid(g2)]
         # LAreg's first prediction is one regression-tower pass, the per-level Scale applied to the
-        # bin logits before the softmax (model/label_aware.py _reg_logits, head.reg_outputs).
+        # bin logits before the softmax (model/label_aware.py _reg_logits, head.reg_outputs); the
+        # released head takes a sigmoid per bin instead (method.md §7.6).
         scale = self.detector.head.scales[level].scale
-        g = la_reg_grad(x, self._reg_tower, self.cfg.reg_max + 1, logit_scale=scale)
+        activation = "sigmoid" if self.cfg.released else "softmax"
+        g = la_reg_grad(x, self._reg_tower, self.cfg.reg_max + 1, logit_scale=scale, activation=activation)
         return [torch.sigmoid(g)]
 
     def forward(self, batch: Tensor):
@@ -91,14 +96,18 @@ class ExportableDetector(nn.Module):
         if self.debug_la:
             ch = cfg.fpn_channels
             for k in range(len(weights[0])):
-                outputs += (torch.cat([w[k].reshape(n, ch, -1) for w in weights], dim=2),)
+                if weights[0][k] is not None:  # a skipped w1 has no output (output_names)
+                    outputs += (torch.cat([w[k].reshape(n, ch, -1) for w in weights], dim=2),)
         return outputs
 
 
 def output_names(cfg: DetectorConfig, debug_la: bool = False) -> list[str]:
     names = list(OUTPUT_NAMES)
     if debug_la and cfg.uses_la:
-        names += list(DEBUG_OUTPUT_NAMES[: 2 if cfg.la_cls else 1])
+        if cfg.la_reg:
+            names.append(DEBUG_OUTPUT_NAMES[0])
+        else:  # no la_w1 when its pass is skipped (b = 0, method.md §7.5)
+            names += list(DEBUG_OUTPUT_NAMES[1:] if cfg.skip_label_grad else DEBUG_OUTPUT_NAMES)
     return names
 
 

@@ -23,7 +23,8 @@ def postprocess_detections(
     """Raw head outputs -> one {boxes, scores, labels} per image, boxes in ``original_sizes`` pixels.
 
     outputs: cls_logits [N, A, C], bbox_reg [N, A, 4] deltas (or [N, A, 4*(reg_max+1)] bin logits
-    for LAreg, cfg.la_reg), centerness [N, A, 1]; anchors [A, 4] for the padded batch,
+    for LAreg and the released heads, cfg.bin_regression), centerness [N, A, 1] (quality logit);
+    anchors [A, 4] for the padded batch,
     image_sizes: (h, w) each image had inside the padded batch, original_sizes: (h, w) of the input.
     Per level the top ``nms_pre`` locations by max class score x centerness; boxes decoded and clipped
     to the resized image; score threshold on the class score, final score = score x centerness
@@ -52,7 +53,7 @@ def postprocess_detections(
                 keep_idx.append(torch.arange(start, start + n, device=anchors.device))
             start += n
         idx = torch.cat(keep_idx)
-        if cfg.la_reg:
+        if cfg.bin_regression:  # LAreg, or the released heads: expectation x stride (method.md §7.1)
             boxes = bin_coder.decode(anchors[idx], reg[i, idx], strides[idx])
         else:
             boxes = delta_coder.decode(anchors[idx], reg[i, idx])
