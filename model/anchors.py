@@ -28,7 +28,7 @@ def feature_sizes(height: int, width: int) -> list[tuple[int, int]]:
 def anchors_for_level(h: int, w: int, stride: int, device=None, dtype=torch.float32) -> Tensor:
     """[h*w, 4] x1y1x2y2 anchors, row-major over cells; cell (x, y) centred at (x*stride, y*stride).
 
-    Centre offset 0 as in the authors' mmdetection code (method.md §2).
+    Centre offset 0 as in the authors' mmdetection code (docs/method.md §2).
     """
     xs = torch.arange(w, device=device, dtype=dtype) * stride
     ys = torch.arange(h, device=device, dtype=dtype) * stride

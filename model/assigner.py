@@ -1,4 +1,4 @@
-"""ATSS label assignment (Zhang et al., CVPR 2020) as a pure function, per method.md §2."""
+"""ATSS label assignment (Zhang et al., CVPR 2020) as a pure function, per docs/method.md §2."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-# method.md §2 / mmdet ATSSAssigner: an anchor centre must lie inside the GT by more than 0.01 px.
+# docs/method.md §2 / mmdet ATSSAssigner: an anchor centre must lie inside the GT by more than 0.01 px.
 CENTRE_MARGIN = 0.01
 
 

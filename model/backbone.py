@@ -36,7 +36,7 @@ class FrozenBatchNorm2dFused(FrozenBatchNorm2d):
 
 class FrozenStatsBatchNorm2d(nn.Module):
     """BatchNorm with fixed running statistics but trainable affine weight and bias: mmdetection's
-    ``norm_eval=True`` with ``requires_grad=True`` (the authors' backbone, method.md §7.8).
+    ``norm_eval=True`` with ``requires_grad=True`` (the authors' backbone, docs/method.md §7.8).
 
     Same state-dict keys as FrozenBatchNorm2d (weight, bias, running_mean, running_var), so a weights
     file loads into either; here weight and bias are Parameters instead of buffers.
@@ -62,7 +62,7 @@ class FrozenStatsBatchNorm2d(nn.Module):
 
 class LastLevelP6P7NoReLU(LastLevelP6P7):
     """P6 = conv(P5 output), P7 = conv(P6) without an activation in between: mmdetection's FPN with
-    ``add_extra_convs='on_output'`` and ``relu_before_extra_convs=False`` (method.md §7.7).
+    ``add_extra_convs='on_output'`` and ``relu_before_extra_convs=False`` (docs/method.md §7.7).
     Same parameters (p6, p7) as torchvision's LastLevelP6P7, which computes P7 = conv(relu(P6))."""
 
     def forward(self, p, c, names):
@@ -74,14 +74,14 @@ class LastLevelP6P7NoReLU(LastLevelP6P7):
 
 
 class ResNetFPN(nn.Module):
-    """ResNet C3-C5 -> FPN P3-P5 (+P6, P7 from P5's output), ``out_channels`` each (method.md §2).
+    """ResNet C3-C5 -> FPN P3-P5 (+P6, P7 from P5's output), ``out_channels`` each (docs/method.md §2).
 
-    ``norm="frozen_bn"`` (method.md §2, ImageNet-initialised training): BatchNorm with fixed running
+    ``norm="frozen_bn"`` (docs/method.md §2, ImageNet-initialised training): BatchNorm with fixed running
     statistics in every mode; its affine parameters are fixed too (torchvision FrozenBatchNorm2d) unless
-    ``bn_affine_trainable`` (the authors' norm_eval=True + requires_grad=True, method.md §7.8).
+    ``bn_affine_trainable`` (the authors' norm_eval=True + requires_grad=True, docs/method.md §7.8).
     ``norm="group_norm"``: trainable GroupNorm(32), for training from scratch.
     ``frozen_stages=1`` freezes the stem and layer1 (mmdet numbering); -1 freezes nothing beyond BatchNorm.
-    ``p7_relu``: P7 = conv(relu(P6)) (torchvision) or conv(P6) (mmdetection, method.md §7.7).
+    ``p7_relu``: P7 = conv(relu(P6)) (torchvision) or conv(P6) (mmdetection, docs/method.md §7.7).
     """
 
     def __init__(
@@ -101,7 +101,7 @@ class ResNetFPN(nn.Module):
             # Training from random initialisation (no ImageNet weights, as on the synthetic scans):
             # frozen BN is then an identity and the deep trunk trains poorly; trainable GroupNorm(32)
             # is the usual from-scratch choice (He et al., "Rethinking ImageNet Pre-training", 2019).
-            # Batch-independent like the head's GroupNorm (method.md §3).
+            # Batch-independent like the head's GroupNorm (docs/method.md §3).
             def norm_layer(channels: int) -> nn.Module:
                 return nn.GroupNorm(32, channels)
         else:
@@ -114,7 +114,7 @@ class ResNetFPN(nn.Module):
         c5 = resnet.fc.in_features
         in_channels = [c5 // 4, c5 // 2, c5]
         # P6 = conv(P5 output) (mmdet add_extra_convs='on_output'); P7 = conv(relu(P6)) is torchvision's
-        # LastLevelP6P7, P7 = conv(P6) mmdetection's relu_before_extra_convs=False (method.md §7.7)
+        # LastLevelP6P7, P7 = conv(P6) mmdetection's relu_before_extra_convs=False (docs/method.md §7.7)
         extra = LastLevelP6P7 if p7_relu else LastLevelP6P7NoReLU
         self.fpn = FeaturePyramidNetwork(
             in_channels, out_channels, extra_blocks=extra(out_channels, out_channels)

@@ -1,4 +1,4 @@
-"""Box coders: delta xywh (ATSS, method.md §2) and distance-to-sides bins (LAreg, method.md §4)."""
+"""Box coders: delta xywh (ATSS, docs/method.md §2) and distance-to-sides bins (LAreg, docs/method.md §4)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from xscreen.errors import XscreenError
 from xscreen.model.classes import CLASS_NAMES
 
-REG_CONF_TOPK = 4  # released reg_conf, earliest version: top-4 bin probabilities per side (method.md §7.2)
+REG_CONF_TOPK = 4  # earliest released reg_conf: top-4 bin probabilities per side (docs/method.md §7.2)
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 # Fields that change the network's tensors or the meaning of its outputs: weights saved under one
@@ -41,32 +41,32 @@ class ConfigError(XscreenError):
 class DetectorConfig(BaseModel):
     """One detector variant: architecture, Label-aware settings, test thresholds and schedule defaults.
 
-    Numbers follow method.md §2-4 (the authors' mmdetection ATSS config); unknown keys are errors.
+    Numbers follow docs/method.md §2-4 (the authors' mmdetection ATSS config); unknown keys are errors.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1)
-    # --- architecture (method.md §2) ---
+    # --- architecture (docs/method.md §2) ---
     depth: Literal[18, 34, 50, 101] = 50
     # >= 64: GroupNorm(32) on a 1x1 P7 map needs at least 2 channels per group
     fpn_channels: int = Field(256, ge=64)
     stacked_convs: int = Field(4, ge=1, le=8)
     class_names: tuple[str, ...] = CLASS_NAMES
     frozen_stages: int = Field(1, ge=-1, le=4)  # mmdet frozen_stages=1: stem + layer1 frozen
-    # frozen_bn: method.md §2 (ImageNet-initialised). group_norm: trainable GroupNorm(32) for training
+    # frozen_bn: docs/method.md §2 (ImageNet-initialised). group_norm: trainable GroupNorm(32) for training
     # from random initialisation (the synthetic-scan models; docs/la_experiment.md).
     backbone_norm: Literal["frozen_bn", "group_norm"] = "frozen_bn"
     # frozen_bn only. False: BatchNorm affine parameters fixed too (torchvision FrozenBatchNorm2d, the
     # behaviour of every config before the release-parity work). True: the authors' norm_eval=True with
     # requires_grad=True: statistics fixed, weight and bias of the stages after frozen_stages train
-    # (method.md §7.8). The state dict is the same either way.
+    # (docs/method.md §7.8). The state dict is the same either way.
     bn_affine_trainable: bool = False
     # P7 = conv(relu(P6)) (torchvision LastLevelP6P7, True) or conv(P6) (mmdetection FPN with
-    # relu_before_extra_convs=False, the authors' config; method.md §7.7)
+    # relu_before_extra_convs=False, the authors' config; docs/method.md §7.7)
     fpn_p7_relu: bool = True
-    # "atss": delta-xywh regression (or GFL bins for LAreg) with a centerness conv (method.md §2-4).
-    # "released": the authors' released heads (method.md §7.1-7.6): 4 x (reg_max + 1) bin regression
+    # "atss": delta-xywh regression (or GFL bins for LAreg) with a centerness conv (docs/method.md §2-4).
+    # "released": the authors' released heads (docs/method.md §7.1-7.6): 4 x (reg_max + 1) bin regression
     # for every la_mode, the reg_conf quality branch instead of centerness, loss_d, and the released
     # LAreg rules (sigmoid per bin, bin 0 at background).
     head_style: Literal["atss", "released"] = "atss"
@@ -76,17 +76,17 @@ class DetectorConfig(BaseModel):
     reg_conf_channels: int = Field(16, ge=1)  # hidden 1x1 conv width: LAcls final 16, LAreg / early 64
     # released quality target: ATSS centerness (final) or the IoU of the predicted box (earliest version)
     quality_target: Literal["centerness", "iou"] = "centerness"
-    # --- Label-aware mechanism (method.md §3-4) ---
+    # --- Label-aware mechanism (docs/method.md §3-4) ---
     la_mode: Literal["none", "cls", "reg"] = "none"
     # x_new = a*x + b*w1*x - c*w2*x (Eq. 7). LAreg has no "misleading" term: (a, b, c) = (0.5, 1, 0).
     la_coeffs: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    # Paper Sec. IV-B: "the regression branch repeats twice in the second prediction".
+    # Paper Sec. IV-A: "the regression branch repeats twice in the second prediction".
     reg_tower_repeat: int = Field(2, ge=1, le=3)
-    reg_max: int = Field(16, ge=1)  # LAreg: 16 intervals -> 17 bin values 0..16 (method.md §4)
+    reg_max: int = Field(16, ge=1)  # LAreg: 16 intervals -> 17 bin values 0..16 (docs/method.md §4)
     # --- input geometry ---
     min_size: int = Field(800, ge=32)
     max_size: int = Field(1333, ge=32)
-    # --- test (method.md §2) ---
+    # --- test (docs/method.md §2) ---
     score_thresh: float = Field(0.05, ge=0.0, lt=1.0)
     nms_pre: int = Field(1000, ge=1)
     nms_iou: float = Field(0.6, gt=0.0, le=1.0)
@@ -106,7 +106,7 @@ class DetectorConfig(BaseModel):
     warmup_ratio: float = Field(0.001, gt=0.0, le=1.0)
     epochs: int = Field(12, ge=1)
     lr_steps: tuple[int, ...] = (8, 11)
-    # max gradient L2 norm; None: no clipping (the authors' schedule, method.md §7.8). 35 is what
+    # max gradient L2 norm; None: no clipping (the authors' schedule, docs/method.md §7.8). 35 is what
     # xscreen's configs have always used (not an mmdetection ATSS default).
     grad_clip: float | None = Field(35.0, gt=0.0)
 
@@ -144,17 +144,17 @@ class DetectorConfig(BaseModel):
 
     @property
     def la_cls(self) -> bool:
-        """LAcls: weights from the classification branch, label and misleading label (method.md §3)."""
+        """LAcls: weights from the classification branch, label and misleading label (docs/method.md §3)."""
         return self.la_mode == "cls"
 
     @property
     def la_reg(self) -> bool:
-        """LAreg: weights from the regression branch's bin distributions (method.md §4)."""
+        """LAreg: weights from the regression branch's bin distributions (docs/method.md §4)."""
         return self.la_mode == "reg"
 
     @property
     def released(self) -> bool:
-        """The authors' released head (method.md §7): bins, reg_conf quality branch, loss_d."""
+        """The authors' released head (docs/method.md §7): bins, reg_conf quality branch, loss_d."""
         return self.head_style == "released"
 
     @property
@@ -174,7 +174,7 @@ class DetectorConfig(BaseModel):
 
     @property
     def skip_label_grad(self) -> bool:
-        """LAcls with b = 0: the label gradient is multiplied by 0, its pass is skipped (method.md §7.5)."""
+        """LAcls with b = 0: the label gradient is multiplied by 0 and skipped (docs/method.md §7.5)."""
         return self.la_cls and self.la_coeffs[1] == 0.0
 
     def with_overrides(self, **changes: Any) -> DetectorConfig:

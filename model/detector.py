@@ -29,7 +29,7 @@ class ATSSDetector(nn.Module):
     """ATSS R-FPN detector with the optional Label-aware head (Zhao et al., TIFS 2022).
 
     forward(images, targets=None):
-      images: list of [3, H, W] float tensors, converted scans on the 0..255 scale (method.md §1).
+      images: list of [3, H, W] float tensors, converted scans on the 0..255 scale (docs/method.md §1).
       training (``model.train()``): targets is a list of {"boxes": [K, 4] x1y1x2y2 in that image's
         pixels, "labels": int64 [K] 0-based into cfg.class_names}; returns a dict of scalar losses.
       eval: returns one {"boxes" [K, 4] in the input image's pixels, "scores" [K], "labels" [K]} per image.

@@ -1,6 +1,6 @@
 """Label-aware gradients written as ordinary forward operators (no autograd), so LA exports to ONNX.
 
-The Label-aware mechanism (method.md §3/§4, paper Sec. IV-C..E) needs, at inference, the
+The Label-aware mechanism (docs/method.md §3/§4, paper Sec. IV-C..E) needs, at inference, the
 vector-Jacobian product ``d/dx0 sum(y * onehot)`` of a head tower + classifier with respect to the
 tower's input. ONNX has no autograd, so this module spells the backward pass out:
 
@@ -178,7 +178,7 @@ def _onehot(index: Tensor, num: int, dim: int, like: Tensor) -> Tensor:
 
 
 def cls_label_onehots(probs: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """One-hot maps of the label and of the misleading class y* (method.md §3 steps 2-3).
+    """One-hot maps of the label and of the misleading class y* (docs/method.md §3 steps 2-3).
 
     probs: [N, C, H, W] sigmoid class probabilities. labels: [N, H, W] int64 class index per
     location, -1 for background; None = inference pseudo-labels (arg-max of ``probs``).
@@ -196,12 +196,12 @@ def cls_label_onehots(probs: Tensor, labels: Tensor | None = None) -> tuple[Tens
 def la_cls_grads(
     x: Tensor, tower: ExplicitTower, labels: Tensor | None = None, label_grad: bool = True
 ) -> tuple[Tensor | None, Tensor]:
-    """LAcls raw gradients g1 = d/dx sum(y*onehot(label)), g2 = d/dx sum(y*onehot(y*)) (method.md §3).
+    """LAcls raw gradients g1 = d/dx sum(y*onehot(label)), g2 = d/dx sum(y*onehot(y*)) (docs/method.md §3).
 
     x: [N, C, H, W] head input of one FPN level. Returns (g1, g2), each shaped like x; the
     caller applies ``sigmoid`` and Eq. 7. No autograd graph is built or needed.
     ``label_grad=False`` skips g1 (returned as None): Eq. 7 with b = 0 multiplies it by 0, the released
-    setting (1.5, 0, 1) of method.md §7.5; the backward then runs on one cotangent instead of two.
+    setting (1.5, 0, 1) of docs/method.md §7.5; the backward then runs on one cotangent instead of two.
     """
     logits, cache = tower.forward(x)
     y = torch.sigmoid(logits)
@@ -223,8 +223,8 @@ def la_reg_grad(
     logit_scale: Tensor | float | None = None,
     activation: str = "softmax",
 ) -> Tensor:
-    """LAreg raw gradient d/dx sum(y * onehot(bin)) with y a softmax over bins per side (method.md §4),
-    or with ``activation="sigmoid"`` a sigmoid per bin (the released LAreg head, method.md §7.6).
+    """LAreg raw gradient d/dx sum(y * onehot(bin)) with y a softmax over bins per side (docs/method.md §4),
+    or with ``activation="sigmoid"`` a sigmoid per bin (the released LAreg head, docs/method.md §7.6).
 
     The classifier outputs 4 * num_bins channels, side-major (channel = side * num_bins + bin,
     as in Generalized Focal Loss). bins: [N, 4, H, W] target bin per side, None = arg-max bin

@@ -1,5 +1,5 @@
 """ATSS head: classification and regression towers, per-level scales, centerness or the released reg_conf
-quality branch (method.md §2, §7.2)."""
+quality branch (docs/method.md §2, §7.2)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def _tower(channels: int, stacked_convs: int) -> nn.Sequential:
 
 
 def reg_conf_statistics(bin_logits: Tensor, stats: str = "max_mean") -> Tensor:
-    """Per-side statistics of the bin softmax that the released reg_conf branch reads (method.md §7.2).
+    """Per-side statistics of the bin softmax that the released reg_conf branch reads (docs/method.md §7.2).
 
     bin_logits: [N, 4 * B, H, W], side-major (channel = side * B + bin). ``max_mean``: max - mean per
     side -> [N, 4, H, W] (final version); ``topk_mean``: the top-4 probabilities of each side and their
@@ -68,7 +68,7 @@ class ATSSHead(nn.Module):
 
     ``atss_cls``: C sigmoid logits (prior 0.01); ``atss_reg``: 4 deltas, or 4 x (reg_max+1) bin
     logits (LAreg, released heads); quality logit: ``atss_centerness`` (3x3 conv on the regression
-    tower) or, with ``reg_conf_inputs`` > 0, the released ``reg_conf`` branch (method.md §7.2):
+    tower) or, with ``reg_conf_inputs`` > 0, the released ``reg_conf`` branch (docs/method.md §7.2):
     Sequential(1x1 conv reg_conf_inputs -> reg_conf_channels, ReLU, 1x1 conv -> 1) on the statistics of
     the scaled bin softmax (``reg_conf_statistics``). Module names equal mmdetection's
     (``cls_convs``/``reg_convs`` as flat Sequentials of conv, gn, relu; ``atss_cls``, ``atss_reg``,
@@ -124,13 +124,13 @@ class ATSSHead(nn.Module):
         """[N, ch, H, W] -> (regression [N, R, H, W] scaled per level, quality logit [N, 1, H, W]).
 
         ``repeat`` > 1 applies the regression tower that many times in sequence (the paper's LA
-        second prediction, Sec. IV-B: "the regression branch repeats twice").
+        second prediction, Sec. IV-A: "the regression branch repeats twice").
         """
         feat = x
         for _ in range(repeat):
             feat = self.reg_convs(feat)
         reg = self.scales[level](self.atss_reg(feat))
-        if self.reg_conf is not None:  # method.md §7.2: quality from the scaled bin distribution
+        if self.reg_conf is not None:  # docs/method.md §7.2: quality from the scaled bin distribution
             return reg, self.reg_conf(reg_conf_statistics(reg, self.reg_conf_stats))
         return reg, self.atss_centerness(feat)
 

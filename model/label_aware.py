@@ -1,4 +1,4 @@
-"""Label-aware mechanism (paper Sec. IV-C..E, Eq. 4-7; method.md §3-4): LAcls and LAreg feature reweighting.
+"""Label-aware mechanism (paper Sec. IV-C..E, Eq. 4-7; docs/method.md §3-4): LAcls, LAreg reweighting.
 
 Per FPN level with head input x: detach x into a leaf x0, run the first prediction on x0, build one-hot
 label maps (assigned labels in training, arg-max pseudo-labels at inference), take
@@ -92,11 +92,11 @@ def label_aware_weights(
     gradients are enabled locally on a copy of the features. Returned weights carry no graph.
     bf16: run the first prediction and the two gradient passes under bfloat16 autocast (opt-in speed
     mode, issue #2: "bf16 autocast ... with outputs checked against fp32"); weights come back fp32.
-    released: LAreg as the authors' released head (method.md §7.6): y is a sigmoid per bin (not a
+    released: LAreg as the authors' released head (docs/method.md §7.6): y is a sigmoid per bin (not a
     softmax per side); in training, locations without a target use bin 0 and a level without any
     positive in the batch uses the arg-max bin everywhere. skip_label_grad (LAcls): the label
     gradient's pass is not run and w1 comes back as None per level; for Eq. 7 with b = 0 it is
-    multiplied by 0 (method.md §7.5), so the result is the same at about half the gradient cost.
+    multiplied by 0 (docs/method.md §7.5), so the result is the same at about half the gradient cost.
     """
     device = feats[0].device
     t0 = time.perf_counter()
@@ -111,7 +111,7 @@ def label_aware_weights(
                 logits, _ = _reg_logits(head, x, level)
                 n, _, h, w = logits.shape
                 z = logits.reshape(n, 4, reg_max + 1, h, w)
-                # [N, 4, B, H, W]: softmax per side (method.md §4) or the released sigmoid per bin (§7.6)
+                # [N, 4, B, H, W]: softmax per side (docs/method.md §4) or the released sigmoid per bin (§7.6)
                 probs.append(torch.sigmoid(z) if released else F.softmax(z, dim=2))
         else:
             raise ValueError(f"unknown label-aware mode {mode!r}")
@@ -150,7 +150,7 @@ def label_aware_weights(
 
 
 def _released_bins(bins: Tensor | None) -> Tensor | None:
-    """Training bins as the released LAreg head uses them (method.md §7.6): bin 0 where the location has
+    """Training bins as the released LAreg head uses them (docs/method.md §7.6): bin 0 where the location has
     no target, and None (the arg-max bin everywhere) for a level without any positive in the batch."""
     if bins is None or not bool((bins >= 0).any()):
         return None
@@ -170,7 +170,7 @@ def _reg_logits(head: ATSSHead, x: Tensor, level: int) -> tuple[Tensor, Tensor]:
 
 def reweight(x: Tensor, w: list[Tensor | None], coeffs: tuple[float, float, float]) -> Tensor:
     """Eq. 7: x_new = a*x + b*w1*x - c*w2*x (LAreg: w2 absent, c = 0). w1 may be None when b = 0
-    (its gradient pass was skipped, method.md §7.5): the term is then absent, as b * w1 * x = 0."""
+    (its gradient pass was skipped, docs/method.md §7.5): the term is then absent, as b * w1 * x = 0."""
     a, b, c = coeffs
     out = a * x
     if b != 0.0:

@@ -1,5 +1,5 @@
-"""ATSS training losses (method.md §2): focal, centerness-weighted GIoU, centerness BCE; DFL for LAreg;
-the released heads' losses with loss_d (method.md §7.3)."""
+"""ATSS training losses (docs/method.md §2): focal, centerness-weighted GIoU, centerness BCE; DFL for LAreg;
+the released heads' losses with loss_d (docs/method.md §7.3)."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def atss_losses(
     return losses
 
 
-# mmdetection's bbox2distance clamps target distances to reg_max - 0.1 (method.md §7.3)
+# mmdetection's bbox2distance clamps target distances to reg_max - 0.1 (docs/method.md §7.3)
 RELEASED_DISTANCE_EPS = 0.1
 # mmdetection divides by the sum of quality targets unless it is below this (then by 1)
 RELEASED_AVG_EPS = 1e-12
@@ -130,7 +130,7 @@ def released_losses(
     gt_labels: list[Tensor],
     cfg: DetectorConfig,
 ) -> dict[str, Tensor]:
-    """The released ATSSLAclsHead / ATSSLAregHead losses (method.md §7.3); arguments as ``atss_losses``.
+    """The released ATSSLAclsHead / ATSSLAregHead losses (docs/method.md §7.3); arguments as ``atss_losses``.
 
     - loss_cls: sigmoid focal loss / num_total, num_total = sum over images of max(1, positives);
     - loss_bbox: GIoU x giou_weight between the box decoded from the bin expectation and the GT, both in

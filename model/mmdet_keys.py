@@ -63,7 +63,7 @@ def mmdet_to_xscreen_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tens
     """An mmdetection 2.x ATSS / LA state dict (``ckpt['state_dict']``) -> xscreen key names.
 
     Tensors are passed through unchanged (no copy, no class permutation: the importer permutes the
-    ``atss_cls`` rows separately, method.md §7.9). WeightsError for an unknown key or two keys that map
+    ``atss_cls`` rows separately, docs/method.md §7.9). WeightsError for an unknown key or two keys that map
     to the same xscreen name.
     """
     out: dict[str, Tensor] = {}

@@ -1,6 +1,6 @@
 """ONNX export of the full ATSS(+LA) inference graph, test-time LA loop included, and its metadata contract.
 
-ONNX has no autograd, so the Label-aware gradients (method.md §3/§4) are computed with the explicit
+ONNX has no autograd, so the Label-aware gradients (docs/method.md §3/§4) are computed with the explicit
 backward of model/explicit_grad.py; :class:`ExportableDetector` is ``ATSSDetector.forward_raw`` with
 that substitution. The graph input is the normalised, zero-padded batch (model.transform), the outputs
 are the raw head outputs; resizing, anchors and decoding stay in Python and are shared with the torch
@@ -55,7 +55,7 @@ class ExportableDetector(nn.Module):
         super().__init__()
         self.detector = detector
         self.cfg: DetectorConfig = detector.cfg
-        # LAcls with b = 0 (the released (1.5, 0, 1)): no label-gradient pass (method.md §7.5)
+        # LAcls with b = 0 (the released (1.5, 0, 1)): no label-gradient pass (docs/method.md §7.5)
         self.skip_label_grad = skip_zero_terms and self.cfg.skip_label_grad
         self.debug_la = debug_la and self.cfg.uses_la
         head = detector.head
@@ -71,7 +71,7 @@ class ExportableDetector(nn.Module):
             return [None if g1 is None else torch.sigmoid(g1), torch.sigmoid(g2)]
         # LAreg's first prediction is one regression-tower pass, the per-level Scale applied to the
         # bin logits before the softmax (model/label_aware.py _reg_logits, head.reg_outputs); the
-        # released head takes a sigmoid per bin instead (method.md §7.6).
+        # released head takes a sigmoid per bin instead (docs/method.md §7.6).
         scale = self.detector.head.scales[level].scale
         activation = "sigmoid" if self.cfg.released else "softmax"
         g = la_reg_grad(x, self._reg_tower, self.cfg.reg_max + 1, logit_scale=scale, activation=activation)
@@ -106,7 +106,7 @@ def output_names(cfg: DetectorConfig, debug_la: bool = False) -> list[str]:
     if debug_la and cfg.uses_la:
         if cfg.la_reg:
             names.append(DEBUG_OUTPUT_NAMES[0])
-        else:  # no la_w1 when its pass is skipped (b = 0, method.md §7.5)
+        else:  # no la_w1 when its pass is skipped (b = 0, docs/method.md §7.5)
             names += list(DEBUG_OUTPUT_NAMES[1:] if cfg.skip_label_grad else DEBUG_OUTPUT_NAMES)
     return names
 

@@ -1,4 +1,4 @@
-"""Test-time decoding shared by the torch model and the ONNX backend (method.md §2, mmdet ATSS test cfg)."""
+"""Test-time decoding shared by the torch model and the ONNX backend (docs/method.md §2, mmdet test cfg)."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def postprocess_detections(
                 keep_idx.append(torch.arange(start, start + n, device=anchors.device))
             start += n
         idx = torch.cat(keep_idx)
-        if cfg.bin_regression:  # LAreg, or the released heads: expectation x stride (method.md §7.1)
+        if cfg.bin_regression:  # LAreg, or the released heads: expectation x stride (docs/method.md §7.1)
             boxes = bin_coder.decode(anchors[idx], reg[i, idx], strides[idx])
         else:
             boxes = delta_coder.decode(anchors[idx], reg[i, idx])

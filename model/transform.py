@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # ImageNet statistics on the 0..255 scale (the authors' mmdetection config normalises the
-# converted 3-channel image with these, to_rgb=True; method.md §1 fixes our channel order).
+# converted 3-channel image with these, to_rgb=True; docs/method.md §1 fixes our channel order).
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
@@ -53,7 +53,7 @@ def normalize(image: Tensor, mean=PIXEL_MEAN, std=PIXEL_STD) -> Tensor:
 
 
 def network_image(image, min_size: int = 800, max_size: int = 1333) -> Tensor:
-    """A converted [H, W, 3] float array (method.md §1, 0..255) -> the normalised, fitted [3, h, w] tensor.
+    """A converted [H, W, 3] float array (docs/method.md §1, 0..255) -> the normalised, fitted [3, h, w].
 
     What the network sees of one scan before batching (the ONNX backend and int8 calibration).
     """

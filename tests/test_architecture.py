@@ -92,11 +92,16 @@ def test_no_generic_top_level_package_is_installed():
 def test_a_fresh_install_has_xscreen_and_no_generic_names(tmp_path):
     """`pip install .` in a fresh venv outside the repo: xscreen.model imports, model does not."""
     wheels = tmp_path / "wheels"
-    build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(ROOT), "-w", str(wheels)],
-        capture_output=True,
-        text=True,
-    )
+    had_build_dir = (ROOT / "build").exists()
+    try:
+        build = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(ROOT), "-w", str(wheels)],
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        if not had_build_dir:  # setuptools builds in the source tree; leave the checkout as it was
+            shutil.rmtree(ROOT / "build", ignore_errors=True)
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = wheels.glob("xscreen-*.whl")
     import zipfile

@@ -1,4 +1,4 @@
-"""ATSS assigner, anchors and box coder on hand-built cases (method.md §2)."""
+"""ATSS assigner, anchors and box coder on hand-built cases (docs/method.md §2)."""
 
 import statistics
 

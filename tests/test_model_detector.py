@@ -124,7 +124,7 @@ def test_train_forward_returns_finite_scalar_losses_and_backpropagates():
         sum(losses.values()).backward()
         assert model.head.atss_cls.weight.grad.abs().sum() > 0
         assert model.backbone.body.layer2[0].conv1.weight.grad is not None
-        assert model.backbone.body.conv1.weight.grad is None  # stage 1 frozen (method.md §2)
+        assert model.backbone.body.conv1.weight.grad is None  # stage 1 frozen (docs/method.md §2)
         # an all-background batch: regression losses are exactly zero but still part of the graph
         empty = model(images[:1], targets[1:])
         assert empty["loss_bbox"].item() == 0.0 and empty["loss_cls"].item() > 0

@@ -88,7 +88,7 @@ def _build(name: str, seed: int = 0):
     kind, conf = VARIANTS[name]
     over = {"fpn_channels": C, "stacked_convs": STACKED, "min_size": H, "max_size": W, "score_thresh": 0.05}
     if name == "small_atss":
-        over["fpn_p7_relu"] = False  # mmdetection's ATSS FPN (method.md §7.7)
+        over["fpn_p7_relu"] = False  # mmdetection's ATSS FPN (docs/method.md §7.7)
     sd = mmdet_state_dict(kind, conf=conf or (4, 16), seed=seed)
     det = build_detector(load_config(name).with_overrides(**over), channels_last=False)
     det.load_state_dict(mmdet_to_xscreen_state_dict(sd), strict=True)
@@ -214,7 +214,7 @@ def test_training_loss_equals_the_released_loss(name):
 
 
 def test_the_released_label_gradient_is_exactly_zero():
-    """method.md §7.5: writing zeros into `out.detach().data` also overwrites sigmoid's saved output."""
+    """docs/method.md §7.5: writing zeros into `out.detach().data` also overwrites sigmoid's saved output."""
     torch.manual_seed(0)
     x = torch.randn(6, 8, requires_grad=True)
     out = torch.nn.Linear(8, 5)(x).sigmoid()

@@ -19,7 +19,7 @@ from xscreen.model.transform import group_by_padded_size, pad_batch, padded_size
     [
         ("none", 16, (False, False, False), 4),
         ("cls", 16, (True, True, False), 4),
-        ("reg", 16, (True, False, True), 68),  # 4 sides x 17 bins (method.md §4)
+        ("reg", 16, (True, False, True), 68),  # 4 sides x 17 bins (docs/method.md §4)
         ("reg", 7, (True, False, True), 32),
     ],
 )

@@ -84,7 +84,7 @@ def test_la_cls_grads_match_autograd(dtype, training_labels):
 
     x0 = x.clone().requires_grad_(True)
     y = torch.sigmoid(classifier(tower(x0)))
-    # Reference labels exactly as method.md §3 states them, computed independently.
+    # Reference labels exactly as docs/method.md §3 states them, computed independently.
     lab = y.detach().argmax(1) if labels is None else labels
     onehot = torch.zeros_like(y)
     fg = lab >= 0

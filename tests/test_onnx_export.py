@@ -199,7 +199,7 @@ def test_lareg_la_weights_and_raw_outputs_match_autograd(tmp_path):
 
 @pytest.mark.parametrize("name", ["small_lacls_release", "small_lareg_release"])
 def test_released_heads_export_with_their_la_loop(name, tmp_path):
-    """The released heads (method.md §7): reg_conf quality branch, sigmoid-per-bin LAreg, and for LAcls
+    """The released heads (docs/method.md §7): reg_conf quality branch, sigmoid-per-bin LAreg, and for LAcls
     (1.5, 0, 1) a graph without the label-gradient pass; ORT equals torch autograd."""
     det = _detector(name, seed=2, min_size=224, max_size=288)
     path = export_onnx(det, tmp_path / "rel.onnx", name="rel", version="1", sha256="b" * 64, debug_la=True)

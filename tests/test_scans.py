@@ -1,4 +1,4 @@
-"""Raw scan readers, validation errors and the method.md §1 conversion (values, file round trip)."""
+"""Raw scan readers, validation errors and the docs/method.md §1 conversion (values, file round trip)."""
 
 from __future__ import annotations
 

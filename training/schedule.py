@@ -1,4 +1,4 @@
-"""Learning-rate schedule of the paper's recipe: linear warm-up, then step decay (method.md §2)."""
+"""Learning-rate schedule of the paper's recipe: linear warm-up, then step decay (docs/method.md §2)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class WarmupStepSchedule:
 
 
 def scaled_lr(lr_for_batch_8: float, total_batch: int, reference_batch: int = 8) -> float:
-    """Linear scaling rule: the paper's lr 0.01 is for a total batch of 8 (method.md §2)."""
+    """Linear scaling rule: the paper's lr 0.01 is for a total batch of 8 (docs/method.md §2)."""
     if total_batch < 1:
         raise ValueError(f"total batch size must be >= 1, got {total_batch}")
     return lr_for_batch_8 * total_batch / reference_batch

@@ -54,7 +54,7 @@ def _as_float(img: np.ndarray, label: str) -> np.ndarray:
 def convert_scan(high: np.ndarray, low: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Raw dual-energy pair (uint16 [H, W] each) -> converted image float32 [H, W, 3] in 0..255.
 
-    method.md §1 / paper Eq. 1: channel 1 = high/256, channel 2 = low/256,
+    docs/method.md §1 / paper Eq. 1: channel 1 = high/256, channel 2 = low/256,
     channel 3 = 510 * sigmoid(high / low) - 255. The denominator is clamped to >= 1 so
     ``low == 0`` gives a finite value (255 * (2 * sigmoid(high) - 1) there), never inf/NaN.
     ``out``: a float32 [H, W, 3] array to write into (e.g. a block of rows of a larger image, so

@@ -1,6 +1,6 @@
 """Scan files: readers and writers of raw energy images (16-bit PNG / TIFF / .npy / raw) and converted images.
 
-On-disk channel order of converted images (fixed here, method.md §1): a converted image is
+On-disk channel order of converted images (fixed here, docs/method.md §1): a converted image is
 quantised to 8 bits and written with OpenCV AFTER an RGB->BGR swap, so that any normal image
 viewer shows channel 1 (high/256) as red, channel 2 (low/256) as green and channel 3
 (510*sigmoid(high/low)-255) as blue. ``read_converted`` undoes the swap (BGR->RGB) and returns
