@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import release_reference as ref
 import torch
-from test_model_release import H, STACKED, W, _images, _reference_outputs, mmdet_state_dict
+from test_model_release import H, W, _images, _reference_outputs, mmdet_state_dict
 
 from xscreen.cli import main
 from xscreen.commands.import_mmdet import DEFAULT_SCORE_THRESHOLD, ImportCheckError, build_imported
@@ -26,6 +26,7 @@ from xscreen.model import load_config
 from xscreen.model.classes import CLASS_NAMES
 from xscreen.model.mmdet_checkpoint import MmdetCheckpoint, class_permutation
 from xscreen.model.mmdet_keys import mmdet_to_xscreen_state_dict
+from xscreen.model.transform import pad_batch
 from xscreen.model.weights import load_weights
 
 C = 128  # the small_*_release configs' FPN width
@@ -101,7 +102,7 @@ def test_import_maps_permutes_and_reproduces_the_released_detections(
 
     # what the file records
     meta = info.metadata
-    assert meta["source"]["file"] == "lacls.pth" if head == "lacls" else "lareg.pth"
+    assert meta["source"]["file"] == f"{head}.pth"
     assert meta["source"]["file_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
     assert meta["source"]["mmdet_version"] == "2.12.0"
     assert meta["head_version"] == head and info.name == head
@@ -124,10 +125,7 @@ def test_import_maps_permutes_and_reproduces_the_released_detections(
 
     # (c) detections equal the reference forward of the released code on the same checkpoint
     images = _images()[:2]
-    batch, sizes = model.resize_and_normalize(images), None
-    from xscreen.model.transform import pad_batch
-
-    batch, sizes = pad_batch(batch)
+    batch, sizes = pad_batch(model.resize_and_normalize(images))
     assert sizes == [(H, W)] * 2
     _, outs = _reference_outputs(sd, head, batch)
     with torch.inference_mode():
@@ -355,6 +353,7 @@ def test_truncated_file_bad_json_config_and_existing_out(ckpt_dir, tmp_path, cap
 # ----------------------------------------------------------------------------- serve and export
 
 
+@pytest.mark.slow  # ~35 s on 2 cores: a real `xscreen serve` start and an ONNX export
 def test_imported_weights_are_served_and_exported(ckpt_dir, tmp_path, capsys):
     import cv2
     import requests
