@@ -340,3 +340,14 @@ def test_detect_and_onnx_export_carry_the_threshold(served, tmp_path, capsys, mo
     assert xscreen_main(argv) == 0
     response = json.loads(capsys.readouterr().out)
     assert response["score_threshold"] == t and len(response["detections"]) == int((scores >= t).sum())
+
+
+def test_describe_tells_a_threshold_set_without_data_from_one_picked_on_data():
+    from xscreen.training.threshold import describe
+
+    manual = {"score_threshold": 0.4, "rule": "manual", "precision": None}
+    assert "not picked on data" in describe(manual)
+    imported = {"score_threshold": 0.3, "rule": "import-default", "precision": None}
+    assert "not picked on data" in describe(imported)
+    for rule in ("best-f1", "precision>=0.9"):
+        assert "no correct detection" in describe({"score_threshold": 0.3, "rule": rule, "precision": None})

@@ -238,7 +238,12 @@ def describe(op: dict | None) -> str:
     if not op:
         return f"no operating point recorded (default {FALLBACK_THRESHOLD})"
     if op.get("precision") is None:
-        stats = "no correct detection"
+        # a rule of RULES found no correct detection; any other rule (manual, import-default) saw no data
+        stats = (
+            "no correct detection"
+            if str(op.get("rule", "")).split(">=")[0] in RULES
+            else "not picked on data"
+        )
     else:
         stats = f"precision {op['precision']:.3f}, recall {op['recall']:.3f}, F1 {op['f1']:.3f}"
     where = f" on {op['split']}" if op.get("split") else ""

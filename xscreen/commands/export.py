@@ -16,6 +16,9 @@ import argparse
 from pathlib import Path
 
 VERIFY_ATOL = 1e-3  # raw logits; fp32 export agrees to ~1e-5
+# LA models differentiate a ReLU network: a pre-activation within float noise of zero flips its mask in
+# the backward pass, so single outputs may move further; the release-parity bounds (docs/method.md §7.12)
+LA_VERIFY_MAX, LA_VERIFY_P99 = 5e-3, 5e-4
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,8 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def verify(onnx_path: Path, detector, seed: int = 0) -> dict[str, float]:
-    """Max |ORT - torch| per output on a random normalised batch of the model's own input size."""
+def verify(onnx_path: Path, detector, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """(max, p99) of |ORT - torch| per output on a random normalised batch of the model's input size."""
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -66,9 +69,24 @@ def verify(onnx_path: Path, detector, seed: int = 0) -> dict[str, float]:
         ref = detector.forward_raw(batch)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: batch.numpy()})
-    return {
-        name: float(np.abs(r.numpy() - o).max()) for name, r, o in zip(OUTPUT_NAMES, ref, got, strict=True)
-    }
+    diffs = {}
+    for name, r, o in zip(OUTPUT_NAMES, ref, got, strict=True):
+        err = np.abs(r.numpy() - o).reshape(-1)
+        diffs[name] = (float(err.max()), float(np.percentile(err, 99)))
+    return diffs
+
+
+def disagreement(diffs: dict[str, tuple[float, float]], uses_la: bool) -> str | None:
+    """None when ORT and torch agree within the bounds for this kind of model, else what is over."""
+    worst = max(m for m, _ in diffs.values())
+    worst_p99 = max(p for _, p in diffs.values())
+    if uses_la:
+        if worst > LA_VERIFY_MAX or worst_p99 > LA_VERIFY_P99:
+            return (
+                f"max {worst:.2e} / p99 {worst_p99:.2e}, over an LA model's {LA_VERIFY_MAX} / {LA_VERIFY_P99}"
+            )
+        return None
+    return f"max {worst:.2e}, over {VERIFY_ATOL}" if worst > VERIFY_ATOL else None
 
 
 def calibration_source(args: argparse.Namespace):
@@ -119,9 +137,14 @@ def run(args: argparse.Namespace) -> int:
     print("onnx.checker: ok")
     if not args.no_verify:
         diffs = verify(path, detector)
-        print("ONNX Runtime vs torch, max abs diff: " + ", ".join(f"{k}={v:.2e}" for k, v in diffs.items()))
+        print(
+            "ONNX Runtime vs torch, max abs diff: " + ", ".join(f"{k}={m:.2e}" for k, (m, _) in diffs.items())
+        )
+        print(
+            "ONNX Runtime vs torch, p99 abs diff: " + ", ".join(f"{k}={p:.2e}" for k, (_, p) in diffs.items())
+        )
         if meta.precision == "int8":
             print("int8 approximates the model: measure its accuracy with `xscreen eval --onnx`")
-        elif max(diffs.values()) > VERIFY_ATOL:
-            raise OnnxModelError(f"{path}: ONNX Runtime disagrees with torch by more than {VERIFY_ATOL}")
+        elif (problem := disagreement(diffs, meta.config.uses_la)) is not None:
+            raise OnnxModelError(f"{path}: ONNX Runtime disagrees with torch: {problem}")
     return 0
