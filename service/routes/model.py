@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends
 
 from xscreen.service.auth import require_api_key
 from xscreen.service.errors import ApiError
-from xscreen.service.models import class_ids
-from xscreen.service.response import effective_threshold, model_config
+from xscreen.service.models import class_ids, model_config
+from xscreen.service.response import effective_threshold
 from xscreen.service.schemas import ErrorResponse, InputLimits, ModelClass, ModelResponse
 from xscreen.service.state import ServiceDep, ServiceState
 
