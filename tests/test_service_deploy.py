@@ -28,6 +28,7 @@ PORT = int(ENV["XSCREEN_PORT"])
 SECRETS_README = REPO / "deploy" / "secrets" / "README.md"
 CHECK_SECRETS = REPO / "deploy" / "check-secrets.sh"
 CADDYFILE = REPO / "deploy" / "caddy" / "Caddyfile"
+SWITCH_MODEL = REPO / "deploy" / "switch-model.sh"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # uid of the process that reads each compose secret (images: caddy root, xscreen 10001, Prometheus and
 # Alertmanager nobody, Grafana 472)
@@ -159,14 +160,36 @@ def test_the_compose_detector_settings_serve_audit_and_switch_on_a_real_server(t
             srv.url + "/admin/model", json=body, headers={"Authorization": f"Bearer {scan_key}"}
         )
         assert refused.status_code == 401, refused.text
-        ok = requests.post(
-            srv.url + "/admin/model", json=body, headers={"Authorization": f"Bearer {admin_key}"}
+        # deploy/switch-model.sh's Python, as `docker compose exec detector` runs it (the container's env)
+        script = re.search(r"<<'PY'\n(.*?)^PY$", SWITCH_MODEL.read_text(), re.S | re.M).group(1)
+        env = dict(
+            os.environ, XSCREEN_PORT=str(srv.port), XSCREEN_ADMIN_KEYS_FILE=str(tmp_path / "admin_keys.txt")
         )
-        assert ok.status_code == 200, ok.text
-        assert ok.json()["result"] == "unchanged" and ok.json()["persisted"] is True
+        ok = subprocess.run(
+            [sys.executable, "-", name, pin],
+            input=script,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert json.loads(ok.stdout) == {
+            "result": "unchanged",
+            "persisted": True,
+            "previous_sha256": pin,
+            "model_name": name,
+            "version": "0.2.0",
+            "sha256": pin,
+        }
+        missing = subprocess.run(
+            [sys.executable, "-", "no-such-model", pin], input=script, capture_output=True, text=True, env=env
+        )
+        assert missing.returncode == 1 and missing.stdout.startswith("404 ") and name in missing.stdout
         metrics = requests.get(srv.url + "/metrics", headers={"Authorization": f"Bearer {scan_key}"}).text
         assert metric_value(metrics, "xscreen_audit_records_total") == 1
         assert metric_value(metrics, "xscreen_model_reloads_total", result="unchanged") == 1
+        assert metric_value(metrics, "xscreen_model_reloads_total", result="not_found") == 1
     records = [json.loads(line) for line in (state / "audit" / "audit.jsonl").read_text().splitlines()]
     assert [(r["scan_id"], r["model"]["sha256"], r["route"]) for r in records] == [("bag-1", pin, "/detect")]
     assert records[0]["key_id"] == hashlib.sha256(scan_key.encode()).hexdigest()[:12]
