@@ -28,7 +28,8 @@ LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0,
 )  # fmt: skip
 # Known label values, exported at 0 from the start so that panels and ratios read 0, not "no data".
-REJECT_REASONS = ("queue_full", "deadline")
+REJECT_REASONS = ("queue_full", "deadline")  # audit refusals (503 audit_unavailable, after inference):
+# xscreen_audit_failures_total{reason=errno} and the route's 503 in SCAN_STATUSES (tests/test_alerting.py)
 SCAN_ROUTES = ("/detect", "/render")
 SCAN_STATUSES = ("200", "500", "503", "504")
 PREPARE_STAGES = ("decode", "convert")
