@@ -32,6 +32,10 @@ COPY training ./training
 COPY service ./service
 RUN pip install --no-deps --no-build-isolation .
 
+# The mount point of the detector's state volume (compose: detector-state), owned by the service user: a
+# new named volume copies this owner, so uid 10001 can write the model selection and the audit trail.
+RUN mkdir -p /var/lib/xscreen/audit && chown -R 10001 /var/lib/xscreen
+
 USER 10001
 ENV XSCREEN_HOST=0.0.0.0 \
     XSCREEN_PORT=8000 \

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Check the secret files docker-compose.yml mounts, before `docker compose up`: each one present, a file,
-# not empty, readable by the uid of the container that reads it; the metrics key among the API keys; the
-# TLS certificate valid, not expiring within 14 days, and matching its key. One line per problem.
+# not empty, readable by the uid of the container that reads it; the metrics key among the API keys, no
+# admin key among them, no key under 16 characters; the TLS certificate valid, not expiring within 14 days, and matching its key. One line per problem.
 # Usage: sudo deploy/check-secrets.sh [SECRETS_DIR]     (default: deploy/secrets next to this script)
 # Exit status 0 when all is well, 1 otherwise. How to create the files: deploy/secrets/README.md.
 set -u
@@ -14,6 +14,7 @@ say() { printf '%s\n' "$*" >&2; problems=$((problems + 1)); }
 SECRETS='tls_cert.pem 0 tls_cert proxy
 tls_key.pem 0 tls_key proxy
 api_keys.txt 10001 xscreen_api_keys detector
+admin_keys.txt 10001 xscreen_admin_keys detector
 metrics_key.txt 65534 xscreen_metrics_key prometheus
 grafana_admin_password.txt 472 grafana_admin_password grafana
 alertmanager_smtp_password.txt 65534 alertmanager_smtp_password alertmanager
@@ -56,6 +57,17 @@ if [ -f "$keys" ] && [ -f "$metrics" ]; then
     fi
 fi
 
+admin="$dir/admin_keys.txt"
+if [ -f "$admin" ] && [ -r "$admin" ] && [ -f "$keys" ] && [ -r "$keys" ]; then
+    short=$(grep -v '^[[:space:]]*#' "$admin" | tr -d ' \t\r' | awk 'length > 0 && length < 16' | wc -l)
+    [ "$short" -eq 0 ] || say "$admin: $short key(s) shorter than 16 characters (the detector refuses to start)"
+    shared=0
+    for k in $(grep -v '^[[:space:]]*#' "$admin" | tr -d ' \t\r'); do
+        grep -v '^[[:space:]]*#' "$keys" | tr -d ' \t\r' | grep -qxF -- "$k" && shared=$((shared + 1))
+    done
+    [ "$shared" -eq 0 ] || say "$admin: $shared admin key(s) also in $keys: any scanner client could switch models; make a new one"
+fi
+
 cert="$dir/tls_cert.pem" tlskey="$dir/tls_key.pem"
 if [ -f "$cert" ] && [ -f "$tlskey" ]; then
     if ! command -v openssl >/dev/null; then
@@ -78,4 +90,4 @@ if [ "$problems" -ne 0 ]; then
     echo "check-secrets: $problems problem(s) in $dir; docker compose up would fail or serve without them" >&2
     exit 1
 fi
-echo "check-secrets: all 7 secrets in $dir are present and readable by their containers"
+echo "check-secrets: all 8 secrets in $dir are present and readable by their containers"

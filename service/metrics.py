@@ -29,6 +29,9 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 # Known label values, exported at 0 from the start so that panels and ratios read 0, not "no data".
 REJECT_REASONS = ("queue_full", "deadline")
+# Scans refused after inference because their audit record could not be written (503 audit_unavailable):
+# counted by errno in xscreen_audit_failures_total (XscreenAuditWriteFailing) and as the route's 503.
+AUDIT_FAILURE_REASONS = ("ENOSPC", "EROFS", "EACCES", "EIO", "other")
 SCAN_ROUTES = ("/detect", "/render")
 SCAN_STATUSES = ("200", "500", "503", "504")
 PREPARE_STAGES = ("decode", "convert")
@@ -150,6 +153,8 @@ class ServiceMetrics:
         """Create the series of every known label value at 0 (``labels()`` alone exports them)."""
         for reason in REJECT_REASONS:
             self.rejected.labels(reason=reason)
+        for reason in AUDIT_FAILURE_REASONS:
+            self.audit_failures.labels(reason=reason)
         for name in CLASS_NAMES:
             self.detections.labels(class_name=name)
         for stage in PREPARE_STAGES + tuple(MODEL_STAGES) + BACKEND_STAGES:

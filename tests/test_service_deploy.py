@@ -1,5 +1,6 @@
 """Deployment files agree with the service: Dockerfile lint, compose vs Settings and the Compose schema,
-the TLS proxy, the secrets recipe and its check, Prometheus, Grafana."""
+the compose detector's settings on a real server (models folder, sha256 pin, admin key, audit trail), the
+TLS proxy, the secrets recipe and its check, Prometheus, Grafana."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ PORT = int(ENV["XSCREEN_PORT"])
 SECRETS_README = REPO / "deploy" / "secrets" / "README.md"
 CHECK_SECRETS = REPO / "deploy" / "check-secrets.sh"
 CADDYFILE = REPO / "deploy" / "caddy" / "Caddyfile"
+SWITCH_MODEL = REPO / "deploy" / "switch-model.sh"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # uid of the process that reads each compose secret (images: caddy root, xscreen 10001, Prometheus and
 # Alertmanager nobody, Grafana 472)
@@ -34,6 +36,7 @@ SECRET_READERS = {
     "tls_cert": 0,
     "tls_key": 0,
     "xscreen_api_keys": 10001,
+    "xscreen_admin_keys": 10001,
     "xscreen_metrics_key": 65534,
     "grafana_admin_password": 472,
     "alertmanager_smtp_password": 65534,
@@ -71,17 +74,126 @@ def test_dockerfile_essentials():
     assert "HEALTHCHECK" in text and "/readyz" in text
     assert 'CMD ["xscreen", "serve"]' in text
     assert "EXPOSE 8000" in text and "XSCREEN_PORT=8000" in text
+    # the state volume's mount point exists before USER, owned by the service user: a new named volume
+    # copies it, so uid 10001 can write the audit trail and the model selection there
+    state = next(v.split(":")[1] for v in DETECTOR["volumes"] if v.startswith("detector-state:"))
+    run = re.search(
+        rf"^RUN mkdir -p {re.escape(state)}(/\S*)? && chown -R 10001 {re.escape(state)}$", text, re.M
+    )
+    assert run and run.start() < text.index("\nUSER 10001")
 
 
-def test_compose_environment_is_made_of_real_settings():
+def test_compose_environment_is_made_of_real_settings(tmp_path):
     fields = {f"XSCREEN_{name.upper()}" for name in Settings.model_fields}
     unknown = set(ENV) - fields
     assert not unknown, f"compose sets variables the service does not read: {unknown}"
     # and the values pass the service's own validation (weights and key files are checked in the container)
     values = {k.removeprefix("XSCREEN_").lower(): v for k, v in ENV.items()}
-    values.pop("api_keys_file")
-    s = Settings(**values, api_keys="k" * 32)
+    values.pop("api_keys_file"), values.pop("admin_keys_file")
+    with pytest.raises(ValueError, match="cannot list models directory /models"):
+        Settings(**values, api_keys="k" * 32)  # /models exists only in the container
+    s = Settings(**_local(values, tmp_path), api_keys="k" * 32)
+    assert s.weights == tmp_path / "models" / f"{ENV['XSCREEN_MODEL_NAME']}.safetensors"
     assert s.host == "0.0.0.0" and s.port == PORT and s.protect_metrics is True
+
+
+def _local(values: dict[str, str], root: Path) -> dict[str, str]:
+    """Compose's settings with the container's paths moved under ``root``; the models folder holds the
+    bundled file under the compose name (a fresh site's first step, deploy/models/README.md)."""
+    from xscreen.service.settings import bundled_weights_path
+
+    models = root / "models"
+    models.mkdir()
+    (models / f"{values['model_name']}.safetensors").symlink_to(bundled_weights_path())
+    moved = {k: v.replace("/var/lib/xscreen", str(root / "state")) for k, v in values.items()}
+    return {**moved, "models_dir": str(models)}
+
+
+def test_compose_pins_the_bundled_model_by_the_sha256_in_its_header():
+    from xscreen.model.weights import load_weights, read_header
+
+    path = REPO / "model" / "weights" / "xscreen-small-lacls.safetensors"
+    header = read_header(path)
+    assert ENV["XSCREEN_WEIGHTS_SHA256"] == header["sha256"]
+    assert ENV["XSCREEN_MODEL_NAME"] == f"xscreen-small-lacls-{header['version']}"  # versioned name
+    assert load_weights(path)[1].sha256 == header["sha256"]  # and the tensors really hash to it
+    readme = (REPO / "deploy" / "models" / "README.md").read_text()
+    name = ENV["XSCREEN_MODEL_NAME"]
+    step = f"cp model/weights/xscreen-small-lacls.safetensors deploy/models/{name}.safetensors"
+    assert step in readme and step in (REPO / "docs" / "operations.md").read_text()
+
+
+def test_the_compose_detector_settings_serve_audit_and_switch_on_a_real_server(tmp_path):
+    """The detector's compose environment (container paths moved to tmp_path, CPU, loopback): it loads
+    the pinned model from the models folder, audits a scan with the key's id, and the admin key (its own
+    secret, not a scan key) confirms the model, persisted in the selection file on the state volume."""
+    import hashlib
+
+    import requests
+    from service_fixtures import InThreadServer, easy_scans, metric_value, post_scan
+
+    values = {k.removeprefix("XSCREEN_").lower(): v for k, v in ENV.items()}
+    values = _local(values, tmp_path)
+    scan_key, admin_key = "s" * 40, "a" * 40
+    (tmp_path / "api_keys.txt").write_text(scan_key + "\n")
+    (tmp_path / "admin_keys.txt").write_text(admin_key + "\n")
+    assert values.pop("api_keys_file") == "/run/secrets/xscreen_api_keys"
+    assert values.pop("admin_keys_file") == "/run/secrets/xscreen_admin_keys"
+    for name in ("host", "port", "device"):
+        values.pop(name)
+    state = tmp_path / "state"
+    assert values["audit_path"] == str(state / "audit" / "audit.jsonl")
+    pin, name = ENV["XSCREEN_WEIGHTS_SHA256"], ENV["XSCREEN_MODEL_NAME"]
+    scan = easy_scans(1, 128)[0]
+    with InThreadServer(
+        **values,
+        device="cpu",
+        api_keys_file=str(tmp_path / "api_keys.txt"),
+        admin_keys_file=str(tmp_path / "admin_keys.txt"),
+    ) as srv:
+        r = post_scan(srv.url, *scan.png(), key=scan_key, scan_id="bag-1")
+        assert r.status_code == 200, r.text
+        model = requests.get(srv.url + "/model", headers={"Authorization": f"Bearer {scan_key}"}).json()
+        assert (model["model_name"], model["sha256"]) == (name, pin)
+        body = {"name": name, "sha256": pin}
+        refused = requests.post(
+            srv.url + "/admin/model", json=body, headers={"Authorization": f"Bearer {scan_key}"}
+        )
+        assert refused.status_code == 401, refused.text
+        # deploy/switch-model.sh's Python, as `docker compose exec detector` runs it (the container's env)
+        script = re.search(r"<<'PY'\n(.*?)^PY$", SWITCH_MODEL.read_text(), re.S | re.M).group(1)
+        env = dict(
+            os.environ, XSCREEN_PORT=str(srv.port), XSCREEN_ADMIN_KEYS_FILE=str(tmp_path / "admin_keys.txt")
+        )
+        ok = subprocess.run(
+            [sys.executable, "-", name, pin],
+            input=script,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert json.loads(ok.stdout) == {
+            "result": "unchanged",
+            "persisted": True,
+            "previous_sha256": pin,
+            "model_name": name,
+            "version": "0.2.0",
+            "sha256": pin,
+        }
+        missing = subprocess.run(
+            [sys.executable, "-", "no-such-model", pin], input=script, capture_output=True, text=True, env=env
+        )
+        assert missing.returncode == 1 and missing.stdout.startswith("404 ") and name in missing.stdout
+        metrics = requests.get(srv.url + "/metrics", headers={"Authorization": f"Bearer {scan_key}"}).text
+        assert metric_value(metrics, "xscreen_audit_records_total") == 1
+        assert metric_value(metrics, "xscreen_model_reloads_total", result="unchanged") == 1
+        assert metric_value(metrics, "xscreen_model_reloads_total", result="not_found") == 1
+    records = [json.loads(line) for line in (state / "audit" / "audit.jsonl").read_text().splitlines()]
+    assert [(r["scan_id"], r["model"]["sha256"], r["route"]) for r in records] == [("bag-1", pin, "/detect")]
+    assert records[0]["key_id"] == hashlib.sha256(scan_key.encode()).hexdigest()[:12]
+    assert json.loads((state / "model-selection.json").read_text()) == body
 
 
 def test_compose_validates_against_the_compose_specification(tmp_path):
@@ -130,6 +242,9 @@ def test_caddyfile_routes_the_api_and_grafana_with_the_secret_certificate():
     assert re.search(r"handle /grafana\* \{\s*reverse_proxy grafana:3000", text)
     assert re.search(r"handle \{\s*reverse_proxy detector:8000", text)
     assert re.search(r'handle /metrics\* \{\s*respond "not found" 404', text)
+    # model switching is not served to the outside: admin from the host only (docs/operations.md)
+    assert re.search(r'handle /admin\* \{\s*respond "not found" 404', text)
+    assert text.index("handle /admin*") < text.index("reverse_proxy detector:8000")
     grafana = COMPOSE["services"]["grafana"]["environment"]
     assert grafana["GF_SERVER_SERVE_FROM_SUB_PATH"] == "true"
     assert grafana["GF_SERVER_ROOT_URL"].endswith("/grafana/")
@@ -190,7 +305,9 @@ def test_secrets_recipe_creates_every_compose_secret_readable_by_its_container(t
     assert {(secret, int(uid)) for _f, uid, secret in listed} == set(SECRET_READERS.items())
     proc = _check_secrets(secrets)
     assert proc.returncode == 0, proc.stderr
-    assert "all 7 secrets" in proc.stdout
+    assert "all 8 secrets" in proc.stdout
+    admin = (secrets / "admin_keys.txt").read_text().split()
+    assert len(admin) == 1 and len(admin[0]) >= 16 and not set(admin) & set(keys)
     # the proxy's configuration loads the recipe's certificate
     proc = _caddy_validate(tmp_path, secrets / "tls_cert.pem", secrets / "tls_key.pem")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -203,6 +320,9 @@ def test_missing_or_wrong_secrets_get_one_clear_line_each(tmp_path):
     (secrets / "alertmanager_webhook_token.txt").unlink()
     (secrets / "alertmanager_webhook_token.txt").mkdir()  # what an old compose leaves for a missing file
     os.chown(secrets / "api_keys.txt", 1234, -1)
+    # an admin key that is also a scan key: every scanner client could switch models
+    with open(secrets / "admin_keys.txt", "a") as f:
+        f.write((secrets / "metrics_key.txt").read_text())
     subprocess.run(
         ["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "o.pem"],
         cwd=secrets,
@@ -213,13 +333,14 @@ def test_missing_or_wrong_secrets_get_one_clear_line_each(tmp_path):
     proc = _check_secrets(secrets)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith("check-secrets: 4 problem(s)")
+    assert lines[-1].startswith("check-secrets: 5 problem(s)")
     text = "\n".join(lines)
     assert f"{secrets}/grafana_admin_password.txt: missing (compose secret grafana_admin_password" in text
     assert "deploy/secrets/README.md" in text
     assert f"{secrets}/alertmanager_webhook_token.txt: is a directory" in text
     assert f"{secrets}/api_keys.txt: not readable by uid 10001 (detector): sudo chown 10001" in text
     assert f"{secrets}/tls_key.pem: does not match the certificate" in text
+    assert f"{secrets}/admin_keys.txt: 1 admin key(s) also in {secrets}/api_keys.txt" in text
     # Caddy's own refusal names the certificate file it cannot open
     proc = _caddy_validate(tmp_path, secrets / "no_such_cert.pem", secrets / "tls_key.pem")
     assert proc.returncode != 0
@@ -228,12 +349,18 @@ def test_missing_or_wrong_secrets_get_one_clear_line_each(tmp_path):
 
 def test_compose_volumes_secrets_health():
     assert "ports" not in DETECTOR and str(PORT) in DETECTOR["expose"]
-    weights_dir = [v for v in DETECTOR["volumes"] if v.endswith(":/weights:ro")]
-    assert weights_dir and ENV["XSCREEN_WEIGHTS"].startswith("/weights/")
-    host_dir = REPO / weights_dir[0].split(":")[0]
-    assert host_dir.resolve() == (REPO / "model" / "weights").resolve()
+    # versioned model files from a host folder, read-only; no fixed weights file
+    assert "./deploy/models:/models:ro" in DETECTOR["volumes"] and ENV["XSCREEN_MODELS_DIR"] == "/models"
+    assert (REPO / "deploy" / "models" / "README.md").exists() and "XSCREEN_WEIGHTS" not in ENV
+    assert re.fullmatch(r"[0-9a-f]{64}", ENV["XSCREEN_WEIGHTS_SHA256"])
+    # selection file and audit trail on the named state volume (writable by 10001: the Dockerfile test)
+    assert "detector-state:/var/lib/xscreen" in DETECTOR["volumes"] and "detector-state" in COMPOSE["volumes"]
+    for var in ("XSCREEN_MODEL_SELECTION_FILE", "XSCREEN_AUDIT_PATH"):
+        assert ENV[var].startswith("/var/lib/xscreen/"), var
     assert ENV["XSCREEN_API_KEYS_FILE"] == "/run/secrets/xscreen_api_keys"
-    assert "xscreen_api_keys" in DETECTOR["secrets"] and "xscreen_api_keys" in COMPOSE["secrets"]
+    assert ENV["XSCREEN_ADMIN_KEYS_FILE"] == "/run/secrets/xscreen_admin_keys"
+    for secret in ("xscreen_api_keys", "xscreen_admin_keys"):
+        assert secret in DETECTOR["secrets"] and secret in COMPOSE["secrets"]
     health = " ".join(DETECTOR["healthcheck"]["test"])
     assert f"127.0.0.1:{PORT}/readyz" in health
     gpu = DETECTOR["deploy"]["resources"]["reservations"]["devices"][0]
