@@ -79,8 +79,6 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None) -> F
     )
     if settings.audit_path is not None:
         service.audit = AuditLog(settings.audit_path, settings.audit_max_bytes, settings.audit_keep)
-        for reason in ("ENOSPC", "EROFS", "EACCES", "EIO", "other"):
-            metrics.audit_failures.labels(reason=reason)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
