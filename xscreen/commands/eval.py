@@ -67,17 +67,11 @@ def run(args) -> int:
         results = _read_json(args.detections, "detections file")
         metrics = evaluate_detections(gt, results, subset=args.subset, out_dir=args.out)
     else:
-        import torch
-
+        from xscreen.inference.base import torch_device
         from xscreen.model.weights import load_weights
         from xscreen.training.dataset import CocoDetection
 
-        try:
-            device = torch.device(args.device)
-        except RuntimeError as exc:
-            raise EvalError(f"--device {args.device!r}: {exc}") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise EvalError(f"--device {args.device}: CUDA is not available on this machine")
+        device = torch_device(args.device)
         if args.onnx:
             model = OnnxDetector(args.onnx, device.type)
             raw = model.backend.meta.raw.get("operating_point")

@@ -24,10 +24,10 @@ it on the site's own validation scans.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from pathlib import Path
 
+from xscreen.argtypes import unit_float
 from xscreen.errors import XscreenError
 
 # Operating threshold of an imported model until it is re-picked on validation data: the service's
@@ -71,16 +71,6 @@ class ImportCheckError(XscreenError):
     """A checkpoint that does not fit the chosen config, or an output that cannot be written."""
 
 
-def _unit_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("checkpoint", type=Path, help="mmdetection 2.x checkpoint (.pth), e.g. the authors' epoch_12_311.pth")
@@ -89,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--out", required=True, type=Path, help="safetensors weights to write")
     a(
         "--score-threshold",
-        type=_unit_float,
+        type=unit_float,
         metavar="T",
         help=f"operating threshold to record (default {DEFAULT_SCORE_THRESHOLD}, not picked on data)",
     )

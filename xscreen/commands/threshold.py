@@ -13,30 +13,20 @@ sha256 are unchanged; only the header's operating point is rewritten (``--out`` 
 from __future__ import annotations
 
 import argparse
-import math
 
+from xscreen.argtypes import unit_float
 from xscreen.errors import XscreenError
-
-
-def _unit_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("weights", help="safetensors weights (xscreen format)")
     how = parser.add_mutually_exclusive_group()
-    how.add_argument("--set", type=_unit_float, metavar="T", help="record threshold T (rule 'manual')")
+    how.add_argument("--set", type=unit_float, metavar="T", help="record threshold T (rule 'manual')")
     how.add_argument("--data", help="pick it on this dataset (COCO layout, as xscreen eval)")
     a("--split", default="val", help="--data: split to pick on (default val)")
     a("--rule", choices=("best-f1", "precision"), default="best-f1", help="--data: rule (default best-f1)")
-    a("--min-precision", type=_unit_float, default=0.9, help="--rule precision: target (default 0.9)")
+    a("--min-precision", type=unit_float, default=0.9, help="--rule precision: target (default 0.9)")
     a("--out", help="weights file to write (may equal WEIGHTS); required with --set / --data")
     a("--plot", help="--data: write the PR curve with the chosen point to this PNG")
     a("--device", default="cpu", help="--data: torch device (default cpu)")
@@ -70,8 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _pick(args: argparse.Namespace) -> dict:
-    import torch
-
+    from xscreen.inference.base import torch_device
     from xscreen.model.weights import load_weights
     from xscreen.training.dataset import CocoDetection
     from xscreen.training.evaluate import EvalError, detect_dataset
@@ -79,12 +68,7 @@ def _pick(args: argparse.Namespace) -> dict:
 
     if args.batch_size < 1:
         raise EvalError(f"--batch-size must be at least 1, got {args.batch_size}")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as exc:
-        raise EvalError(f"--device {args.device!r}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EvalError(f"--device {args.device}: CUDA is not available on this machine")
+    device = torch_device(args.device)
     model, info = load_weights(args.weights, device=device)
     ds = CocoDetection(args.data, args.split, class_names=info.config.class_names)
     results = detect_dataset(model, ds, batch_size=args.batch_size, device=device)

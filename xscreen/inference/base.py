@@ -71,6 +71,19 @@ def resolve_device(requested: str) -> str:
     return "cpu"
 
 
+def torch_device(name: str, flag: str = "--device"):
+    """A ``torch.device`` from a flag's value ('cpu', 'cuda', 'cuda:1'); a clear error for a bad one."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise BackendError(f"{flag} {name!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BackendError(f"{flag} {name}: CUDA is not available on this machine")
+    return device
+
+
 def groups_for(class_names: tuple[str, ...]) -> tuple[str, ...]:
     from xscreen.model.classes import group_of
 
