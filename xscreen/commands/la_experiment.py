@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     tables = format_tables(results, seeds)
     if weight_stats:
         tables += "\n" + format_weight_table(weight_stats, args.weight_images)
-    command = " ".join(["xscreen la-experiment", *sys.argv[1:]])
+    command = shlex.join(["xscreen", *sys.argv[1:]])  # argv[1] is the subcommand itself
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     if weight_stats:
         (out / "la_weights.json").write_text(json.dumps(weight_stats, indent=2) + "\n")
