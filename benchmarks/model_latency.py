@@ -1,4 +1,4 @@
-"""Inference latency of ATSS, ATSS+LAcls, ATSS+LAreg and torchvision FCOS R-50-FPN on one random input.
+"""Inference latency of ATSS, ATSS+LAcls, ATSS+LAreg (paper and released heads) and torchvision FCOS R-50-FPN.
 
 Usage: python benchmarks/model_latency.py --variant r50 --size 800x1333 [--runs 3] [--device cpu]
        [--batch 8] [--dtype bf16] [--models atss_r50,atss_lacls_r50,...,fcos]
@@ -9,7 +9,8 @@ the LA passes);
 ``--models`` replaces the variant's list by config names (and ``fcos``), e.g. a release-parity LAcls.
 A model that fails in a setting is reported as failed in its row instead of stopping the table.
 
-All four detectors run in this process on the same random 0..255 image, with random weights
+All the detectors (the variant's paper-text ATSS, LAcls, LAreg, the release-parity LAcls (1.5, 0, 1)
+and LAreg, and FCOS) run in this process on the same random 0..255 image, with random weights
 (nothing is downloaded). Each is warmed up once, then all are timed round-robin ``--runs`` times;
 the table shows medians. Input geometry is made identical: our detectors get
 min_size/max_size equal to the input, FCOS gets the same, so neither resizes. Our detectors run on
@@ -38,11 +39,31 @@ from xscreen.model import build_detector, load_config
 from xscreen.model.timing import MODEL_STAGES
 from xscreen.tables import markdown_table
 
+# the paper-text variants, then the release-parity ones (method.md §7.12)
 VARIANTS = {
-    "r50": ("atss_r50", "atss_lacls_r50", "atss_lareg_r50"),
-    "small": ("small_atss", "small_lacls", "small_lareg"),
+    "r50": (
+        "atss_r50",
+        "atss_lacls_r50",
+        "atss_lareg_r50",
+        "atss_lacls_r50_release",
+        "atss_lareg_r50_release",
+    ),
+    "small": ("small_atss", "small_lacls", "small_lareg", "small_lacls_release", "small_lareg_release"),
 }
 LABELS = {"none": "ATSS", "cls": "ATSS+LAcls", "reg": "ATSS+LAreg"}
+
+
+def label(name: str) -> str:
+    """Row label: 'ATSS+LAcls' (paper-text head) or 'ATSS+LAcls released (1.5, 0, 1)' (release config)."""
+    if name == "fcos":
+        return "FCOS R-50 (torchvision)"
+    cfg = load_config(name)
+    text = LABELS[cfg.la_mode]
+    if cfg.released:
+        text += " released"
+        if cfg.uses_la:
+            text += " (" + ", ".join(f"{c:g}" for c in cfg.la_coeffs) + ")"
+    return text
 
 
 def build(
@@ -293,16 +314,16 @@ def main(argv: list[str] | None = None) -> int:
     stage_keys = ("backbone_fpn", "head_first", "la_grad", "head_second", "postprocess")
     cells = []
     for name in names:
-        label = "FCOS R-50 (torchvision)" if name == "fcos" else LABELS[load_config(name).la_mode]
+        row = label(name)
         if args.models:
-            label = f"{label} ({name})"
+            row = f"{row} ({name})"
         if name in failed:
-            cells.append([label, "failed", "-", "-", failed[name], "-", "-", "-", "-", "-"])
+            cells.append([row, "failed", "-", "-", failed[name], "-", "-", "-", "-", "-"])
             continue
         total, st = results[name]
         split = ["-"] * len(stage_keys) if name == "fcos" else [f"{st[k]:.3f}" for k in stage_keys]
         mem = f"{memory[name]:.0f}" if name in memory else "-"
-        cells.append([label, f"{total:.3f}", f"{total / fcos_s:.2f}", f"{total / atss_s:.2f}", *split, mem])
+        cells.append([row, f"{total:.3f}", f"{total / fcos_s:.2f}", f"{total / atss_s:.2f}", *split, mem])
     header = ("model", "seconds", "/ FCOS", "/ ATSS", "backbone+FPN", "head 1st", "LA grads", "head 2nd")
     print(markdown_table((*header, "post", f"peak MiB ({mem_what})"), cells, align="l" * 10))
     for name, dev in deviations.items():

@@ -1,5 +1,9 @@
 """The LA experiment: ATSS vs ATSS+LAcls (vs ATSS+LAreg) on a synthetic overlap-heavy set, 3 seeds.
 
+A variant is a config name, optionally with per-variant overrides: ``NAME@KEY=VALUE[@KEY=VALUE...]``
+(VALUE as JSON), e.g. ``small_lacls_release@la_coeffs=[1,0,0]``; ``RELEASE_STUDY`` lists the four
+variants that separate the released head from LA (docs/la_experiment.md).
+
 Makes one synthetic data set with ``xscreen synth`` (kept across re-runs), trains every variant
 with identical settings for every seed through the real ``xscreen train`` code path, evaluates the
 last weights on the test split and on its challenging subset with training.evaluate, and prints
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import statistics
 import subprocess
 import sys
@@ -26,7 +31,15 @@ from xscreen.tables import markdown_table
 
 log = logging.getLogger("xscreen.la_experiment")
 
+LABELS = {"none": "ATSS", "cls": "ATSS+LAcls", "reg": "ATSS+LAreg"}
 VARIANTS = {"small_atss": "ATSS", "small_lacls": "ATSS+LAcls", "small_lareg": "ATSS+LAreg"}
+# What the released code changed at once (issue #13, method.md §7): the head, then LA on it.
+RELEASE_STUDY = (
+    "small_atss",  # plain ATSS: delta-xywh regression, centerness conv
+    "small_lacls_release@la_coeffs=[1,0,0]",  # released bin head + reg_conf, LA off (x_new = x)
+    "small_lacls_release",  # the released LAcls, (1.5, 0, 1) (method.md §7.5)
+    "small_lacls_release@la_coeffs=[1,1,1]",  # the paper's Eq. 5 / 7 on the released head
+)
 COLUMNS = ("mAP", "AP50", "AP75", "APs", "APm", "APl")
 HEADERS = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")
 
@@ -70,6 +83,52 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
         except json.JSONDecodeError:
             out[key] = text
     return out
+
+
+def parse_variant(spec: str) -> tuple[str, dict[str, object]]:
+    """``NAME@KEY=VALUE@...`` -> (config name, overrides); XscreenError for an empty name or a bad pair."""
+    name, *pairs = spec.split("@")
+    if not name or any(not p for p in pairs):
+        example = "small_lacls@la_coeffs=[1,0,0]"
+        raise XscreenError(f"variant {spec!r}: expected NAME[@KEY=VALUE...], e.g. {example}")
+    try:
+        return name, parse_overrides(pairs)
+    except XscreenError as exc:
+        raise XscreenError(f"variant {spec!r}: {exc}".replace("--set ", "")) from None
+
+
+def run_name(spec: str) -> str:
+    """A folder name for a variant spec: ``@`` -> ``+``, anything outside [A-Za-z0-9_.,=+-] -> ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.,=+\-\[\]]", "_", spec.replace("@", "+"))
+
+
+def _coeffs(c) -> str:
+    return "(" + ", ".join(f"{float(v):g}" for v in c) + ")"
+
+
+def variant_label(spec: str) -> str:
+    """The table label of a variant: the bundled name's label, else one built from its config, e.g.
+    'ATSS+LAcls, released head, (1.5, 0, 1)' or 'ATSS, released head, LA off (1, 0, 0)'."""
+    if spec in VARIANTS:
+        return VARIANTS[spec]
+    from xscreen.model.config import ConfigError, load_config
+
+    try:
+        name, overrides = parse_variant(spec)
+        cfg = load_config(name).with_overrides(**overrides)
+    except (ConfigError, XscreenError, TypeError, ValueError):
+        return spec
+    la_off = cfg.uses_la and tuple(cfg.la_coeffs) == (1.0, 0.0, 0.0)
+    parts = ["ATSS" if la_off else LABELS[cfg.la_mode]]
+    if cfg.released:
+        parts.append("released head")
+    if la_off:
+        parts.append("LA off (1, 0, 0)")
+    elif cfg.uses_la:
+        parts.append(_coeffs(cfg.la_coeffs))
+    others = sorted((k, v) for k, v in overrides.items() if k != "la_coeffs")
+    parts += [f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in others]
+    return ", ".join(parts)
 
 
 def variant_config(
@@ -144,6 +203,56 @@ def evaluate_one(weights: Path, data: Path, run: Path, args: argparse.Namespace)
     return res
 
 
+def la_weights_one(weights: Path, data: Path, run: Path, images: int) -> list[dict[str, float]] | None:
+    """training.la_probe.weight_stats of an LAcls run on the first ``images`` test scans (cached in
+    RUN/la_weights.json); None for a run without LAcls weights (ATSS, LAreg)."""
+    cached = run / "la_weights.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    from xscreen.model.weights import load_weights
+    from xscreen.training.dataset import CocoDetection
+    from xscreen.training.la_probe import weight_stats
+
+    model, _ = load_weights(weights, device="cpu")
+    if not model.cfg.la_cls:
+        return None
+    stats = weight_stats(model.eval(), CocoDetection(data, "test", class_names=model.cfg.class_names), images)
+    cached.write_text(json.dumps(stats, indent=2) + "\n")
+    return stats
+
+
+def format_weight_table(stats: dict[str, dict[int, list[dict] | None]], images: int) -> str:
+    """One row per LAcls variant: |w - 0.5| and the relative feature change, over levels and seeds."""
+    rows = []
+    for config, per_seed in stats.items():
+        levels = [lv for s in per_seed.values() if s for lv in s]
+        if not levels:
+            continue
+        rows.append(
+            [
+                variant_label(config),
+                f"{statistics.fmean(lv['w_mean'] for lv in levels):.1e}",
+                f"{max(lv['w_max'] for lv in levels):.1e}",
+                f"{statistics.fmean(lv['change'] for lv in levels):.1e}",
+                f"{max(lv['change'] for lv in levels):.1e}",
+            ]
+        )
+    if not rows:
+        return ""
+    header = (
+        "Models",
+        "mean abs(w - 0.5)",
+        "max abs(w - 0.5)",
+        "mean norm(x_new - x) / norm(x)",
+        "worst level's mean of it",
+    )
+    title = (
+        f"LA weights on the first {images} test scans (pseudo-labels; weights that Eq. 7 uses; "
+        "mean over P3-P7 and seeds, max over them)\n"
+    )
+    return title + "\n" + markdown_table(header, rows, align="lllll") + "\n"
+
+
 def _cell(values: list[float]) -> str:
     # undefined metric (None: no objects of that size in the split) -> n/a
     pct = [float("nan") if v is None or v < 0 else 100 * v for v in values]
@@ -163,7 +272,7 @@ def format_tables(results: dict[str, dict[int, dict]], seeds: list[int]) -> str:
     ):
         out.append(f"{title}; COCO AP in %, mean ± std over seeds {', '.join(map(str, seeds))}\n")
         rows = [
-            [VARIANTS.get(config, config)]
+            [variant_label(config)]
             + [_cell([per_seed[s][split][c] for s in seeds if s in per_seed]) for c in COLUMNS]
             for config, per_seed in results.items()
         ]

@@ -14,7 +14,7 @@ and on its challenging subset, mean ± std over the files:
 
 A second table measures the LA weights themselves on the first ``--stat-images`` images (pseudo-labels):
 how far w1 and w2 are from 0.5 (where Eq. 7 leaves x unchanged) and the relative change of the
-features, |x_new - x| / |x|, per FPN level (LAcls only).
+features, |x_new - x| / |x|, per FPN level (LAcls only; w1 is left out where b = 0 skips it).
 """
 
 from __future__ import annotations
@@ -92,12 +92,15 @@ def weight_stats(model, ds, images: int) -> list[dict[str, float]]:
             image = torch.from_numpy(read_converted(ds.image_path(i))).permute(2, 0, 1).contiguous()
             batch, _ = pad_batch(model.resize_and_normalize([image]))
             feats = model.backbone(batch)
-            w1s, w2s = label_aware_weights(model.head, feats, "cls")
+            # as the model runs it: with b = 0 (released (1.5, 0, 1)) w1 is not computed (method.md §7.5)
+            w1s, w2s = label_aware_weights(
+                model.head, feats, "cls", skip_label_grad=model.cfg.skip_label_grad
+            )
             for level, (x, w1, w2) in enumerate(zip(feats, w1s, w2s, strict=True)):
                 x_new = reweight(x, [w1, w2], model.cfg.la_coeffs)
                 if len(acc) <= level:
                     acc.append({"w_mean": [], "w_max": [], "change": []})
-                dev = torch.cat([(w1 - 0.5).abs().flatten(), (w2 - 0.5).abs().flatten()])
+                dev = torch.cat([(w - 0.5).abs().flatten() for w in (w1, w2) if w is not None])
                 acc[level]["w_mean"].append(float(dev.mean()))
                 acc[level]["w_max"].append(float(dev.max()))
                 acc[level]["change"].append(float((x_new - x).norm() / x.norm().clamp(min=1e-12)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -12,8 +13,12 @@ from pathlib import Path
 from xscreen.training.la_experiment import (
     evaluate_one,
     format_tables,
+    format_weight_table,
+    la_weights_one,
     make_dataset,
     parse_overrides,
+    parse_variant,
+    run_name,
     train_one,
     variant_config,
 )
@@ -24,7 +29,11 @@ log = logging.getLogger("xscreen.la_experiment")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/la_experiment", help="experiment folder (data, runs, tables)")
     parser.add_argument(
-        "--variants", nargs="+", default=["small_atss", "small_lacls"], help="detector configs"
+        "--variants",
+        nargs="+",
+        default=["small_atss", "small_lacls"],
+        help="detector configs, each NAME or NAME@KEY=VALUE[@KEY=VALUE...] (per-variant overrides), "
+        "e.g. small_lacls_release@la_coeffs=[1,0,0]",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument(
@@ -56,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-iters", type=int, default=None)
     parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--weight-images", type=int, default=20, help="test scans for the LA-weight statistics (0: none)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,20 +79,32 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    overrides = parse_overrides(args.set)
+    configs = {}
+    for spec in args.variants:  # every spec checked before any work
+        name, own = parse_variant(spec)
+        configs[spec] = variant_config(name, out, args.input_size, {**overrides, **own})
     data = make_dataset(out, args)
     results: dict[str, dict[int, dict]] = {}
-    overrides = parse_overrides(args.set)
-    configs = {c: variant_config(c, out, args.input_size, overrides) for c in args.variants}
+    weight_stats: dict[str, dict[int, list | None]] = {}
     for seed in args.seeds:  # seed-major: a partial experiment still has every variant for the first seeds
         for config in args.variants:
-            run_dir = out / "runs" / f"{config}_seed{seed}"
+            run_dir = out / "runs" / f"{run_name(config)}_seed{seed}"
             weights = train_one(data, run_dir, configs[config], seed, args)
             results.setdefault(config, {})[seed] = evaluate_one(weights, data, run_dir, args)
+            if args.weight_images > 0:
+                weight_stats.setdefault(config, {})[seed] = la_weights_one(
+                    weights, data, run_dir, args.weight_images
+                )
             log.info("%s seed %d: test %s", config, seed, results[config][seed]["test"])
     seeds = [s for s in args.seeds if all(s in r for r in results.values())]
     tables = format_tables(results, seeds)
-    command = " ".join(["xscreen la-experiment", *sys.argv[1:]])
+    if weight_stats:
+        tables += "\n" + format_weight_table(weight_stats, args.weight_images)
+    command = shlex.join(["xscreen", *sys.argv[1:]])  # argv[1] is the subcommand itself
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if weight_stats:
+        (out / "la_weights.json").write_text(json.dumps(weight_stats, indent=2) + "\n")
     (out / "tables.md").write_text(f"Command: `{command}`\n\n{tables}")
     print(tables)
     print(
