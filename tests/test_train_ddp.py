@@ -39,7 +39,15 @@ def test_two_process_ddp_run_on_cpu(tmp_path):
     assert float(rows[2]["lr"]) == 0.01 * 4 / 8
     written = sorted(p.name for p in out.iterdir())
     assert written == sorted(
-        ["best.safetensors", "config.json", "curves.png", "last.safetensors", "run.json", "tensorboard"]
+        [
+            "best.safetensors",
+            "config.json",
+            "curves.png",
+            "last.safetensors",
+            "operating_point.png",
+            "run.json",
+        ]
+        + ["tensorboard"]
         + ["train_log.csv", "train_state.safetensors", "val_log.csv"]
     )
     assert len(list((out / "tensorboard").iterdir())) == 1  # one event file: only rank 0 opened a writer
