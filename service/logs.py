@@ -46,9 +46,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, separators=(",", ":"))
 
 
+class StderrHandler(logging.StreamHandler):
+    """A StreamHandler on whatever ``sys.stderr`` is when a record is emitted, not when it was made.
+
+    ``xscreen serve`` run in-process (tests, embedding) may have its stderr swapped or closed after the
+    handler was installed; a handler bound to the old stream would then fail on every record.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # StreamHandler.__init__ and setStream assign it; stderr it stays
+        pass
+
+
 def configure_logging(level: str = "info") -> None:
     """Route the root logger (and uvicorn's, which propagate) to one JSON handler on stderr."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     for h in list(root.handlers):

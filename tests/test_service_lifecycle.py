@@ -51,7 +51,8 @@ def _one_clear_line(result: tuple[int, str], fragment: str) -> None:
     code, err = result
     assert code == 2, err
     assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
+    # the service's own JSON log records (e.g. the weights' info line) may come first; the error is one line
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith('{"ts":')]
     assert len(lines) == 1, err
     assert lines[0].startswith("xscreen serve: error:") and fragment in lines[0], lines[0]
 
