@@ -90,7 +90,12 @@ def test_model_endpoint(server):
     assert knife["group"] == "cutter"
     assert m["limits"]["max_pixels"] == 400_000 and m["limits"]["formats"] == ["png", "raw"]
     assert m["limits"]["max_upload_bytes"] == 64 * 1024 * 1024
-    assert (m["backend"], m["device"], m["precision"], m["score_threshold"]) == ("torch", "cpu", "fp32", 0.3)
+    from xscreen.model.weights import operating_point_of, read_header
+    from xscreen.service.settings import bundled_weights_path
+
+    own = operating_point_of(read_header(bundled_weights_path()), "bundled")["score_threshold"]
+    # no XSCREEN_SCORE_THRESHOLD here: the default is the model's own operating threshold
+    assert (m["backend"], m["device"], m["precision"], m["score_threshold"]) == ("torch", "cpu", "fp32", own)
     assert m["file"] == "xscreen-small-lacls.safetensors" and m["model_name"] is None
     assert m["config"]["depth"] == 18 and m["loaded_at"].endswith("Z")
     r = post_scan(server.url, *easy_scans(1, 128)[0].png())
