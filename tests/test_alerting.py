@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
+from _tools import tool
 
 REPO = Path(__file__).resolve().parents[1]
 PROM = REPO / "deploy" / "prometheus"
 ALERTS = PROM / "alerts.yml"
 RULE_TESTS = sorted((PROM / "tests").glob("*.yml"))
 ALERTMANAGER = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def tool(name: str, package: str) -> str:
-    """The tool's path; under CI a missing tool fails the test (.ci/run installs it), elsewhere it skips."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} not found (Debian package {package}; .ci/run installs it)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 def run(*cmd: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:

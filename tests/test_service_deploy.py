@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _tools import tool
 
 from xscreen.service.settings import Settings
 
@@ -29,7 +29,6 @@ SECRETS_README = REPO / "deploy" / "secrets" / "README.md"
 CHECK_SECRETS = REPO / "deploy" / "check-secrets.sh"
 CADDYFILE = REPO / "deploy" / "caddy" / "Caddyfile"
 SWITCH_MODEL = REPO / "deploy" / "switch-model.sh"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # uid of the process that reads each compose secret (images: caddy root, xscreen 10001, Prometheus and
 # Alertmanager nobody, Grafana 472)
 SECRET_READERS = {
@@ -42,17 +41,6 @@ SECRET_READERS = {
     "alertmanager_smtp_password": 65534,
     "alertmanager_webhook_token": 65534,
 }
-
-
-def tool(name: str, package: str) -> str:
-    """The tool's path; under CI a missing tool fails the test (.ci/run installs it), elsewhere it skips."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} not found (Debian package {package}; .ci/run installs it)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 def test_dockerfile_passes_hadolint():
