@@ -27,7 +27,9 @@ class EvalError(XscreenError):
     """Bad evaluation input: unknown ids in a results file, empty subset, unreadable file."""
 
 
-def _read_json(source, what: str):
+def read_json(source, what: str):
+    """A JSON file (path) or an in-memory object (deep-copied); EvalError names ``what`` when it is missing
+    or not JSON."""
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
@@ -49,7 +51,9 @@ def _coco(dataset: dict):
     return coco
 
 
-def _check_results(results, gt: dict) -> list[dict]:
+def check_results(results, gt: dict) -> list[dict]:
+    """COCO detection results checked against ``gt`` (known image and category ids, 4-number boxes,
+    numeric scores); EvalError says what is wrong."""
     if not isinstance(results, list):
         raise EvalError("detections must be a JSON list of COCO results {image_id, category_id, bbox, score}")
     image_ids = {int(im["id"]) for im in gt["images"]}
@@ -206,12 +210,12 @@ def evaluate_detections(gt_json, results, subset: str | None = None, out_dir=Non
     """
     if subset not in SUBSETS:
         raise EvalError(f"unknown subset {subset!r}; choose 'challenging' or none")
-    gt = _read_json(gt_json, "ground-truth annotation file")
+    gt = read_json(gt_json, "ground-truth annotation file")
     if not isinstance(gt, dict) or not all(
         isinstance(gt.get(k), list) for k in ("images", "annotations", "categories")
     ):
         raise EvalError("ground truth must be a COCO object with images, annotations and categories")
-    results = _check_results(_read_json(results, "detections file"), gt)
+    results = check_results(read_json(results, "detections file"), gt)
     all_ids = [int(im["id"]) for im in gt["images"]]
     hard_ids = [int(im["id"]) for im in gt["images"] if im.get("challenging")]
     if subset == "challenging" and not hard_ids:

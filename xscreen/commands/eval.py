@@ -37,10 +37,10 @@ def run(args) -> int:
     from xscreen.training.evaluate import (
         EvalError,
         OnnxDetector,
-        _read_json,
         detect_dataset,
         evaluate_detections,
         metrics_markdown,
+        read_json,
     )
     from xscreen.training.threshold import check_rule
 
@@ -64,7 +64,7 @@ def run(args) -> int:
     stored = None  # the model's own operating point
     if args.detections:
         gt = ann_file
-        results = _read_json(args.detections, "detections file")
+        results = read_json(args.detections, "detections file")
         metrics = evaluate_detections(gt, results, subset=args.subset, out_dir=args.out)
     else:
         from xscreen.inference.base import torch_device
@@ -100,14 +100,14 @@ def run(args) -> int:
 
 def _report_threshold(args, gt, results: list, stored: dict | None) -> None:
     """The operating point the rule picks on these detections, beside the model's stored one."""
-    from xscreen.training.evaluate import _check_results, _read_json
+    from xscreen.training.evaluate import check_results, read_json
     from xscreen.training.threshold import describe, pick_threshold
 
-    gt = _read_json(gt, "ground-truth annotation file")
+    gt = read_json(gt, "ground-truth annotation file")
     ids = [int(im["id"]) for im in gt["images"] if not args.subset or im.get("challenging")]
     plot = Path(args.out) / "operating_point.png" if args.out else None
     op = pick_threshold(
-        gt, _check_results(results, gt), args.threshold_rule, args.min_precision, ids, plot=plot
+        gt, check_results(results, gt), args.threshold_rule, args.min_precision, ids, plot=plot
     )
     subset = f" ({args.subset} subset)" if args.subset else ""
     print(f"operating point on {args.split}{subset}: {describe(op)}")
