@@ -51,6 +51,15 @@ def test_precision_rule_picks_the_lowest_threshold_reaching_the_target(target, t
     assert op["rule"] == f"precision>={target:g}"
 
 
+def test_best_f2_rule_weighs_recall_and_sits_at_a_lower_threshold_than_best_f1():
+    # T T F F F T, 4 objects: at 0.8 P 1 R 1/2 (F1 .667, F2 .556); at 0.5 P 1/2 R 3/4 (F1 .6, F2 .682)
+    pts = pr_points([0.9, 0.8, 0.7, 0.6, 0.55, 0.5], [True, True, False, False, False, True], 4)
+    f1, f2 = select_threshold(pts, "best-f1"), select_threshold(pts, "best-f2")
+    assert (f1["score_threshold"], f1["f1"], "f2" not in f1) == (0.8, 0.6667, True)
+    assert (f2["score_threshold"], f2["rule"], f2["precision"], f2["recall"]) == (0.5, "best-f2", 0.5, 0.75)
+    assert (f2["f1"], f2["f2"]) == (0.6, 0.6818)
+
+
 def test_unreachable_precision_falls_back_to_best_f1_and_says_so():
     op = select_threshold(pr_points([0.9, 0.8, 0.7], [False, True, True], 2), "precision", 0.9)
     # 0.9: P 0; 0.8: P 1/2 R 1/2; 0.7: P 2/3 R 1 (F1 0.8)

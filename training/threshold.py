@@ -5,11 +5,14 @@ The detections of all classes are pooled and matched to the ground truth at IoU 
 class as the AP50 that ``training.evaluate`` reports). Sorted by score, each distinct score ``s`` is a
 candidate threshold: keeping the detections with score >= ``s`` gives one precision/recall point.
 
-Two rules choose among the candidates (``RULES``):
+Three rules choose among the candidates (``RULES``):
 
 - ``best-f1`` (the default): the candidate with the highest F1 = 2PR / (P + R); among equal F1 the
   lowest threshold (more recall). It always exists once one detection is right, and it balances missed
   threats against false alarms without a number to tune, so it suits any model, weak or strong.
+- ``best-f2``: the same with F2 = 5PR / (4P + R), which weighs recall four times as much as precision
+  (the F-beta score with beta = 2): for screening, where a missed threat costs more than a false alarm
+  that an operator clears. It sits at a lower threshold than best-f1: more threats found, more alarms.
 - ``precision``: the lowest threshold whose precision reaches ``min_precision`` (default 0.9): the
   most recall at that false-alarm budget. A weak model may never reach it; then the rule falls back
   to ``best-f1`` and the operating point says so.
@@ -29,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from xscreen.argtypes import THRESHOLD_RULES
 from xscreen.errors import XscreenError
 
-RULES = ("best-f1", "precision")
+RULES = THRESHOLD_RULES
 DEFAULT_RULE = "best-f1"
 DEFAULT_MIN_PRECISION = 0.9
 IOU = 0.5
@@ -55,8 +59,12 @@ class PRPoints:
 
     @property
     def f1(self) -> np.ndarray:
-        p, r = self.precision, self.recall
-        return np.divide(2 * p * r, p + r, out=np.zeros_like(p), where=(p + r) > 0)
+        return self.fbeta(1.0)
+
+    def fbeta(self, beta: float) -> np.ndarray:
+        """F-beta = (1 + b^2) PR / (b^2 P + R) at each candidate (0 where P = R = 0)."""
+        p, r, b2 = self.precision, self.recall, beta * beta
+        return np.divide((1 + b2) * p * r, b2 * p + r, out=np.zeros_like(p), where=(b2 * p + r) > 0)
 
 
 def check_rule(rule: str, min_precision: float = DEFAULT_MIN_PRECISION) -> None:
@@ -144,7 +152,7 @@ def select_threshold(
     score_threshold, rule, iou, precision, recall, f1, num_gt, num_detections (and ``note`` on a fallback)."""
     check_rule(rule, min_precision)
     base = {"iou": IOU, "num_gt": points.num_gt, "num_detections": points.num_detections}
-    rule_name = "best-f1" if rule == "best-f1" else f"precision>={min_precision:g}"
+    rule_name = rule if rule != "precision" else f"precision>={min_precision:g}"
     f1 = points.f1
     if not points.thresholds.size or f1.max() <= 0:
         return {
@@ -164,8 +172,9 @@ def select_threshold(
         else:
             note = f"precision {min_precision:g} never reached (best {points.precision.max():.3f}): best F1"
             rule = "best-f1"
-    if rule == "best-f1":
-        k = int(np.flatnonzero(f1 == f1.max())[-1])
+    if rule in ("best-f1", "best-f2"):
+        score = f1 if rule == "best-f1" else points.fbeta(2.0)
+        k = int(np.flatnonzero(score == score.max())[-1])
     below = float(points.thresholds[k + 1]) if k + 1 < points.thresholds.size else 0.0
     op = {
         **base,
@@ -175,6 +184,8 @@ def select_threshold(
         "recall": round(float(points.recall[k]), 4),
         "f1": round(float(f1[k]), 4),
     }
+    if rule == "best-f2":
+        op["f2"] = round(float(points.fbeta(2.0)[k]), 4)
     if note:
         op["note"] = note
     return op

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from xscreen.argtypes import THRESHOLD_RULES
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--weights", help="detector weights (.safetensors from model.weights.save_weights)")
@@ -24,7 +26,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument(
         "--threshold-rule",
-        choices=("best-f1", "precision"),
+        choices=THRESHOLD_RULES,
         default="best-f1",
         help="also report the operating threshold this rule picks on the split (training.threshold)",
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from xscreen.argtypes import unit_float
+from xscreen.argtypes import THRESHOLD_RULES, unit_float
 from xscreen.errors import XscreenError
 
 
@@ -25,7 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--set", type=unit_float, metavar="T", help="record threshold T (rule 'manual')")
     how.add_argument("--data", help="pick it on this dataset (COCO layout, as xscreen eval)")
     a("--split", default="val", help="--data: split to pick on (default val)")
-    a("--rule", choices=("best-f1", "precision"), default="best-f1", help="--data: rule (default best-f1)")
+    a(
+        "--rule",
+        choices=THRESHOLD_RULES,
+        default="best-f1",
+        help="--data: rule (default best-f1; best-f2 weighs recall higher)",
+    )
     a("--min-precision", type=unit_float, default=0.9, help="--rule precision: target (default 0.9)")
     a("--out", help="weights file to write (may equal WEIGHTS); required with --set / --data")
     a("--plot", help="--data: write the PR curve with the chosen point to this PNG")

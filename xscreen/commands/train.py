@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from xscreen.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
+from xscreen.argtypes import (
+    THRESHOLD_RULES,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,10 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--threshold-rule",
-        choices=("best-f1", "precision"),
+        choices=THRESHOLD_RULES,
         default="best-f1",
         help="how validation picks the weights' operating score threshold: best F1 of all classes' "
-        "detections (default) or the lowest threshold reaching --min-precision",
+        "detections (default), best F2 (recall weighs 4x precision) or the lowest threshold reaching "
+        "--min-precision",
     )
     parser.add_argument(
         "--min-precision", type=positive_float, default=0.9, help="--threshold-rule precision (default 0.9)"
