@@ -64,13 +64,16 @@ class Scan:
         return self.high.astype("<u2").tobytes(), self.low.astype("<u2").tobytes()
 
 
-def synthetic_scans(seeds, size: int) -> list[Scan]:
-    """Scans from the synthetic scanner (training.synth), objects apart so each one is visible."""
+def synthetic_scans(seeds, size: int, overlap_rate: float = 0.0, similar_rate: float = 0.0) -> list[Scan]:
+    """Scans from the synthetic scanner (training.synth); by default objects apart so each one is visible
+    (``xscreen synth``'s defaults are overlap_rate 0.3, similar_rate 0.2)."""
     from xscreen.training.synth.scene import make_scan
 
     scans = []
     for seed in seeds:
-        s = make_scan(np.random.default_rng(seed), size, size, overlap_rate=0.0, similar_rate=0.0)
+        s = make_scan(
+            np.random.default_rng(seed), size, size, overlap_rate=overlap_rate, similar_rate=similar_rate
+        )
         scans.append(
             Scan(
                 s.high,

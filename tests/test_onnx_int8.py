@@ -6,6 +6,8 @@ bundled model finds a few hundred boxes on 12 synthetic 256 px scans.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -16,6 +18,7 @@ from xscreen.cli import main as xscreen_main
 from xscreen.inference.backend import TorchBackend
 from xscreen.inference.onnx_backend import OnnxBackend
 from xscreen.model.onnx_export import OnnxModelError, onnx_metadata, parse_onnx_metadata
+from xscreen.model.weights import read_header
 from xscreen.scans import convert_scan
 from xscreen.service.settings import bundled_weights_path
 from xscreen.training.synth.scene import make_scan
@@ -52,7 +55,8 @@ def test_int8_file_is_a_quantised_graph_with_its_metadata(exports):
     # each between quantise/dequantise pairs (input and output) and with a dequantised int8 weight
     assert ops.count("QuantizeLinear") >= convs and ops.count("DequantizeLinear") >= 2 * convs
     meta = parse_onnx_metadata({p.key: p.value for p in proto.metadata_props}, str(int8))
-    assert meta.precision == "int8" and meta.raw["calibration"] == "8 synthetic 256x256 scans, seed 0"
+    side = json.loads(read_header(WEIGHTS)["config"])["min_size"]  # calibration scans at the model's input
+    assert meta.precision == "int8" and meta.raw["calibration"] == f"8 synthetic {side}x{side} scans, seed 0"
     assert meta.sha256 == TorchBackend(WEIGHTS, "cpu").info.sha256
     fp32_meta = parse_onnx_metadata({p.key: p.value for p in onnx.load(str(fp32)).metadata_props})
     assert fp32_meta.precision == "fp32" and "calibration" not in fp32_meta.raw
@@ -227,5 +231,6 @@ def test_detect_cli_on_the_int8_export_names_it(exports, tmp_path, capsys):
     )
     first = capsys.readouterr().out.splitlines()[0]
     count, rest = first.split(" ", 1)
-    assert rest.startswith("detection(s) in 256x256 scan (small_lacls, onnxruntime int8, cpu, ")
+    name = read_header(WEIGHTS)["name"]
+    assert rest.startswith(f"detection(s) in 256x256 scan ({name}, onnxruntime int8, cpu, ")
     assert int(count) >= 5
