@@ -167,7 +167,7 @@ def test_the_compose_detector_settings_serve_audit_and_switch_on_a_real_server(t
             "persisted": True,
             "previous_sha256": pin,
             "model_name": name,
-            "version": "0.2.0",
+            "version": name.removeprefix("xscreen-small-lacls-"),  # compose's name carries the version
             "sha256": pin,
         }
         missing = subprocess.run(
