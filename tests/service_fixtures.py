@@ -169,8 +169,8 @@ _DEMO: DemoModel | None = None
 def demo_model(cache_dir: Path) -> DemoModel:
     """Weights that detect the objects of known scans: a small LAcls detector overfitted to them (cached).
 
-    Not the bundled demo weights for these mechanics tests: those (model/weights/MODEL_CARD.md: 5.6 mAP,
-    scores mostly below 0.2, many false positives) find objects only at a low threshold and in bulk.
+    Not the bundled demo weights for these mechanics tests: those (model/weights/MODEL_CARD.md) miss some
+    objects and raise some false alarms, and a test of the service's mechanics needs exact answers.
     What the bundled file finds as the service's default is checked in test_service_bundled.py.
     """
     global _DEMO
