@@ -176,7 +176,9 @@ def write_dataset(cfg: SynthConfig, out: str | Path, *, workers: int = 1, progre
     bar = tqdm(total=len(jobs), desc="synth", unit="img", disable=not progress)
     records: list[dict] = []
     if workers > 1:
-        ctx = mp.get_context("spawn" if os.name == "nt" else "fork")
+        # forkserver, not fork: a fork copies whatever locks the caller's other threads hold (OpenMP, cv2,
+        # an in-process server), and a worker then waits on one forever; the test suite hung that way
+        ctx = mp.get_context("spawn" if os.name == "nt" else "forkserver")
         with ctx.Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
             for rec in pool.imap(_render_one, jobs, chunksize=4):  # imap keeps the order
                 records.append(rec)
