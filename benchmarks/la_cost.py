@@ -62,7 +62,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from xscreen.argtypes import int_at_least, size_pair
 from xscreen.inference.backend import BackendError, resolve_device
 from xscreen.model import load_config
-from xscreen.model.label_aware import _reg_logits, label_aware_forward, label_aware_weights
+from xscreen.model.label_aware import label_aware_forward, label_aware_weights
 from xscreen.model.timing import sync
 from xscreen.model.transform import normalize, pad_batch
 from xscreen.tables import markdown_table
@@ -115,7 +115,7 @@ def first_prediction(model, feats: list[torch.Tensor]) -> list:
     """The LA first prediction on the head inputs, as ``label_aware_weights`` computes it."""
     if model.cfg.la_mode == "cls":
         return [model.head.cls_logits(f) for f in feats]
-    return [_reg_logits(model.head, f, level) for level, f in enumerate(feats)]
+    return [model.head.reg_outputs(f, level, repeat=1) for level, f in enumerate(feats)]  # as _reg_logits
 
 
 def la_weights(model, feats: list[torch.Tensor]):
