@@ -222,3 +222,63 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path, ca
     assert (out / "last.safetensors").read_bytes() == good
     _, info = load_weights(out / "last.safetensors")
     assert info.metadata["epoch"] == 1
+
+
+def _max_diff(a, b) -> float:
+    sa, sb = a.state_dict(), b.state_dict()
+    return max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa if sa[k].is_floating_point())
+
+
+def test_init_weights_starts_a_new_run_from_another_runs_weights(tiny, tmp_path):
+    data, cfg = tiny
+    train(_settings(data, cfg, tmp_path / "first", epochs=1))
+    src = tmp_path / "first" / "last.safetensors"
+    first, src_info = load_weights(src)
+    # At lr 1e-12 a run ends where it started: at `src` when --init-weights loaded it, else at its own
+    # random init (seed 8, not the first run's 7).
+    tuned = train(_settings(data, cfg, tmp_path / "tuned", epochs=1, lr=1e-12, seed=8, init_weights=str(src)))
+    train(_settings(data, cfg, tmp_path / "fresh", epochs=1, lr=1e-12, seed=8))
+    assert tuned["iteration"] == 2  # a new run: its own schedule from iteration 0
+    b, info = load_weights(tmp_path / "tuned" / "last.safetensors")
+    c, _ = load_weights(tmp_path / "fresh" / "last.safetensors")
+    assert _max_diff(first, b) < 1e-6
+    assert _max_diff(first, c) > 1e-3
+    assert info.metadata["run"]["init_weights"] == {
+        "path": str(src),
+        "name": src_info.name,
+        "version": src_info.version,
+        "sha256": src_info.sha256,
+    }
+    # An fp16 copy (what is bundled) is a valid start too: loaded as fp32, equal to fp16 precision.
+    from xscreen.model.weights import save_weights
+
+    half = tmp_path / "half.safetensors"
+    save_weights(first, half, half=True)
+    train(_settings(data, cfg, tmp_path / "from_half", epochs=1, lr=1e-12, seed=8, init_weights=str(half)))
+    d, _ = load_weights(tmp_path / "from_half" / "last.safetensors")
+    assert next(iter(d.state_dict().values())).dtype == torch.float32
+    assert _max_diff(first, d) < 2e-3
+
+
+def test_init_weights_refuses_a_missing_or_different_model_and_conflicting_flags(tiny, tmp_path, capsys):
+    data, cfg = tiny
+    common = ["--config", str(cfg), "--data", str(data), "--out", str(tmp_path / "r"), "--device", "cpu"]
+    common += ["--workers", "0", "--eval-every", "0", "--no-progress"]
+    err = _fail([*common, "--init-weights", str(tmp_path / "none.safetensors")], capsys)
+    assert f"--init-weights: {tmp_path / 'none.safetensors'} does not exist" in err
+
+    from xscreen.model import build_detector
+    from xscreen.model.config import load_config
+    from xscreen.model.weights import save_weights
+
+    other = tmp_path / "atss.safetensors"
+    save_weights(build_detector(load_config(tiny_config(tmp_path / "atss.json", base="small_atss"))), other)
+    err = _fail([*common, "--init-weights", str(other)], capsys)
+    assert "weights do not match the expected config 'tiny_small_lacls'" in err
+    assert "la_mode: weights have 'none', expected 'cls'" in err
+
+    err = _fail([*common, "--init-weights", str(other), "--resume"], capsys)
+    assert "--init-weights starts a new run from other weights; --resume continues the run" in err
+    err = _fail([*common, "--init-weights", str(other), "--backbone-weights", str(other)], capsys)
+    assert "--init-weights already sets every tensor, the backbone too; drop --backbone-weights" in err
+    assert not (tmp_path / "r").exists()  # nothing written for a refused run

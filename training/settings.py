@@ -19,6 +19,7 @@ class TrainSettings:
     device: str = "auto"
     resume: bool = False
     backbone_weights: str | None = None
+    init_weights: str | None = None  # a whole detector's weights to fine-tune from (a new run)
     lr: float | None = None  # for a total batch of cfg.lr_batch_size; scaled linearly
     clip_grad: float | None = None  # None: cfg.grad_clip; 0: off
     seed: int = 0

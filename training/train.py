@@ -56,7 +56,18 @@ def train(s: TrainSettings) -> dict[str, Any]:
         s.epochs = cfg.epochs
     if s.batch_size < 1 or s.workers < 0 or s.epochs < 1 or s.eval_every < 0:
         raise TrainError("batch size and epochs must be >= 1, workers and eval-every >= 0")
+    if s.init_weights and s.resume:
+        raise TrainError(
+            "--init-weights starts a new run from other weights; --resume continues the run in --out "
+            "from its own state: give one of them"
+        )
+    if s.init_weights and s.backbone_weights:
+        raise TrainError(
+            "--init-weights already sets every tensor, the backbone too; drop --backbone-weights"
+        )
     out = Path(s.out)
+    # Read before the run folder is made: a missing or mismatched file leaves nothing behind.
+    init = _read_init_weights(s.init_weights, cfg) if s.init_weights else None
     device = resolve_device(s.device, dist)
     splits = ("train", "val") if s.eval_every else ("train",)
     counts = check_dataset(s.data, cfg.class_names, splits)
@@ -71,7 +82,7 @@ def train(s: TrainSettings) -> dict[str, Any]:
         problem = broadcast_from_main(dist, problem)
         if problem:
             raise TrainError(problem)
-        return _run(s, cfg, dist, device, out, counts)
+        return _run(s, cfg, dist, device, out, counts, init)
 
 
 def check_dataset(
@@ -99,7 +110,9 @@ def check_dataset(
     return counts
 
 
-def _run(s: TrainSettings, cfg, dist: DistInfo, device, out: Path, counts: dict[str, int]) -> dict[str, Any]:
+def _run(
+    s: TrainSettings, cfg, dist: DistInfo, device, out: Path, counts: dict[str, int], init=None
+) -> dict[str, Any]:
     """Build everything the loop needs, run it, and check that the ranks agree at the end."""
     from xscreen.model import build_detector
     from xscreen.training.dataset import CocoDetection
@@ -110,6 +123,8 @@ def _run(s: TrainSettings, cfg, dist: DistInfo, device, out: Path, counts: dict[
     model = build_detector(cfg).to(device)
     if s.backbone_weights:
         _load_backbone_weights(model, s.backbone_weights)
+    if init is not None:
+        model.load_state_dict(init[0], strict=True)
     model.train()
 
     base_lr = scaled_lr(
@@ -145,6 +160,8 @@ def _run(s: TrainSettings, cfg, dist: DistInfo, device, out: Path, counts: dict[
         "lr": base_lr,
         "iters_per_epoch": iters_per_epoch,
     }
+    if init is not None:  # provenance: the weights this run started from
+        run_info["init_weights"] = init[1]
 
     if s.resume:
         progress = _resume(s, out, run_info, dist, model, optimizer, scaler)
@@ -259,6 +276,23 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _read_init_weights(path: str, cfg) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Another detector's weights to start (fine-tune) from: its fp32 state dict and its provenance.
+
+    The file must hold the same architecture as the run's config (load_weights checks its sha256 and
+    the architecture fields and raises WeightsError naming the difference); fp16 files load as fp32.
+    The provenance (path, name, version, tensors sha256) goes into the run's metadata.
+    """
+    from xscreen.model.weights import load_weights
+
+    if not Path(path).is_file():
+        raise TrainError(f"--init-weights: {path} does not exist")
+    source, info = load_weights(path, expected_config=cfg)
+    log.info("starting from %s (%s %s, sha256 %s...)", path, info.name, info.version, info.sha256[:12])
+    provenance = {"path": str(path), "name": info.name, "version": info.version, "sha256": info.sha256}
+    return source.state_dict(), provenance
 
 
 def _load_backbone_weights(model, path: str) -> None:

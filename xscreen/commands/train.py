@@ -32,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ImageNet ResNet weights (.pth/.safetensors) for the backbone",
     )
     parser.add_argument(
+        "--init-weights",
+        default=None,
+        help="start from this detector's weights (an xscreen .safetensors of the same architecture): "
+        "fine-tuning, a new run with its own schedule; not with --resume or --backbone-weights",
+    )
+    parser.add_argument(
         "--lr",
         type=positive_float,
         default=None,
@@ -84,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         resume=args.resume,
         backbone_weights=args.backbone_weights,
+        init_weights=args.init_weights,
         lr=args.lr,
         clip_grad=args.clip_grad,
         seed=args.seed,
