@@ -237,7 +237,8 @@ def plot_operating_point(points: PRPoints, op: dict, path: str | Path, title: st
     ax2.set_title("precision / recall / F1 vs threshold", fontsize=9)
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower left", fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # no curve and no point: nothing to label
+            ax.legend(loc="lower left", fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -251,6 +251,8 @@ def _resume(
                 f"--resume: {key} was {saved['run'].get(key)!r} in the saved run, now {run_info[key]!r}; "
                 "resume with the original settings"
             )
+    if "init_weights" in saved["run"]:  # a fine-tuning run keeps its provenance across resumes
+        run_info["init_weights"] = saved["run"]["init_weights"]
     if saved["run"]["epochs"] != s.epochs:
         log.warning(
             "--resume with --epochs %d (was %d): the lr schedule changes", s.epochs, saved["run"]["epochs"]
