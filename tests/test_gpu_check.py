@@ -30,7 +30,8 @@ def test_gpu_check_dry_run_writes_every_step(tmp_path):
     names = [n for n, _ in steps]
     assert names == [
         "env", "cuda_tests", "latency_fp32_b1", "latency_fp32_b2", "latency_bf16_b1", "latency_bf16_b2",
-        "onnx_cuda", "synth", "train", "threshold", "eval_test", "detect_ap", "service_load",
+        "onnx_cuda", "synth", "train", "threshold", "eval_test", "detect_ap", "detect_ap_bundled",
+        "service_load",
     ]  # fmt: skip
     assert all(rc == "0" for _, rc in steps) and "## failed steps: none" in summary
     # the latency tables carry every detector, including torchvision's FCOS, in both precisions
@@ -39,6 +40,10 @@ def test_gpu_check_dry_run_writes_every_step(tmp_path):
     with tarfile.open(out / "results.tar.gz") as tar:
         members = set(tar.getnames())
     assert {"results/operating_point.png", "results/detect_ap.json", "results/train/curves.png"} <= members
+    assert "results/detect_ap_bundled.json" in members  # the bundled file, for comparison
+    # the demo recipe: fine-tuned from the bundled weights, its threshold picked by best F2
+    assert "starting from model/weights/xscreen-small-lacls.safetensors" in summary
+    assert "rule best-f2 on val" in summary
     parts = sorted(out.glob("weights.safetensors.part-*"))
     assert parts and all(p.stat().st_size <= 15 * 2**20 for p in parts)
     joined = tmp_path / "w.safetensors"
