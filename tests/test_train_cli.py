@@ -282,3 +282,40 @@ def test_init_weights_refuses_a_missing_or_different_model_and_conflicting_flags
     err = _fail([*common, "--init-weights", str(other), "--backbone-weights", str(other)], capsys)
     assert "--init-weights already sets every tensor, the backbone too; drop --backbone-weights" in err
     assert not (tmp_path / "r").exists()  # nothing written for a refused run
+
+
+def test_sigterm_to_the_process_group_saves_a_checkpoint_the_run_resumes_from(tiny, tmp_path):
+    """Ctrl-C, `docker stop` and `kill -- -PGID` signal every process of the group, the DataLoader's
+    worker too: the run must still finish its step, save and say so, and resume, not die with the worker."""
+    import signal
+    import time
+
+    data, cfg = tiny
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "xscreen.cli", "train", "--config", str(cfg), "--data", str(data)]
+    cmd += ["--out", str(out), "--epochs", "500", "--batch-size", "1", "--workers", "1", "--device", "cpu"]
+    cmd += ["--log-every", "1", "--eval-every", "0", "--seed", "5", "--no-progress"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not ((out / "train_log.csv").exists() and len(_rows(out / "train_log.csv")) >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 2, stderr[-3000:]  # interrupted, not finished
+    assert "Traceback" not in stderr and "DataLoader worker" not in stderr
+    stopped = int(_rows(out / "train_log.csv")[-1]["iteration"])
+    assert f"interrupted at iteration {stopped}; state saved in {out}, continue with --resume" in stderr
+    _, info = load_weights(out / "last.safetensors")
+    assert info.metadata["iteration"] == stopped < 2000  # saved where it stopped, long before the end
+
+    again = dict(epochs=500, batch_size=1, workers=1, seed=5, resume=True, max_iters=stopped + 2)
+    resumed = train(_settings(data, cfg, out, **again))
+    assert resumed["iteration"] == stopped + 2
+    assert [int(r["iteration"]) for r in _rows(out / "train_log.csv")] == list(range(1, stopped + 3))

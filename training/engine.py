@@ -61,6 +61,17 @@ def stop_on_signals() -> Iterator[StopFlag]:
             signal.signal(sig, handler)
 
 
+def leave_stop_signals_to_the_trainer(worker_id: int) -> None:  # noqa: ARG001
+    """DataLoader ``worker_init_fn``: the worker ignores SIGTERM and SIGINT.
+
+    Ctrl-C, ``docker stop`` and ``kill -- -PGID`` signal the whole process group. A worker killed by that
+    signal makes the main process raise before its StopFlag is seen, so the run died unsaved; ignoring it
+    here lets the main process finish its step, save and exit, and the DataLoader then ends its workers.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @dataclass
 class Progress:
     """How far the run is: what the training state saves for ``--resume``, plus the epochs finished."""
@@ -154,6 +165,7 @@ class Trainer:
             sampler=SkipSampler(self.sampler, done_before * s.batch_size),
             num_workers=s.workers,
             collate_fn=collate,
+            worker_init_fn=leave_stop_signals_to_the_trainer,
             pin_memory=self.device.type == "cuda",
             drop_last=False,
             # a per-epoch generator keeps worker seeds reproducible and leaves the global RNG alone
