@@ -63,18 +63,19 @@ run: $(STAMP)
 
 # The bundled demo weights (model/weights/MODEL_CARD.md), in two stages on one synthetic set (made once):
 #   stage 1: 5 epochs from scratch -> $(DEMO)/stage1.safetensors (fp16; these are the 0.3.0 weights);
-#   stage 2: 4 more epochs from stage 1 with a schedule of their own (train --init-weights),
+#   stage 2: 1 more epoch from stage 1 (train --init-weights) at a quarter of stage 1's lr, with a
+#   schedule of its own (warm-up, x0.1 at 2/3 and 11/12) -> the 0.4.0 weights,
 # then the fp16 copy with its operating threshold picked on the set's val split (best F2: a missed threat
-# costs more than a false alarm). Each stage is resumable: after an interruption or a killed session run
-# `make demo-model` again and it continues from the last checkpoint with --resume. A stage whose output
-# exists is skipped; to skip stage 1, put the 0.3.0 weights at $(DEMO)/stage1.safetensors
+# costs more than a false alarm). Each stage is resumable: after an interruption run `make demo-model`
+# again and it continues from the stage's last checkpoint with --resume. A stage whose output exists is
+# skipped; to skip stage 1, put the 0.3.0 weights at $(DEMO)/stage1.safetensors
 # (git show 2d8ae3f:model/weights/xscreen-small-lacls.safetensors > runs/demo/stage1.safetensors).
-# About 2 h + 1.6 h on 2 CPU cores; DEMO_TRAIN_ARGS="--device cuda" on a GPU.
+# About 2 h + 50 min on 2 CPU cores; DEMO_TRAIN_ARGS="--device cuda" on a GPU.
 DEMO ?= runs/demo
 DEMO_SYNTH_ARGS ?= --images 5000 --size 640x640
 DEMO_TRAIN_ARGS ?= --device auto --workers 1
 DEMO_STAGE1_ARGS ?= --epochs 5 --seed 0
-DEMO_STAGE2_ARGS ?= --epochs 4 --seed 1
+DEMO_STAGE2_ARGS ?= --epochs 1 --lr 0.005 --seed 1
 DEMO_VERSION ?= 0.4.0
 DEMO_TRAIN = $(BIN)/xscreen train --config small_lacls_release_demo --data $(DEMO)/data --batch-size 4 \
 	--lr 0.02 --clip-grad 35 --eval-every 1 --log-every 20 --no-progress $(DEMO_TRAIN_ARGS)
