@@ -140,9 +140,17 @@ def test_import_maps_permutes_and_reproduces_the_released_detections(
             (1.0, 1.0),
         )
         assert len(scores) >= 5 and len(d["scores"]) == len(scores)
-        assert torch.equal(d["labels"], inverse[labels])
-        assert (d["boxes"] - boxes).abs().max() <= 0.05
-        assert (d["scores"] - scores).abs().max() <= 1e-4
+        # Pair each detection with a reference one of the same class and box: detections whose scores
+        # nearly tie may come out in another order between the two forwards (seen once in a loaded CI
+        # run, not when run alone), so the order is not compared, the pairing is.
+        ref_labels = inverse[labels]
+        box_gap = (d["boxes"][:, None, :] - boxes[None, :, :]).abs().amax(dim=2)
+        cost = box_gap + 1e3 * (d["labels"][:, None] != ref_labels[None, :])
+        pair = cost.argmin(dim=1)
+        assert len(set(pair.tolist())) == len(pair), "two detections paired with one reference detection"
+        assert torch.equal(d["labels"], ref_labels[pair])
+        assert box_gap[torch.arange(len(pair)), pair].max() <= 0.05
+        assert (d["scores"] - scores[pair]).abs().max() <= 1e-4
 
 
 def test_classes_json_order_and_score_threshold_and_force(ckpt_dir, tmp_path, capsys):
