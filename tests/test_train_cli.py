@@ -285,8 +285,8 @@ def test_init_weights_refuses_a_missing_or_different_model_and_conflicting_flags
 
 
 def test_sigterm_to_the_process_group_saves_a_checkpoint_the_run_resumes_from(tiny, tmp_path):
-    """Ctrl-C, `docker stop` and `kill -- -PGID` signal every process of the group, the DataLoader's
-    worker too: the run must still finish its step, save and say so, and resume, not die with the worker."""
+    """Ctrl-C, `kill -- -PGID` and `pkill -f "xscreen train"` signal every process of the run, its
+    DataLoader worker too: the run must still finish its step, save and say so, and resume."""
     import signal
     import time
 

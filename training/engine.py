@@ -64,7 +64,7 @@ def stop_on_signals() -> Iterator[StopFlag]:
 def leave_stop_signals_to_the_trainer(worker_id: int) -> None:  # noqa: ARG001
     """DataLoader ``worker_init_fn``: the worker ignores SIGTERM and SIGINT.
 
-    Ctrl-C, ``docker stop`` and ``kill -- -PGID`` signal the whole process group. A worker killed by that
+    Ctrl-C, ``kill -- -PGID`` and ``pkill -f "xscreen train"`` signal the workers too. A worker killed by that
     signal makes the main process raise before its StopFlag is seen, so the run died unsaved; ignoring it
     here lets the main process finish its step, save and exit, and the DataLoader then ends its workers.
     """
