@@ -56,10 +56,58 @@ class AuditLog:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (kept open, closed in close())
+            self._cut_torn_tail()
         except OSError as exc:
             raise AuditError(
                 f"cannot open audit file {self.path}: {exc.strerror or exc}", _reason(exc)
             ) from None
+
+    def _cut_torn_tail(self) -> None:
+        """Cut a partial last line, so the next record starts on a line of its own.
+
+        A process killed inside the writer's ``write`` (SIGKILL, power loss) can leave the start of a
+        batch in the file without its end. No request waited on that batch had been answered (answers
+        wait for the fsync after the whole write), so the fragment records nothing the site was told;
+        appended to, it would glue the next record onto it and make that one unparseable.
+        """
+        if not self._rotatable():
+            return
+        fd = self._file.fileno()  # opened for appending only: read through a second descriptor
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return
+        rfd = os.open(self.path, os.O_RDONLY)
+        try:
+            if os.pread(rfd, 1, size - 1) == b"\n":
+                return
+            end = size
+            while end > 0:  # find the last newline, reading backwards in blocks
+                start = max(0, end - 65536)
+                newline = os.pread(rfd, end - start, start).rfind(b"\n")
+                if newline >= 0:
+                    end = start + newline + 1
+                    break
+                end = start
+        finally:
+            os.close(rfd)
+        try:
+            os.ftruncate(fd, end)
+        except OSError as exc:  # an append-only file (chattr +a) cannot be cut: end the fragment instead
+            self._file.write(b"\n")
+            os.fsync(fd)
+            log.warning(
+                "audit file ended in a partial record (the service stopped inside a write, before "
+                "answering) that cannot be cut (%s); ended it with a newline: skip that line when reading",
+                exc.strerror or exc,
+                extra={"audit_path": str(self.path), "partial_bytes": size - end},
+            )
+            return
+        os.fsync(fd)
+        log.warning(
+            "audit file ended in a partial record (the service stopped inside a write, before answering); "
+            "cut it off",
+            extra={"audit_path": str(self.path), "bytes_cut": size - end},
+        )
 
     def _rotatable(self) -> bool:
         """Only regular files are rotated (never /dev/... or a pipe)."""
