@@ -74,11 +74,11 @@ run: $(STAMP)
 DEMO ?= runs/demo
 DEMO_SYNTH_ARGS ?= --images 5000 --size 640x640
 DEMO_TRAIN_ARGS ?= --device auto --workers 1
-DEMO_STAGE1_ARGS ?= --epochs 5 --seed 0
+DEMO_STAGE1_ARGS ?= --epochs 5 --lr 0.02 --seed 0
 DEMO_STAGE2_ARGS ?= --epochs 1 --lr 0.005 --seed 1
 DEMO_VERSION ?= 0.4.0
 DEMO_TRAIN = $(BIN)/xscreen train --config small_lacls_release_demo --data $(DEMO)/data --batch-size 4 \
-	--lr 0.02 --clip-grad 35 --eval-every 1 --log-every 20 --no-progress $(DEMO_TRAIN_ARGS)
+	--clip-grad 35 --eval-every 1 --log-every 20 --no-progress $(DEMO_TRAIN_ARGS)
 # fp16 copy of a run's last weights with the release version: python -c FP16_COPY SRC DST VERSION
 FP16_COPY = import sys; from xscreen.model.weights import load_weights, save_weights; \
 	m, i = load_weights(sys.argv[1]); save_weights(m, sys.argv[2], half=True, \
