@@ -79,21 +79,18 @@ DEMO_STAGE2_ARGS ?= --epochs 1 --lr 0.005 --seed 1
 DEMO_VERSION ?= 0.4.0
 DEMO_TRAIN = $(BIN)/xscreen train --config small_lacls_release_demo --data $(DEMO)/data --batch-size 4 \
 	--clip-grad 35 --eval-every 1 --log-every 20 --no-progress $(DEMO_TRAIN_ARGS)
-# fp16 copy of a run's last weights with the release version: python -c FP16_COPY SRC DST VERSION
-FP16_COPY = import sys; from xscreen.model.weights import load_weights, save_weights; \
-	m, i = load_weights(sys.argv[1]); save_weights(m, sys.argv[2], half=True, \
-	metadata={**i.metadata, "version": sys.argv[3]})
+
 .PHONY: demo-model
 demo-model: $(STAMP)
 	test -f $(DEMO)/data/annotations/train.json || $(BIN)/xscreen synth --out $(DEMO)/data \
 		--seed 2100 --splits 0.96,0.04,0 --workers 2 --fast-png --no-progress $(DEMO_SYNTH_ARGS)
 	test -f $(DEMO)/stage1.safetensors || { $(DEMO_TRAIN) --out $(DEMO)/run $(DEMO_STAGE1_ARGS) \
 		$$(test -f $(DEMO)/run/train_state.safetensors && echo --resume) && \
-		$(BIN)/python -c '$(FP16_COPY)' $(DEMO)/run/last.safetensors $(DEMO)/stage1.safetensors 0.3.0; }
+		$(BIN)/xscreen release $(DEMO)/run/last.safetensors --out $(DEMO)/stage1.safetensors --version 0.3.0; }
 	$(DEMO_TRAIN) --out $(DEMO)/finetune $(DEMO_STAGE2_ARGS) $$(test -f $(DEMO)/finetune/train_state.safetensors \
 		&& echo --resume || echo --init-weights $(DEMO)/stage1.safetensors)
-	$(BIN)/python -c '$(FP16_COPY)' $(DEMO)/finetune/last.safetensors $(DEMO)/xscreen-small-lacls.safetensors \
-		$(DEMO_VERSION)
+	$(BIN)/xscreen release $(DEMO)/finetune/last.safetensors --out $(DEMO)/xscreen-small-lacls.safetensors \
+		--version $(DEMO_VERSION)
 	$(BIN)/xscreen threshold $(DEMO)/xscreen-small-lacls.safetensors --data $(DEMO)/data --split val \
 		--rule best-f2 --out $(DEMO)/xscreen-small-lacls.safetensors --plot $(DEMO)/operating_point.png
 	@echo "demo weights: $(DEMO)/xscreen-small-lacls.safetensors (copy over model/weights/ to bundle them)"

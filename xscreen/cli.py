@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "render": ("xscreen.commands.render", "draw the pseudo-colour picture of a scan with boxes"),
     "eval": ("xscreen.commands.eval", "evaluate weights or detections with COCO metrics"),
     "threshold": ("xscreen.commands.threshold", "show, set or re-pick the operating threshold of weights"),
+    "release": ("xscreen.commands.release", "write the fp16, versioned copy of weights that gets shipped"),
     "import-mmdet": ("xscreen.commands.import_mmdet", "import the authors' released mmdetection checkpoint"),
     "la-experiment": (
         "xscreen.commands.la_experiment",
