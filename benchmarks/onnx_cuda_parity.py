@@ -34,17 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     from xscreen.inference.backend import TorchBackend
     from xscreen.inference.onnx_backend import OnnxBackend
     from xscreen.model import build_detector, load_config, save_weights
+    from xscreen.model.detector import sharpen_head
     from xscreen.model.onnx_export import export_weights
 
     h, w = args.size
     cfg = load_config(args.config).with_overrides(min_size=min(h, w), max_size=max(h, w))
     torch.manual_seed(0)
     det = build_detector(cfg).eval()
-    with torch.no_grad():
-        for m in det.head.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                torch.nn.init.normal_(m.weight, std=0.02)
-        det.head.atss_cls.bias.fill_(-2.0)
+    sharpen_head(det, std=0.02)
     image = (np.random.default_rng(0).random((h, w, 3)) * 255).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         weights, onnx_path = Path(tmp) / "w.safetensors", Path(tmp) / "m.onnx"

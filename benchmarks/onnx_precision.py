@@ -28,17 +28,12 @@ from xscreen.tables import markdown_table
 
 def sharpened_detector(name: str, seed: int, min_size: int, max_size: int):
     from xscreen.model import build_detector, load_config
+    from xscreen.model.detector import sharpen_head
 
     cfg = load_config(name).with_overrides(min_size=min_size, max_size=max_size, fpn_channels=64)
     torch.manual_seed(seed)
     det = build_detector(cfg).eval()
-    with torch.no_grad():
-        for m in det.head.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                torch.nn.init.normal_(m.weight, std=0.05)
-        det.head.atss_cls.bias.fill_(-2.0)
-        for i, s in enumerate(det.head.scales):
-            s.scale.fill_(1.0 + 0.1 * i)
+    sharpen_head(det, std=0.05, scale_step=0.1)
     return det
 
 

@@ -20,6 +20,7 @@ from xscreen.inference.backend import BackendError, TorchBackend
 from xscreen.inference.onnx_backend import OnnxBackend, OnnxModelRefused
 from xscreen.model import build_detector, load_config, save_weights
 from xscreen.model.classes import CLASS_NAMES
+from xscreen.model.detector import sharpen_head
 from xscreen.model.label_aware import label_aware_weights
 from xscreen.model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
 from xscreen.scans import convert_scan
@@ -36,13 +37,7 @@ def _detector(name: str, seed: int = 0, **overrides):
     cfg = load_config(name).with_overrides(**{**base, **overrides})
     torch.manual_seed(seed)
     det = build_detector(cfg).eval()
-    with torch.no_grad():
-        for m in det.head.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                torch.nn.init.normal_(m.weight, std=0.05)
-        det.head.atss_cls.bias.fill_(-2.0)
-        for i, s in enumerate(det.head.scales):
-            s.scale.fill_(1.0 + 0.1 * i)  # the per-level Scale enters LAreg's softmax
+    sharpen_head(det, std=0.05, scale_step=0.1)  # the per-level Scale enters LAreg's softmax
     return det
 
 

@@ -11,6 +11,7 @@ import torch
 
 from xscreen.cli import main as xscreen_main
 from xscreen.model import WeightsError, build_detector, load_config, load_weights, save_weights
+from xscreen.model.detector import sharpen_head
 from xscreen.model.onnx_export import onnx_metadata, parse_onnx_metadata
 from xscreen.model.weights import LEGACY_SCORE_THRESHOLD, read_header, set_operating_point
 from xscreen.training.threshold import (
@@ -157,11 +158,7 @@ def _detector(seed: int = 0):
     )
     torch.manual_seed(seed)
     det = build_detector(cfg).eval()
-    with torch.no_grad():
-        for m in det.head.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                torch.nn.init.normal_(m.weight, std=0.05)
-        det.head.atss_cls.bias.fill_(-2.0)
+    sharpen_head(det, std=0.05)
     return det
 
 
