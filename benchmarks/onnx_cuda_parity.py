@@ -38,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     from xscreen.model.onnx_export import export_weights
 
     h, w = args.size
-    cfg = load_config(args.config).with_overrides(min_size=min(h, w), max_size=max(h, w))
+    try:
+        cfg = load_config(args.config).with_overrides(min_size=min(h, w), max_size=max(h, w))
+    except XscreenError as exc:  # an unknown or invalid --config: a usage error, not a traceback
+        p.error(str(exc))
     torch.manual_seed(0)
     det = build_detector(cfg).eval()
     sharpen_head(det, std=0.02)

@@ -82,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         "--size", type=size_pair(32, "MINxMAX such as 224x288"), default=(224, 288), help="input MINxMAX"
     )
     args = p.parse_args(argv)
-    det = sharpened_detector(args.config, args.seed, *args.size)
+    from xscreen.errors import XscreenError
+
+    try:
+        det = sharpened_detector(args.config, args.seed, *args.size)
+    except XscreenError as exc:  # an unknown or invalid --config: a usage error, not a traceback
+        p.error(str(exc))
     det64 = copy.deepcopy(det).double()
     batch = scan_batch(det)
     with torch.no_grad():

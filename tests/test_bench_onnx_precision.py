@@ -38,3 +38,7 @@ def test_bad_size_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
         precision.main(["--size", "12x12"])
     assert exc.value.code == 2 and "each side must be >= 32" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        precision.main(["--config", "no_such_config"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "no detector config 'no_such_config'" in err and "Traceback" not in err

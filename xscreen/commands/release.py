@@ -46,9 +46,9 @@ def run(args: argparse.Namespace) -> int:
     from xscreen.model.weights import load_weights, save_weights
     from xscreen.training.threshold import describe
 
-    model, info = load_weights(args.weights)
     if Path(args.out).is_dir():
         raise XscreenError(f"--out {args.out} is a directory; give the file to write")
+    model, info = load_weights(args.weights)
     metadata = {**info.metadata, "name": args.name or info.name, "version": args.version}
     op = info.operating_point
     sha = save_weights(model, args.out, half=not args.fp32, metadata=metadata, operating_point=op)
