@@ -83,6 +83,10 @@ def test_release_refuses_bad_input_with_one_line(run_weights, capsys):
     assert "junk.safetensors" in err and "Traceback" not in err
     assert xscreen_main(["release", str(src), "--out", str(tmp), "--version", "1"]) == 2
     assert "is a directory" in capsys.readouterr().err
+    under_a_file = tmp / "junk.safetensors" / "r.safetensors"  # parent is a file: unwritable even as root
+    assert xscreen_main(["release", str(src), "--out", str(under_a_file), "--version", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write --out" in err and "Traceback" not in err
     for bad in ["", "1 2", "-1", "x" * 65, "1.0/evil"]:
         with pytest.raises(SystemExit) as exc:
             xscreen_main(["release", str(src), "--out", str(tmp / "o"), "--version", bad])

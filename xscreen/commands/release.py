@@ -51,7 +51,10 @@ def run(args: argparse.Namespace) -> int:
     model, info = load_weights(args.weights)
     metadata = {**info.metadata, "name": args.name or info.name, "version": args.version}
     op = info.operating_point
-    sha = save_weights(model, args.out, half=not args.fp32, metadata=metadata, operating_point=op)
+    try:
+        sha = save_weights(model, args.out, half=not args.fp32, metadata=metadata, operating_point=op)
+    except OSError as exc:  # an unwritable place: one line; the temporary file is never left as --out
+        raise XscreenError(f"cannot write --out {args.out}: {exc.strerror or exc}") from None
     size = Path(args.out).stat().st_size
     precision = "fp32" if args.fp32 else "fp16"
     print(f"wrote {args.out} ({size} bytes, {precision}): {metadata['name']} {args.version}")
