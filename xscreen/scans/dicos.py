@@ -153,6 +153,29 @@ def dx_from_dataset(ds, *, name: str | None = None, max_pixels: int | None = Non
         raise ScanError(f"{_label(name)}corrupt DICOM dataset ({type(exc).__name__}: {exc})") from None
 
 
+def dx_from_encoded(
+    raw: bytes, transfer_syntax: str, *, name: str | None = None, max_pixels: int | None = None
+) -> DxImage:
+    """As ``read_dx`` for a dataset as a C-STORE carries it: encoded in ``transfer_syntax``, no file meta."""
+    import zlib
+
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filereader import read_dataset
+
+    try:
+        if transfer_syntax == DEFLATED_LE:
+            raw = zlib.decompress(raw, -zlib.MAX_WBITS)
+        ds = read_dataset(io.BytesIO(raw), is_implicit_VR=transfer_syntax == IMPLICIT_LE, is_little_endian=True)
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.UID(transfer_syntax)
+        return _read_dx_dataset(ds, name, max_pixels)
+    except ScanError:
+        raise
+    except Exception as exc:
+        raise ScanError(f"{_label(name)}corrupt DICOM dataset ({type(exc).__name__}: {exc})") from None
+
+
 def _read_dx_dataset(ds, name: str | None, max_pixels: int | None) -> DxImage:
     sop_class = str(ds.get("SOPClassUID", "") or getattr(ds.file_meta, "MediaStorageSOPClassUID", ""))
     if sop_class not in DX_SOP_CLASSES:
