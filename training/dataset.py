@@ -10,6 +10,7 @@ import json
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -17,9 +18,13 @@ from xscreen.errors import XscreenError
 from xscreen.model.classes import CLASS_NAMES, normalise_name
 from xscreen.model.transform import hflip, normalize, pad_batch, resize_to_fit
 from xscreen.scans import ScanError, read_converted
+from xscreen.scans.energy import energy_order
 
 # A box narrower or lower than this (after clipping to the image) is degenerate and skipped.
 MIN_BOX_SIDE = 1.0
+
+
+ENERGY_CHECK_SAMPLE = 1000  # training images checked for exchanged energies at start
 
 
 class DatasetError(XscreenError):
@@ -154,6 +159,20 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def swapped_energy_images(self, sample: int = ENERGY_CHECK_SAMPLE) -> tuple[int, list[str]]:
+        """(images checked, file names whose channels 1 and 2 look exchanged): docs/method.md §1a on up to
+        ``sample`` images spread evenly over the split (channels 1 and 2 are high/256 and low/256)."""
+        picks = np.unique(np.linspace(0, len(self) - 1, min(sample, len(self))).round().astype(int))
+        swapped = []
+        for index in picks if len(self) else []:
+            try:
+                array = read_converted(self.image_path(int(index)))
+            except ScanError:
+                continue  # unreadable files are reported when they are loaded
+            if energy_order(array[..., 0], array[..., 1]).verdict == "swapped":
+                swapped.append(self.images[int(index)]["file_name"])
+        return (len(picks) if len(self) else 0), swapped
 
     def image_path(self, index: int) -> Path:
         return self.img_dir / self.images[index]["file_name"]

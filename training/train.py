@@ -138,6 +138,8 @@ def _run(
     dataset = CocoDetection(
         s.data, "train", class_names=cfg.class_names, train=True, min_size=cfg.min_size, max_size=cfg.max_size
     )
+    if dist.rank == 0:
+        _warn_swapped_energies(dataset)
     sampler = DistributedSampler(
         dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=s.seed
     )
@@ -270,6 +272,20 @@ def _resume(
         out, progress.iteration, progress.iteration // run_info["iters_per_epoch"] + 1,
     )  # fmt: skip
     return progress
+
+
+def _warn_swapped_energies(dataset) -> None:
+    """A warning with counts when training images look like exchanged high/low (docs/method.md §1a)."""
+    checked, swapped = dataset.swapped_energy_images()
+    if swapped:
+        shown = ", ".join(swapped[:5]) + (", ..." if len(swapped) > 5 else "")
+        log.warning(
+            "%d of %d training images checked look like exchanged high/low energies "
+            "(channel 1 darker than channel 2 where objects attenuate; docs/method.md §1a): %s",
+            len(swapped), checked, shown,
+        )  # fmt: skip
+    else:
+        log.info("energy order: %d training images checked, none look exchanged", checked)
 
 
 def _seed_everything(seed: int) -> None:

@@ -166,7 +166,8 @@ def dx_from_encoded(
     try:
         if transfer_syntax == DEFLATED_LE:
             raw = zlib.decompress(raw, -zlib.MAX_WBITS)
-        ds = read_dataset(io.BytesIO(raw), is_implicit_VR=transfer_syntax == IMPLICIT_LE, is_little_endian=True)
+        implicit = transfer_syntax == IMPLICIT_LE
+        ds = read_dataset(io.BytesIO(raw), is_implicit_VR=implicit, is_little_endian=True)
         ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = pydicom.uid.UID(transfer_syntax)
         return _read_dx_dataset(ds, name, max_pixels)
