@@ -332,6 +332,8 @@ def test_png_trailing_and_truncated_image_data():
     bad_ihdr[19] ^= 1  # the width's low byte: IHDR's CRC no longer matches
     with pytest.raises(ScanError, match="corrupt PNG \\(IHDR chunk CRC mismatch\\)"):
         read_scan(bytes(bad_ihdr))
+    with pytest.raises(ScanError, match="truncated PNG \\(the 'IDAT' chunk runs past the end of the file"):
+        read_scan(good[:60] + bytes(20) + good[-12:])
     bad_idat = bytearray(good)
     bad_idat[len(good) // 2] ^= 0x55  # inside the IDAT payload: the zlib stream breaks or its Adler-32 fails
     with pytest.raises(ScanError, match="truncated or corrupt PNG image data"):

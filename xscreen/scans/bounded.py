@@ -143,7 +143,11 @@ def _png_idat(buf: bytes, name: str | None) -> bytes:
         kind = buf[pos + 4 : pos + 8]
         end = pos + 12 + length
         if end > len(buf):
-            break
+            what = kind.decode("latin-1")
+            raise ScanError(
+                f"{_label(name)}truncated PNG (the {what!r} chunk runs past the end of the file: "
+                "cut short or corrupt)"
+            )
         if kind == b"IHDR":  # IDAT payloads are checked end to end by the zlib stream's Adler-32
             (crc,) = struct.unpack_from(">I", buf, end - 4)
             if zlib.crc32(memoryview(buf)[pos + 4 : end - 4]) != crc:
