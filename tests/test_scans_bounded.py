@@ -471,6 +471,6 @@ def test_deadline_is_checked_between_inflation_steps():
     t0 = time.monotonic()
     with pytest.raises(ScanDeadlineError):
         d.dx_from_encoded(raw, d.DEFLATED_LE, deadline=t0 + 0.005)
-    assert time.monotonic() - t0 < 0.1
+    assert time.monotonic() - t0 < 0.25  # inflating and parsing it all takes about 1 s here
     # Without a deadline it inflates (90 MiB is within the cap) and the pixels are read.
     np.testing.assert_array_equal(d.read_dx(bomb).pixels, SMALL)
