@@ -334,6 +334,11 @@ def test_png_trailing_and_truncated_image_data():
         read_scan(bytes(bad_ihdr))
     with pytest.raises(ScanError, match="truncated PNG \\(the 'IDAT' chunk runs past the end of the file"):
         read_scan(good[:60] + bytes(20) + good[-12:])
+    empties = good[:33] + png_chunk(b"IDAT", b"") * 1_000_000 + good[33:]  # 12 MB of empty chunks
+    t0 = time.perf_counter()
+    with pytest.raises(ScanError, match=r"PNG has more than 79 chunks for its image size; refused"):
+        read_scan(empties)
+    assert time.perf_counter() - t0 < 0.05  # walking them all took 9.6 s
     bad_idat = bytearray(good)
     bad_idat[len(good) // 2] ^= 0x55  # inside the IDAT payload: the zlib stream breaks or its Adler-32 fails
     with pytest.raises(ScanError, match="truncated or corrupt PNG image data"):

@@ -14,7 +14,8 @@ Decisions:
   inflation. Less is "truncated". The checked rows are handed to OpenCV as a minimal PNG (IHDR, one
   IDAT of stored deflate blocks, IEND), so OpenCV only un-filters them; ancillary chunks are dropped
   (a raw scan's pixels do not depend on them, and compressed ones such as zTXt / iCCP are never
-  inflated).
+  inflated). At most 64 + (declared row bytes) / 256 chunks are walked: encoders write IDAT chunks of
+  8 KiB or more, and a file of millions of empty chunks would otherwise cost seconds to walk.
 - Deflated DICOM datasets inflate to at most ``deflate_cap(max_pixels)`` = 2 bytes x max_pixels +
   1 MiB of metadata (``METADATA_ALLOWANCE``); past that the file is refused as too large.
 - A deadline (a ``time.monotonic()`` value) is checked between inflation steps and before each
@@ -135,34 +136,34 @@ def _png_chunk(kind: bytes, data: bytes) -> tuple[bytes, bytes, bytes, bytes]:
     return struct.pack(">I", len(data)), kind, data, struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
 
-def _png_idat(buf: bytes, name: str | None) -> bytes:
-    """The concatenated IDAT payloads of a PNG (IHDR's CRC checked); one pass over the chunk list."""
-    pos, parts, seen_end = 8, [], False
-    while pos + 12 <= len(buf):
+def _png_idat(buf: bytes, max_chunks: int, name: str | None) -> bytes:
+    """The concatenated IDAT payloads of a PNG (IHDR's CRC checked); one pass over at most ``max_chunks``."""
+    view, size, pos, spans = memoryview(buf), len(buf), 8, []
+    for _ in range(max_chunks):
+        if pos + 12 > size:
+            raise ScanError(f"{_label(name)}truncated PNG (no IEND chunk)")
         (length,) = struct.unpack_from(">I", buf, pos)
-        kind = buf[pos + 4 : pos + 8]
         end = pos + 12 + length
-        if end > len(buf):
-            what = kind.decode("latin-1")
+        if end > size:
+            what = bytes(view[pos + 4 : pos + 8]).decode("latin-1")
             raise ScanError(
                 f"{_label(name)}truncated PNG (the {what!r} chunk runs past the end of the file: "
                 "cut short or corrupt)"
             )
-        if kind == b"IHDR":  # IDAT payloads are checked end to end by the zlib stream's Adler-32
-            (crc,) = struct.unpack_from(">I", buf, end - 4)
-            if zlib.crc32(memoryview(buf)[pos + 4 : end - 4]) != crc:
-                raise ScanError(f"{_label(name)}corrupt PNG (IHDR chunk CRC mismatch)")
-        if kind == b"IDAT":
-            parts.append(memoryview(buf)[pos + 8 : end - 4])
-        elif kind == b"IEND":
-            seen_end = True
+        if buf.startswith(b"IDAT", pos + 4):
+            spans.append((pos + 8, end - 4))
+        elif buf.startswith(b"IEND", pos + 4):
             break
+        elif buf.startswith(b"IHDR", pos + 4):  # IDAT payloads are checked by the zlib stream's Adler-32
+            (crc,) = struct.unpack_from(">I", buf, end - 4)
+            if zlib.crc32(view[pos + 4 : end - 4]) != crc:
+                raise ScanError(f"{_label(name)}corrupt PNG (IHDR chunk CRC mismatch)")
         pos = end
-    if not seen_end:
-        raise ScanError(f"{_label(name)}truncated PNG (no IEND chunk)")
-    if not parts:
+    else:
+        raise ScanError(f"{_label(name)}PNG has more than {max_chunks} chunks for its image size; refused")
+    if not spans:
         raise ScanError(f"{_label(name)}corrupt PNG (no IDAT chunk)")
-    return b"".join(parts)
+    return b"".join(view[a:b] for a, b in spans)
 
 
 def decode_png_bounded(
@@ -177,7 +178,7 @@ def decode_png_bounded(
     if buf[28] not in (0, 1) or buf[26] != 0 or buf[27] != 0:
         raise ScanError(f"{_label(name)}corrupt PNG (unknown compression, filter or interlace method)")
     need = png_rows_size(width, height, 2, interlaced)
-    stream = _png_idat(buf, name)
+    stream = _png_idat(buf, 64 + need // 256, name)
     more = f"{_label(name)}PNG holds more image data than its header declares ({width}x{height}); refused"
     parts: list[bytes] = []
     total = 0
