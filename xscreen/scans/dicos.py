@@ -1,8 +1,10 @@
 """DICOS (NEMA IIC 1) files: a dual-energy pair of DX images in, a Threat Detection Report (TDR) out.
 
 Every tag read and written is listed in docs/dicos.md. pydicom (MIT) parses and writes the files;
-compressed pixel data is decoded by pydicom itself (RLE Lossless, numpy) or by imagecodecs
-(BSD-3: libjpeg-turbo for JPEG Lossless process 14, CharLS for JPEG-LS); no GPL decoder is used.
+compressed pixel data is decoded by imagecodecs (BSD-3: libjpeg-turbo for JPEG Lossless process 14,
+CharLS for JPEG-LS, its PackBits decoder for RLE Lossless segments); no GPL decoder is used. Decoding
+is bounded (xscreen.scans.bounded): a deflated dataset inflates in capped steps, and an encapsulated
+frame's own header must match Rows x Columns before any decoder runs.
 """
 
 from __future__ import annotations
@@ -10,12 +12,22 @@ from __future__ import annotations
 import datetime as dt
 import io
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from xscreen.scans.bounded import (
+    check_deadline,
+    check_jpeg_frame,
+    decode_rle_frame,
+    deflate_cap,
+    encapsulated_frame,
+    inflate_capped,
+)
 from xscreen.scans.formats import (
+    DEFAULT_MAX_PIXELS,
     MIN_SIDE,
     ScanError,
     ScanSizeMismatchError,
@@ -111,12 +123,40 @@ def _energy_of(image_type: Sequence[str]) -> str | None:
     return found.pop() if found else None
 
 
-def _parse(buf: bytes, name: str | None, force: bool):
+def _inflate_dataset(raw: bytes, name: str | None, max_pixels: int | None, deadline: float | None) -> bytes:
+    """A Deflated Explicit VR Little Endian dataset's bytes, inflated to at most ``deflate_cap``."""
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    what = "deflated DICOM dataset"
+    return inflate_capped(
+        raw, deflate_cap(limit), wbits=-zlib.MAX_WBITS, deadline=deadline, name=name, what=what
+    )
+
+
+def _parse(
+    buf: bytes,
+    name: str | None,
+    force: bool,
+    max_pixels: int | None = None,
+    deadline: float | None = None,
+):
+    """A Part-10 file (or, with ``force``, a bare dataset) -> pydicom dataset. The file meta group is read
+    first; a deflated dataset is inflated here through ``inflate_capped``, never by pydicom."""
     import pydicom
     from pydicom.errors import InvalidDicomError
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 
     try:
-        return pydicom.dcmread(io.BytesIO(buf), force=force)
+        fp = io.BytesIO(buf)
+        read_preamble(fp, force)
+        meta = _read_file_meta_info(fp)
+        if str(meta.get("TransferSyntaxUID", "")) != DEFLATED_LE:
+            return pydicom.dcmread(io.BytesIO(buf), force=force)
+        body = _inflate_dataset(buf[fp.tell() :], name, max_pixels, deadline)
+        ds = read_dataset(io.BytesIO(body), is_implicit_VR=False, is_little_endian=True)
+        ds.file_meta = meta
+        return ds
+    except ScanError:
+        raise
     except InvalidDicomError as exc:
         raise UnsupportedScanFormatError(f"{_label(name)}not a DICOM file ({exc})") from None
     except Exception as exc:  # pydicom raises many types on damaged files
@@ -124,29 +164,40 @@ def _parse(buf: bytes, name: str | None, force: bool):
 
 
 def read_dx(
-    buf: bytes, *, name: str | None = None, max_pixels: int | None = None, force: bool = False
+    buf: bytes,
+    *,
+    name: str | None = None,
+    max_pixels: int | None = None,
+    force: bool = False,
+    deadline: float | None = None,
 ) -> DxImage:
     """One DICOS DX image from a file's bytes -> pixels and identity.
 
     Checks, in order: a DX SOP class, one 16-bit unsigned monochrome frame, the pixel count against
     ``max_pixels`` from the header (before any pixel is decoded), an accepted transfer syntax, then
     decodes. ``force`` reads a dataset without the 128-byte preamble (a part sent as application/dicom).
-    Raises ``ScanError`` (``UnsupportedScanFormatError`` for a transfer syntax we do not decode,
-    ``ScanTooLargeError`` over the pixel limit) with one line for every unusable input.
+    A deflated dataset inflates to at most ``deflate_cap(max_pixels)`` bytes; a compressed frame whose own
+    header differs from Rows x Columns is refused before decoding. ``deadline`` (``time.monotonic()``) is
+    checked between decoding steps. Raises ``ScanError`` (``UnsupportedScanFormatError`` for a transfer
+    syntax we do not decode, ``ScanTooLargeError`` over the pixel limit, ``ScanHeaderMismatchError`` for a
+    frame that disagrees with the header, ``ScanDeadlineError``) with one line for every unusable input.
     """
-    ds = _parse(buf, name, force)
+    check_deadline(deadline, name)
+    ds = _parse(buf, name, force, max_pixels, deadline)
     try:
-        return _read_dx_dataset(ds, name, max_pixels)
+        return _read_dx_dataset(ds, name, max_pixels, deadline)
     except ScanError:
         raise
     except Exception as exc:
         raise ScanError(f"{_label(name)}truncated or corrupt DICOM ({type(exc).__name__}: {exc})") from None
 
 
-def dx_from_dataset(ds, *, name: str | None = None, max_pixels: int | None = None) -> DxImage:
+def dx_from_dataset(
+    ds, *, name: str | None = None, max_pixels: int | None = None, deadline: float | None = None
+) -> DxImage:
     """As ``read_dx`` for a dataset already parsed (a C-STORE's)."""
     try:
-        return _read_dx_dataset(ds, name, max_pixels)
+        return _read_dx_dataset(ds, name, max_pixels, deadline)
     except ScanError:
         raise
     except Exception as exc:
@@ -154,30 +205,37 @@ def dx_from_dataset(ds, *, name: str | None = None, max_pixels: int | None = Non
 
 
 def dx_from_encoded(
-    raw: bytes, transfer_syntax: str, *, name: str | None = None, max_pixels: int | None = None
+    raw: bytes,
+    transfer_syntax: str,
+    *,
+    name: str | None = None,
+    max_pixels: int | None = None,
+    deadline: float | None = None,
 ) -> DxImage:
-    """As ``read_dx`` for a dataset as a C-STORE carries it: encoded in ``transfer_syntax``, no file meta."""
-    import zlib
+    """As ``read_dx`` for a dataset as a C-STORE carries it: encoded in ``transfer_syntax``, no file meta.
 
+    Deflated bytes inflate to at most ``deflate_cap(max_pixels)``, in ``deadline``-checked steps."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.filereader import read_dataset
 
     try:
+        check_deadline(deadline, name)
         if transfer_syntax == DEFLATED_LE:
-            raw = zlib.decompress(raw, -zlib.MAX_WBITS)
-        implicit = transfer_syntax == IMPLICIT_LE
-        ds = read_dataset(io.BytesIO(raw), is_implicit_VR=implicit, is_little_endian=True)
+            raw = _inflate_dataset(raw, name, max_pixels, deadline)
+        ds = read_dataset(
+            io.BytesIO(raw), is_implicit_VR=transfer_syntax == IMPLICIT_LE, is_little_endian=True
+        )
         ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = pydicom.uid.UID(transfer_syntax)
-        return _read_dx_dataset(ds, name, max_pixels)
+        return _read_dx_dataset(ds, name, max_pixels, deadline)
     except ScanError:
         raise
     except Exception as exc:
         raise ScanError(f"{_label(name)}corrupt DICOM dataset ({type(exc).__name__}: {exc})") from None
 
 
-def _read_dx_dataset(ds, name: str | None, max_pixels: int | None) -> DxImage:
+def _read_dx_dataset(ds, name: str | None, max_pixels: int | None, deadline: float | None = None) -> DxImage:
     sop_class = str(ds.get("SOPClassUID", "") or getattr(ds.file_meta, "MediaStorageSOPClassUID", ""))
     if sop_class not in DX_SOP_CLASSES:
         kind = _SOP_CLASS_NAMES.get(sop_class) or f"SOP class {sop_class or 'missing'}"
@@ -214,7 +272,7 @@ def _read_dx_dataset(ds, name: str | None, max_pixels: int | None) -> DxImage:
             f"{_label(name)}transfer syntax {syntax} ({UID(syntax).name}) is not supported; "
             "accepted: uncompressed little endian, JPEG Lossless (process 14), RLE Lossless, JPEG-LS lossless"
         )
-    pixels = _decode(ds, decoder, rows, cols, name)
+    pixels = _decode(ds, decoder, rows, cols, name, deadline)
     if pixels.shape != (rows, cols):
         raise ScanError(f"{_label(name)}corrupt DX (decoded {pixels.shape}, header says {(rows, cols)})")
     image_type = ds.get("ImageType") or []
@@ -237,23 +295,24 @@ def _read_dx_dataset(ds, name: str | None, max_pixels: int | None) -> DxImage:
     )
 
 
-def _decode(ds, decoder: str, rows: int, cols: int, name: str | None) -> np.ndarray:
+def _decode(ds, decoder: str, rows: int, cols: int, name: str | None, deadline: float | None) -> np.ndarray:
+    """Pixels of a checked DX dataset; a compressed frame's header is checked before its decoder runs."""
+    check_deadline(deadline, name)
     if decoder == "native":
         need = rows * cols * 2
         if len(ds.PixelData) < need:
             got = len(ds.PixelData)
             raise ScanError(f"{_label(name)}truncated DX ({got} bytes of pixels, {need} needed)")
         return ds.pixel_array  # pydicom (uncompressed and deflated little endian)
+    frame = encapsulated_frame(ds.PixelData, name)
     if decoder == "rle":
-        try:
-            return ds.pixel_array  # pydicom's own RLE Lossless decoder (numpy)
-        except Exception as exc:
-            raise ScanError(f"{_label(name)}truncated or corrupt RLE pixel data ({exc})") from None
+        return decode_rle_frame(frame, rows=rows, cols=cols, deadline=deadline, name=name)
     import imagecodecs
-    from pydicom.encaps import generate_frames
 
+    bits = int(ds.get("BitsStored", 16) or 16)
+    check_jpeg_frame(frame, jpegls=decoder == "jpegls", rows=rows, cols=cols, bits=bits, name=name)
+    check_deadline(deadline, name)
     try:
-        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
         if decoder == "jpegls":
             return imagecodecs.jpegls_decode(frame)  # CharLS
         return imagecodecs.jpeg8_decode(frame)  # libjpeg-turbo: lossless process 14, 2..16 bits
@@ -285,10 +344,11 @@ def read_dx_pair(
     *,
     max_pixels: int | None = None,
     force: tuple[bool, bool] = (False, False),
+    deadline: float | None = None,
 ) -> DxPair:
     """Both parts of a DX scan -> a checked ``DxPair`` (ordered by Image Type's energy)."""
-    a = read_dx(high, name="high", max_pixels=max_pixels, force=force[0])
-    b = read_dx(low, name="low", max_pixels=max_pixels, force=force[1])
+    a = read_dx(high, name="high", max_pixels=max_pixels, force=force[0], deadline=deadline)
+    b = read_dx(low, name="low", max_pixels=max_pixels, force=force[1], deadline=deadline)
     return dx_pair(a, b)
 
 

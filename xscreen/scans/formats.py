@@ -48,6 +48,15 @@ class ScanSizeMismatchError(ScanError):
     """The high- and low-energy images differ in size."""
 
 
+class ScanHeaderMismatchError(ScanError):
+    """Compressed data that disagrees with the file's header: more image data than declared, or a frame
+    header (JPEG, JPEG-LS, RLE) whose size or layout differs from the header's. Refused before decoding."""
+
+
+class ScanDeadlineError(ScanError):
+    """Decoding ran past the caller's deadline (a ``time.monotonic()`` value) and was stopped."""
+
+
 def _label(name: str | None) -> str:
     return f"{name}: " if name else ""
 
@@ -67,7 +76,7 @@ def check_size(height: int, width: int, max_pixels: int | None, name: str | None
         )
 
 
-def _read_png(buf: bytes, max_pixels: int | None, name: str | None) -> np.ndarray:
+def _read_png(buf: bytes, max_pixels: int | None, name: str | None, deadline: float | None) -> np.ndarray:
     # Check the IHDR header before decoding anything (decompression bombs, wrong depth).
     if len(buf) < 33 or buf[12:16] != b"IHDR":
         raise ScanError(f"{_label(name)}truncated or corrupt PNG (no IHDR header)")
@@ -80,35 +89,62 @@ def _read_png(buf: bytes, max_pixels: int | None, name: str | None) -> np.ndarra
     if depth != 16:
         raise ScanError(f"{_label(name)}PNG is {depth}-bit; a raw scan must be 16-bit greyscale")
     check_size(height, width, max_pixels, name)
-    if buf.rfind(b"IEND") < 0:
-        raise ScanError(f"{_label(name)}truncated PNG (no IEND chunk)")
-    img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None or img.dtype != np.uint16 or img.shape != (height, width):
-        raise ScanError(f"{_label(name)}corrupt PNG (decoding failed)")
-    return img
+    from xscreen.scans.bounded import decode_png_bounded  # imports this module
+
+    return decode_png_bounded(buf, width, height, deadline, name)
 
 
-def _read_tiff(buf: bytes, max_pixels: int | None, name: str | None) -> np.ndarray:
-    # Uncompressed, LZW (OpenCV's default for .tiff), Deflate and PackBits strips are decoded by
-    # tifffile with imagecodecs; a damaged stream is still reported as a corrupt TIFF.
+# TIFF compressions decoded (tifffile codes): none, LZW, Deflate (Adobe and old), PackBits. tifffile
+# hands each strip or tile to imagecodecs with an output buffer of the declared segment size, so a
+# segment that would inflate further fails instead of growing.
+TIFF_COMPRESSIONS = {1: "none", 5: "LZW", 8: "Deflate", 32946: "Deflate", 32773: "PackBits"}
+# Largest TIFF tile accepted, in pixels, when the image itself is smaller (a tile is decoded whole).
+TIFF_MAX_TILE_PIXELS = 512 * 512
+# File flags that make tifffile parse every IFD of the file when it is opened (LSM, NDPI, ScanImage).
+_TIFF_FLAGS_OFF = {"is_lsm": False, "is_ndpi": False, "is_scanimage": False}
+
+
+def _check_tiff_page(page, name: str | None, max_pixels: int | None) -> tuple[int, int]:
+    """A TIFF's first page is one 2-D uint16 image within the limits, in a compression decoded here."""
+    shape, dtype = tuple(page.shape), np.dtype(page.dtype)
+    if len(shape) != 2:
+        raise ScanError(
+            f"{_label(name)}TIFF image has shape {shape}; a raw scan must be "
+            "a single 2-D 16-bit greyscale image (colour, multi-sample or stacked TIFF given)"
+        )
+    if dtype != np.uint16:
+        raise ScanError(f"{_label(name)}TIFF pixels are {dtype}; a raw scan must be 16-bit unsigned (uint16)")
+    check_size(shape[0], shape[1], max_pixels, name)
+    compression = int(page.compression)
+    if compression not in TIFF_COMPRESSIONS:
+        raise UnsupportedScanFormatError(
+            f"{_label(name)}TIFF compression {compression} is not decoded here; "
+            "accepted: none, LZW, Deflate, PackBits"
+        )
+    if page.is_tiled:
+        tile = int(page.tilewidth) * int(page.tilelength) * max(1, int(page.tiledepth))
+        if tile > max(shape[0] * shape[1], TIFF_MAX_TILE_PIXELS):
+            raise ScanHeaderMismatchError(
+                f"{_label(name)}TIFF tiles are {page.tilewidth}x{page.tilelength} pixels, larger than "
+                f"the {shape[1]}x{shape[0]} image; refused"
+            )
+    return shape[0], shape[1]
+
+
+def _read_tiff(buf: bytes, max_pixels: int | None, name: str | None, deadline: float | None) -> np.ndarray:
+    # Only the first IFD is parsed (``bool(tif.pages)`` does not walk the IFD chain); strips and tiles
+    # decode through tifffile with imagecodecs into buffers of their declared size.
     import tifffile
 
+    from xscreen.scans.bounded import check_deadline  # imports this module
+
     try:
-        with tifffile.TiffFile(io.BytesIO(buf)) as tif:
+        with tifffile.TiffFile(io.BytesIO(buf), **_TIFF_FLAGS_OFF) as tif:
             if not tif.pages:
                 raise ScanError(f"{_label(name)}TIFF holds no image")
-            page = tif.pages[0]
-            shape, dtype = tuple(page.shape), np.dtype(page.dtype)
-            if len(shape) != 2:
-                raise ScanError(
-                    f"{_label(name)}TIFF image has shape {shape}; a raw scan must be "
-                    "a single 2-D 16-bit greyscale image (colour, multi-sample or stacked TIFF given)"
-                )
-            if dtype != np.uint16:
-                raise ScanError(
-                    f"{_label(name)}TIFF pixels are {dtype}; a raw scan must be 16-bit unsigned (uint16)"
-                )
-            check_size(shape[0], shape[1], max_pixels, name)
+            page = tif.pages.first
+            shape = _check_tiff_page(page, name, max_pixels)
+            check_deadline(deadline, name)
             img = page.asarray()
     except ScanError:
         raise
@@ -118,12 +154,15 @@ def _read_tiff(buf: bytes, max_pixels: int | None, name: str | None) -> np.ndarr
                 f"{_label(name)}TIFF compression needs the imagecodecs package ({exc})"
             ) from None
         raise ScanError(f"{_label(name)}truncated or corrupt TIFF ({type(exc).__name__}: {exc})") from None
+    check_deadline(deadline, name)
     if img.shape != shape:
         raise ScanError(f"{_label(name)}corrupt TIFF (decoded shape {img.shape}, header says {shape})")
     return np.ascontiguousarray(img, dtype=np.uint16)
 
 
-def _read_npy(buf: bytes, max_pixels: int | None, name: str | None) -> np.ndarray:
+def _read_npy(buf: bytes, max_pixels: int | None, name: str | None, deadline: float | None) -> np.ndarray:
+    # The header is checked (dtype, 2-D shape, pixel limit, length) before ``np.load`` reads the array,
+    # which then copies exactly the declared bytes; numpy refuses headers over 10 000 bytes.
     fp = io.BytesIO(buf)
     try:
         version = np.lib.format.read_magic(fp)
@@ -165,13 +204,19 @@ def sniff_format(buf: bytes) -> str | None:
 
 
 def read_scan(
-    source: str | Path | bytes, *, name: str | None = None, max_pixels: int | None = None
+    source: str | Path | bytes,
+    *,
+    name: str | None = None,
+    max_pixels: int | None = None,
+    deadline: float | None = None,
 ) -> np.ndarray:
     """Read one raw energy image (16-bit PNG, 16-bit TIFF or .npy) into a uint16 [H, W] array.
 
     ``source`` is a path or the file's bytes; the format is sniffed from the magic bytes, not
     the name. ``name`` labels error messages (defaults to the path). ``max_pixels`` (default
-    ``DEFAULT_MAX_PIXELS``) is checked against the header before any pixel is decoded.
+    ``DEFAULT_MAX_PIXELS``) is checked against the header before any pixel is decoded, and no decoder
+    produces more than the header declares (xscreen.scans.bounded). ``deadline``, a ``time.monotonic()``
+    value, is checked between decoding steps (``ScanDeadlineError`` past it).
     Raises ``ScanError`` with a specific message for every unusable input.
     """
     if isinstance(source, (str, Path)):
@@ -198,7 +243,7 @@ def read_scan(
             f"{_label(name)}a DICOS DX image is read with its other energy (xscreen.scans.dicos.read_dx_pair)"
         )
     if kind is not None:
-        return readers[kind](buf, max_pixels, name)
+        return readers[kind](buf, max_pixels, name, deadline)
     if buf[:3] == b"\xff\xd8\xff":
         raise UnsupportedScanFormatError(
             f"{_label(name)}JPEG is 8-bit and lossy; a raw scan must be 16-bit PNG, 16-bit TIFF or .npy"
