@@ -20,7 +20,6 @@ import tempfile
 import threading
 import time
 import uuid
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,7 @@ from xscreen.scans.dicos import (
 )
 from xscreen.service.audit import AuditError, audit_record
 from xscreen.service.batching import BatcherStoppedError, DeadlineExceededError, QueueFullError
+from xscreen.service.dicos_limits import MAX_PDU_BYTES, ByteLimits, bounded_request_handler
 from xscreen.service.dicos_spool import TDR_PREFIX, Spool, SpoolError, read_half, write_durably
 from xscreen.service.models import class_ids
 from xscreen.service.response import detections_from_output, effective_threshold, model_summary
@@ -94,10 +94,6 @@ def register_dicos_uids() -> None:
             sop_class.register_uid(uid, keyword, StorageServiceClass)
 
 
-# What this SCP reads at once: P-DATA PDUs up to MAX_PDU_BYTES (advertised in the A-ASSOCIATE-AC); a PDU
-# whose header announces more than PDU_READ_LIMIT is not read: the connection is closed at its header.
-MAX_PDU_BYTES = 256 * 1024
-PDU_READ_LIMIT = 1024 * 1024
 _TRANSIENT = (
     QueueFullError,
     DeadlineExceededError,
@@ -106,88 +102,6 @@ _TRANSIENT = (
     SpoolError,
     _ModelNotLoaded,
 )
-
-
-@dataclass
-class _Received:
-    """Bytes one association has sent so far: in all, and in the DIMSE message now arriving."""
-
-    total: int = 0
-    message: int = 0
-    aborted: bool = False
-
-
-class _ByteLimits:
-    """Counts P-DATA bytes as the PDUs arrive (EVT_PDU_RECV) and aborts an association past a limit."""
-
-    def __init__(self, dataset_limit: int, association_limit: int, metrics):
-        self.dataset_limit, self.association_limit, self.metrics = dataset_limit, association_limit, metrics
-        self._seen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
-
-    def on_pdu(self, event) -> None:
-        from pynetdicom.pdu import P_DATA_TF
-
-        if not isinstance(event.pdu, P_DATA_TF):
-            return
-        with self._lock:
-            seen = self._seen.setdefault(event.assoc, _Received())
-        for item in event.pdu.presentation_data_value_items:
-            data = item.presentation_data_value or b""
-            seen.total += len(data)
-            seen.message += len(data)
-            if seen.message > self.dataset_limit:
-                self._abort(event.assoc, seen, "dataset_bytes", self.dataset_limit)
-            elif seen.total > self.association_limit:
-                self._abort(event.assoc, seen, "association_bytes", self.association_limit)
-            if data and data[0] & 2:  # the last fragment of a command set or a dataset
-                seen.message = 0
-
-    def _abort(self, assoc, seen: _Received, reason: str, limit: int) -> None:
-        if seen.aborted:
-            return
-        seen.aborted = True
-        self.metrics.dicos_aborted.labels(reason=reason).inc()
-        log.warning(
-            "DICOS association aborted: size limit",
-            extra={
-                "calling_ae": str(assoc.requestor.ae_title).strip(),
-                "limit": reason,
-                "limit_bytes": limit,
-            },
-        )
-        assoc.abort()  # non-blocking inside an event handler (pynetdicom)
-
-    def exceeded(self, assoc) -> bool:
-        with self._lock:
-            seen = self._seen.get(assoc)
-        return seen is not None and seen.aborted
-
-
-def _request_handler(metrics):
-    """A pynetdicom request handler whose socket refuses to read a PDU longer than PDU_READ_LIMIT."""
-    from pynetdicom.transport import RequestHandler
-
-    class BoundedRequestHandler(RequestHandler):
-        def _create_association(self):
-            assoc = super()._create_association()
-            sock = assoc.dul.socket
-            read = sock.recv
-
-            def recv(nr_bytes: int) -> bytearray:
-                if nr_bytes > PDU_READ_LIMIT:  # pynetdicom reads a PDU's whole announced length at once
-                    metrics.dicos_aborted.labels(reason="pdu_bytes").inc()
-                    log.warning(
-                        "DICOS association closed: PDU too long",
-                        extra={"pdu_bytes": nr_bytes, "limit_bytes": PDU_READ_LIMIT},
-                    )
-                    raise OSError(f"PDU of {nr_bytes} bytes is over the {PDU_READ_LIMIT} byte limit")
-                return read(nr_bytes)
-
-            sock.recv = recv
-            return assoc
-
-    return BoundedRequestHandler
 
 
 @dataclass
@@ -230,7 +144,7 @@ class DicosListener:
         self._server = None
         self.spool: Spool | None = None
         self._temporary_spool = False
-        self._limits = _ByteLimits(
+        self._limits = ByteLimits(
             self.settings.dicos_dataset_limit, self.settings.dicos_max_association_bytes, self.metrics
         )
 
@@ -273,7 +187,7 @@ class DicosListener:
         from pynetdicom.transport import ThreadedAssociationServer
 
         register_dicos_uids()
-        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # one line per PDU otherwise
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per PDU otherwise
         s = self.settings
         ae = AE(ae_title=s.dicos_ae_title)
         ae.maximum_pdu_size = MAX_PDU_BYTES
@@ -286,7 +200,7 @@ class DicosListener:
             (s.dicos_host, s.dicos_port),
             evt_handlers=handlers,
             server_class=ThreadedAssociationServer,
-            request_handler=_request_handler(self.metrics),
+            request_handler=bounded_request_handler(self.metrics),
         )
         self._start_thread(server.serve_forever, "xscreen-dicos-server")
         return server
@@ -335,7 +249,9 @@ class DicosListener:
     def _on_store(self, event) -> int:
         calling = str(event.assoc.requestor.ae_title).strip()
         encoded = event.request.DataSet  # a BytesIO: the dataset as encoded, never decoded by pynetdicom
-        size = encoded.seek(0, io.SEEK_END) if encoded is not None else 0
+        if encoded is None:
+            return self._refuse("refused", STATUS_CANNOT_UNDERSTAND, "DICOS C-STORE without a dataset")
+        size = encoded.seek(0, io.SEEK_END)
         if self._limits.exceeded(event.assoc) or size > self.settings.dicos_dataset_limit:
             return self._refuse(
                 "too_large",
