@@ -30,6 +30,7 @@ from test_dicos_network import Destination, store, wait_for
 
 from xscreen.scans import dicos as d
 from xscreen.service.dicos_listener import register_dicos_uids
+from xscreen.service.dicos_spool import Spool, SpoolError
 
 pytestmark = pytest.mark.timeout(600)
 SCANNER = "SCANNER"
@@ -198,7 +199,7 @@ def limited(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("limits")
     srv = serve(
         tmp, "limits", dicos_spool_dir=tmp / "spool", dicos_output_dir=tmp / "tdr",
-        dicos_max_association_bytes=ASSOCIATION_LIMIT,
+        dicos_max_association_bytes=ASSOCIATION_LIMIT, dicos_pair_timeout_s=2,
     )  # fmt: skip
     yield srv, tmp
     srv.stop()
@@ -273,3 +274,37 @@ def test_pdu_announcing_300_mib_is_not_read(limited):
     assert closed and sent < 300 * 1024 * 1024
     assert peak.growth_mb <= 50
     assert metric(srv, "xscreen_dicos_aborted_total", reason="pdu_bytes") == before + 1
+
+
+def test_lone_first_energy_moves_to_rejected_and_a_resend_is_kept_once(limited):
+    srv, tmp = limited
+    scan = synthetic_scans([60], 64)[0]
+    high, _ = d.write_dx_pair(scan.high, scan.low)
+    before = metric(srv, "xscreen_dicos_received_total", result="duplicate")
+    assoc = associate(srv)
+    assert [store(assoc, high), store(assoc, high)] == [0, 0]  # the same SOP instance again: kept once
+    assoc.release()
+    assert metric(srv, "xscreen_dicos_received_total", result="duplicate") == before + 1
+    study = d.read_dx(high).study_uid
+
+    def moved() -> list[Path]:  # rejected/ folders holding this study's image
+        return [
+            half.parent
+            for half in (tmp / "spool" / "rejected").glob("*/*.dcm")
+            if pydicom.dcmread(half, stop_before_pixels=True).StudyInstanceUID == study
+        ]
+
+    wait_for(lambda: bool(moved()), timeout=20)  # dicos_pair_timeout_s = 2
+    (folder,) = moved()
+    assert (folder / "reason.txt").read_text().startswith("timeout: second energy not received within 2 s")
+    assert len(list(folder.glob("*.dcm"))) == 1  # the resend did not make a second copy
+
+
+def test_a_spool_folder_serves_one_process(tmp_path):
+    first = Spool(tmp_path / "spool")
+    try:
+        with pytest.raises(SpoolError, match="in use by another process"):
+            Spool(tmp_path / "spool")
+    finally:
+        first.close()
+    Spool(tmp_path / "spool").close()  # free again once the first is closed
