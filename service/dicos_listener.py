@@ -101,6 +101,7 @@ _TRANSIENT = (
     AuditError,
     SpoolError,
     _ModelNotLoaded,
+    TimeoutError,  # no answer from the event loop in time (concurrent.futures)
 )
 
 

@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -119,7 +120,12 @@ class Spool:
         except OSError:
             self._lock.close()
             raise SpoolError(f"DICOS spool {self.root} is in use by another process") from None
+        self._bytes_lock = threading.Lock()
         self.bytes = sum(self._size(d) for d in self.studies())
+
+    def _count(self, delta: int) -> None:
+        with self._bytes_lock:
+            self.bytes += delta
 
     def close(self) -> None:
         self._lock.close()
@@ -173,7 +179,7 @@ class Spool:
                 _fsync_dir(self.root)
             path = self.half_path(study, sop_instance)
             meta = _file_meta(transfer_syntax, sop_class, sop_instance, calling_ae)
-            self.bytes += write_durably(path, [meta, raw])
+            self._count(write_durably(path, [meta, raw]))
         except OSError as exc:
             raise SpoolError(f"cannot write to DICOS spool {study}: {exc.strerror or exc}") from None
         return path
@@ -181,21 +187,15 @@ class Spool:
     def put_tdr(self, study: Path, scan_id: str, tdr: bytes) -> Path:
         path = study / f"{TDR_PREFIX}{scan_id}.dcm"
         try:
-            self.bytes += write_durably(path, [tdr])
+            self._count(write_durably(path, [tdr]))
         except OSError as exc:
             raise SpoolError(f"cannot write to DICOS spool {study}: {exc.strerror or exc}") from None
         return path
 
-    def remove_half(self, path: Path) -> None:
-        with contextlib.suppress(OSError):
-            self.bytes -= path.stat().st_size
-            path.unlink()
-            _fsync_dir(path.parent)
-
     def done(self, study: Path) -> None:
         """The study's TDR is delivered: forget it."""
         with contextlib.suppress(OSError):
-            self.bytes -= self._size(study)
+            self._count(-self._size(study))
         shutil.rmtree(study, ignore_errors=True)
         with contextlib.suppress(OSError):
             _fsync_dir(self.root)
@@ -214,5 +214,5 @@ class Spool:
             _fsync_dir(self.root)
         except OSError as exc:
             raise SpoolError(f"cannot move {study} to {target}: {exc.strerror or exc}") from None
-        self.bytes -= size
+        self._count(-size)
         return target
