@@ -176,6 +176,7 @@ def test_kill_9_after_the_acknowledgement_then_restart_delivers(tmp_path):
     assert len(studies) == 2  # the pair and the lone first energy, both on disk
     detected = any(p.name.startswith("tdr-") for study in studies for p in study.iterdir())
     print(f"killed {'after' if detected else 'before'} detection had spooled the TDR")
+    bad_study = spool_bad_pair(spool)
     dest = Destination(port).start()
     try:
         second = serve(tmp_path, "second", **settings)
@@ -187,11 +188,36 @@ def test_kill_9_after_the_acknowledgement_then_restart_delivers(tmp_path):
             assoc.release()
             reports = received_tdrs(dest, 1, timeout=60)
             assert len(reports) == 1 and reports[0].study_uid == d.read_dx_pair(lone_high, lone_low).study_uid
-            assert received_tdrs(dest, 1, timeout=2) == []  # exactly one TDR each
+            assert received_tdrs(dest, 1, timeout=2) == []  # exactly one TDR each, none for the bad pair
+            (reason,) = [
+                r.read_text() for r in (spool / "rejected").glob("*/reason.txt") if bad_study in r.parent.name
+            ]
+            assert reason.startswith("scan: ") and "truncated DX" in reason, reason
+            assert metric(second, "xscreen_dicos_rejected_total", reason="scan") == 1
         finally:
             second.stop()
     finally:
         dest.stop()
+
+
+def spool_bad_pair(spool: Path) -> str:
+    """Put a pair whose high energy's pixels are short of Rows x Columns into a (stopped) spool, as a
+    C-STORE would have; returns the name of its study folder."""
+    from pynetdicom.dsutils import encode
+
+    scan = synthetic_scans([32], 128)[0]
+    high, low = (pydicom.dcmread(io.BytesIO(b)) for b in d.write_dx_pair(scan.high, scan.low))
+    high.Rows = 200  # 128 x 128 pixels stored
+    folder = Spool(spool)
+    try:
+        for ds in (high, low):
+            raw = encode(ds, False, True)
+            folder.put_half(
+                ds.StudyInstanceUID, ds.SOPClassUID, ds.SOPInstanceUID, raw, d.EXPLICIT_LE, SCANNER
+            )
+        return folder.study_dir(high.StudyInstanceUID).name
+    finally:
+        folder.close()
 
 
 @pytest.fixture(scope="module")
