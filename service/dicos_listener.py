@@ -136,6 +136,7 @@ class DicosListener:
         self.settings, self.metrics = service.settings, service.metrics
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._active: set[Path] = set()  # spool folders of pairs in detection or delivery
+        self._writing: set[Path] = set()  # spool folders a C-STORE is writing to (outside the lock)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._due: list[tuple[float, int, _Job]] = []  # heap of (time.monotonic() due, seq, job)
@@ -297,46 +298,23 @@ class DicosListener:
         """Spool a checked half (durable before the answer), then keep it waiting or queue its pair."""
         uid = image.study_uid
         study, instance = self.spool.study_dir(uid), image.sop_instance_uid or uuid.uuid4().hex
-        with self._lock:  # one half at a time: pairing decisions and spool writes stay in step
-            if self.spool.half_path(study, instance).exists():
-                self.metrics.dicos_received.labels(result="duplicate").inc()
-                return STATUS_SUCCESS  # sent again (our answer was lost?): it is spooled already
-            if study in self._active:
-                return self._refuse(
-                    "refused",
-                    STATUS_CANNOT_UNDERSTAND,
-                    "DICOS C-STORE refused: the study's pair is complete",
-                    calling_ae=calling,
-                    study_uid=uid,
-                )
-            first = self._pending.get(uid)
-            if first is None and len(self._pending) >= self.settings.dicos_max_pending:
-                return self._refuse(
-                    "pending_full",
-                    STATUS_OUT_OF_RESOURCES,
-                    "DICOS C-STORE refused: too many first energies waiting",
-                    calling_ae=calling,
-                    study_uid=uid,
-                )
-            if first is not None:
-                try:
-                    dx_pair(first.image, image)
-                except ScanError as exc:  # two HIGHs, sizes differ: refuse this one, the first keeps waiting
-                    return self._refuse(
-                        "refused",
-                        STATUS_CANNOT_UNDERSTAND,
-                        "DICOS C-STORE refused",
-                        calling_ae=calling,
-                        study_uid=uid,
-                        error=str(exc),
-                    )
+        with self._lock:
+            refused = self._check(image, study, instance, calling)
+            if refused is not None:
+                return refused
+            self._writing.add(study)  # written outside the lock: other studies' C-STOREs go on meanwhile
+        try:
             self.spool.put_half(uid, image.sop_class_uid, instance, raw, syntax, calling)
-            self.metrics.dicos_spool_bytes.set(self.spool.bytes)
-            self.metrics.dicos_received.labels(result="accepted").inc()
+        finally:
+            with self._lock:
+                self._writing.discard(study)
+        self.metrics.dicos_spool_bytes.set(self.spool.bytes)
+        self.metrics.dicos_received.labels(result="accepted").inc()
+        with self._lock:
+            first = self._pending.pop(uid, None)
             if first is None:
                 self._pending[uid] = _Pending(image, time.monotonic(), calling, study)
             else:
-                del self._pending[uid]
                 self._active.add(study)
             self.metrics.dicos_pending.set(len(self._pending))
         if first is not None:
@@ -344,14 +322,61 @@ class DicosListener:
             self._schedule(_Job(study, uid, first.calling_ae, time.perf_counter()), 0.0)
         return STATUS_SUCCESS
 
+    def _check(self, image: DxImage, study: Path, instance: str, calling: str) -> int | None:
+        """The C-STORE status of a half that is not to be spooled, or None (called under the lock)."""
+        uid = image.study_uid
+        if self.spool.half_path(study, instance).exists():
+            self.metrics.dicos_received.labels(result="duplicate").inc()
+            return STATUS_SUCCESS  # sent again (our answer was lost?): it is spooled already
+        if study in self._writing:  # the study's other half is being written right now: send again later
+            return self._refuse(
+                "busy",
+                STATUS_OUT_OF_RESOURCES,
+                "DICOS C-STORE refused: study busy",
+                calling_ae=calling,
+                study_uid=uid,
+            )
+        if study in self._active:
+            return self._refuse(
+                "refused",
+                STATUS_CANNOT_UNDERSTAND,
+                "DICOS C-STORE refused: the study's pair is complete",
+                calling_ae=calling,
+                study_uid=uid,
+            )
+        first = self._pending.get(uid)
+        if first is None and len(self._pending) + len(self._writing) >= self.settings.dicos_max_pending:
+            return self._refuse(
+                "pending_full",
+                STATUS_OUT_OF_RESOURCES,
+                "DICOS C-STORE refused: too many first energies waiting",
+                calling_ae=calling,
+                study_uid=uid,
+            )
+        if first is not None:
+            try:
+                dx_pair(first.image, image)
+            except ScanError as exc:  # two HIGHs, sizes differ: refuse this one, the first keeps waiting
+                return self._refuse(
+                    "refused",
+                    STATUS_CANNOT_UNDERSTAND,
+                    "DICOS C-STORE refused",
+                    calling_ae=calling,
+                    study_uid=uid,
+                    error=str(exc),
+                )
+        return None
+
     def _sweep(self) -> None:
         """Move first energies whose second did not arrive within the pairing timeout to rejected/."""
         timeout = self.settings.dicos_pair_timeout_s
         while not self._stopping.wait(min(1.0, timeout / 4)):
             now = time.monotonic()
             with self._lock:
-                expired = [
-                    self._pending.pop(k) for k, p in list(self._pending.items()) if now - p.arrived > timeout
+                expired = [  # a study being written to waits for the next sweep
+                    self._pending.pop(k)
+                    for k, p in list(self._pending.items())
+                    if now - p.arrived > timeout and p.study not in self._writing
                 ]
                 self.metrics.dicos_pending.set(len(self._pending))
                 for p in expired:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import struct
 import threading
@@ -334,3 +335,24 @@ def test_a_spool_folder_serves_one_process(tmp_path):
     finally:
         first.close()
     Spool(tmp_path / "spool").close()  # free again once the first is closed
+
+
+def test_concurrent_associations_each_get_their_tdr(limited):
+    """Four scanners at once (spool writes run outside the listener's lock): every pair is delivered."""
+    srv, tmp = limited
+    pairs = [d.write_dx_pair(s.high, s.low) for s in synthetic_scans(range(70, 74), 256)]
+    before = metric(srv, "xscreen_dicos_tdr_sent_total", to="folder")
+    statuses: dict[int, list[int]] = {}
+    threads = [
+        threading.Thread(target=lambda i=i, p=p: statuses.__setitem__(i, send_pair(srv, *p)))
+        for i, p in enumerate(pairs)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [statuses[i] for i in range(4)] == [[0, 0]] * 4
+    wait_for(lambda: metric(srv, "xscreen_dicos_tdr_sent_total", to="folder") == before + 4)
+    studies = {d.read_dx_pair(*p).study_uid for p in pairs}
+    written = {d.read_tdr((tmp / "tdr" / f).read_bytes()).study_uid for f in os.listdir(tmp / "tdr")}
+    assert studies <= written
