@@ -84,6 +84,13 @@ class _ModelNotLoaded(RuntimeError):
     """No model to run yet (start-up, or a switch in progress): a spooled pair waits."""
 
 
+def dataset_limit(settings) -> int:
+    """One C-STORE dataset's encoded bytes at most: the setting, or 2 x max_pixels + 1 MiB."""
+    if settings.dicos_max_dataset_bytes is not None:
+        return settings.dicos_max_dataset_bytes
+    return 2 * settings.max_pixels + 1024**2
+
+
 def register_dicos_uids() -> None:
     """Make the DICOS storage SOP classes known to pynetdicom (it ships without them)."""
     from pynetdicom import sop_class
@@ -146,9 +153,8 @@ class DicosListener:
         self._server = None
         self.spool: Spool | None = None
         self._temporary_spool = False
-        self._limits = ByteLimits(
-            self.settings.dicos_dataset_limit, self.settings.dicos_max_association_bytes, self.metrics
-        )
+        self.dataset_limit = dataset_limit(self.settings)
+        self._limits = ByteLimits(self.dataset_limit, self.settings.dicos_max_association_bytes, self.metrics)
 
     # lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -173,7 +179,7 @@ class DicosListener:
                 if s.dicos_dest_host
                 else None,
                 "spool": str(self.spool.root),
-                "max_dataset_bytes": s.dicos_dataset_limit,
+                "max_dataset_bytes": self.dataset_limit,
                 "max_association_bytes": s.dicos_max_association_bytes,
             },
         )
@@ -254,7 +260,7 @@ class DicosListener:
         if encoded is None:
             return self._refuse("refused", STATUS_CANNOT_UNDERSTAND, "DICOS C-STORE without a dataset")
         size = encoded.seek(0, io.SEEK_END)
-        if self._limits.exceeded(event.assoc) or size > self.settings.dicos_dataset_limit:
+        if self._limits.exceeded(event.assoc) or size > self.dataset_limit:
             return self._refuse(
                 "too_large",
                 STATUS_OUT_OF_RESOURCES,

@@ -180,13 +180,6 @@ class Settings(BaseSettings):
     def _parse_keys(cls, value: Any) -> Any:
         return _split_keys(value)
 
-    @property
-    def dicos_dataset_limit(self) -> int:
-        """The effective limit on one C-STORE dataset's encoded bytes."""
-        if self.dicos_max_dataset_bytes is not None:
-            return self.dicos_max_dataset_bytes
-        return 2 * self.max_pixels + 1024**2
-
     @field_validator("dicos_allowed_aets", mode="before")
     @classmethod
     def _parse_aets(cls, value: Any) -> Any:
