@@ -1,21 +1,27 @@
 """The DICOS network listener: a pynetdicom SCP that pairs the two DX energies of a scan, runs detection
 through the HTTP app's batcher and C-STOREs the TDR to a destination (docs/dicos.md, "Network").
 
-pynetdicom runs each association in its own thread; a C-STORE handler only checks and files the half,
-pairing is by Study Instance UID, and a complete pair is processed by a small worker pool that submits
-the converted scan to the app's ``MicroBatcher`` on the event loop (same model, queue and limits as HTTP).
+pynetdicom runs each association in its own thread. A C-STORE handler checks a half from its encoded bytes
+(never ``event.dataset``), writes it to the spool (service/dicos_spool.py, fsync'd) and only then answers
+0000; pairing is by Study Instance UID. Two worker threads take spooled pairs through detection (the app's
+``MicroBatcher`` on the event loop: same model, queue and limits as HTTP) and delivery; a full queue or a
+destination down puts the pair back to wait, and only a delivered TDR removes it from the spool.
+P-DATA bytes are counted as they arrive, so an over-size dataset aborts its association before it is whole.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import io
+import itertools
 import logging
+import tempfile
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from xscreen.scans import ScanError, convert_scan
@@ -34,10 +40,14 @@ from xscreen.scans.dicos import (
     TDR_SOP_CLASS,
     DxImage,
     DxPair,
-    dx_from_dataset,
+    dx_from_encoded,
     dx_pair,
+    read_tdr,
 )
 from xscreen.service.audit import AuditError, audit_record
+from xscreen.service.batching import BatcherStoppedError, DeadlineExceededError, QueueFullError
+from xscreen.service.dicos_limits import MAX_PDU_BYTES, ByteLimits, bounded_request_handler
+from xscreen.service.dicos_spool import TDR_PREFIX, Spool, SpoolError, read_half, write_durably
 from xscreen.service.models import class_ids
 from xscreen.service.response import detections_from_output, effective_threshold, model_summary
 from xscreen.service.scan_input import PreparedScan
@@ -70,6 +80,17 @@ _KEYWORDS = {
 }
 
 
+class _ModelNotLoaded(RuntimeError):
+    """No model to run yet (start-up, or a switch in progress): a spooled pair waits."""
+
+
+def dataset_limit(settings) -> int:
+    """One C-STORE dataset's encoded bytes at most: the setting, or 2 x max_pixels + 1 MiB."""
+    if settings.dicos_max_dataset_bytes is not None:
+        return settings.dicos_max_dataset_bytes
+    return 2 * settings.max_pixels + 1024**2
+
+
 def register_dicos_uids() -> None:
     """Make the DICOS storage SOP classes known to pynetdicom (it ships without them)."""
     from pynetdicom import sop_class
@@ -80,11 +101,38 @@ def register_dicos_uids() -> None:
             sop_class.register_uid(uid, keyword, StorageServiceClass)
 
 
+_TRANSIENT = (
+    QueueFullError,
+    DeadlineExceededError,
+    BatcherStoppedError,
+    AuditError,
+    SpoolError,
+    _ModelNotLoaded,
+    TimeoutError,  # no answer from the event loop in time (concurrent.futures)
+)
+
+
 @dataclass
 class _Pending:
     image: DxImage
     arrived: float  # time.monotonic()
     calling_ae: str
+    study: Path  # its spool folder
+
+
+@dataclass
+class _Job:
+    """A spooled pair on its way to a delivered TDR."""
+
+    study: Path
+    study_uid: str
+    calling_ae: str
+    t_paired: float  # time.perf_counter()
+    scan_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    tdr: bytes | None = None
+    tries: int = 0  # transient setbacks so far (queue full, destination down, ...)
+    failures: int = 0  # detection errors that may be the scan's
+    delivered: set[str] = field(default_factory=set)
 
 
 class DicosListener:
@@ -94,29 +142,29 @@ class DicosListener:
         self.service, self.loop = service, loop
         self.settings, self.metrics = service.settings, service.metrics
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        self._active: set[Path] = set()  # spool folders of pairs in detection or delivery
+        self._writing: set[Path] = set()  # spool folders a C-STORE is writing to (outside the lock)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="xscreen-dicos")
+        self._due: list[tuple[float, int, _Job]] = []  # heap of (time.monotonic() due, seq, job)
+        self._seq = itertools.count()
+        self._wake = threading.Condition()
+        self._threads: list[threading.Thread] = []
         self._server = None
-        self._sweeper: threading.Thread | None = None
+        self.spool: Spool | None = None
+        self._temporary_spool = False
+        self.dataset_limit = dataset_limit(self.settings)
+        self._limits = ByteLimits(self.dataset_limit, self.settings.dicos_max_association_bytes, self.metrics)
 
     # lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
-        from pynetdicom import AE, evt
-        from pynetdicom.sop_class import Verification
-
-        register_dicos_uids()
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per PDU otherwise
         s = self.settings
-        ae = AE(ae_title=s.dicos_ae_title)
-        ae.require_calling_aet = list(s.dicos_allowed_aets)
-        for uid in DX_SOP_CLASSES:
-            ae.add_supported_context(uid, SCP_TRANSFER_SYNTAXES)
-        ae.add_supported_context(Verification)
-        handlers = [(evt.EVT_C_STORE, self._on_store)]
-        self._server = ae.start_server((s.dicos_host, s.dicos_port), block=False, evt_handlers=handlers)
-        self._sweeper = threading.Thread(target=self._sweep, name="xscreen-dicos-sweep", daemon=True)
-        self._sweeper.start()
+        self._open_spool()
+        self._recover()
+        for i in range(2):
+            self._start_thread(self._work, f"xscreen-dicos-{i}")
+        self._start_thread(self._sweep, "xscreen-dicos-sweep")
+        self._server = self._start_server()
         if s.dicos_dest_host is None:
             where = f"written to {s.dicos_output_dir}" if s.dicos_output_dir else "only logged"
             log.warning(f"DICOS listener: no destination configured (XSCREEN_DICOS_DEST_*): TDRs are {where}")
@@ -130,86 +178,219 @@ class DicosListener:
                 "destination": f"{s.dicos_dest_ae_title}@{s.dicos_dest_host}:{s.dicos_dest_port}"
                 if s.dicos_dest_host
                 else None,
+                "spool": str(self.spool.root),
+                "max_dataset_bytes": self.dataset_limit,
+                "max_association_bytes": s.dicos_max_association_bytes,
             },
         )
 
+    def _start_thread(self, target, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _start_server(self):
+        from pynetdicom import AE, evt
+        from pynetdicom.sop_class import Verification
+        from pynetdicom.transport import ThreadedAssociationServer
+
+        register_dicos_uids()
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per PDU otherwise
+        s = self.settings
+        ae = AE(ae_title=s.dicos_ae_title)
+        ae.maximum_pdu_size = MAX_PDU_BYTES
+        ae.require_calling_aet = list(s.dicos_allowed_aets)
+        for uid in DX_SOP_CLASSES:
+            ae.add_supported_context(uid, SCP_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification)
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_PDU_RECV, self._limits.on_pdu)]
+        server = ae.make_server(
+            (s.dicos_host, s.dicos_port),
+            evt_handlers=handlers,
+            server_class=ThreadedAssociationServer,
+            request_handler=bounded_request_handler(self.metrics),
+        )
+        self._start_thread(server.serve_forever, "xscreen-dicos-server")
+        return server
+
+    def _open_spool(self) -> None:
+        root = self.settings.dicos_spool_dir
+        if root is None:
+            root = Path(tempfile.mkdtemp(prefix="xscreen-dicos-spool-"))
+            self._temporary_spool = True
+            log.warning(
+                f"DICOS listener: no XSCREEN_DICOS_SPOOL_DIR: acknowledged scans are kept in {root}, "
+                "which the next start does not read (not durable across restarts)"
+            )
+        self.spool = Spool(root)
+        self.metrics.dicos_spool_bytes.set(self.spool.bytes)
+
     def stop(self) -> None:
-        """Refuse new associations, finish the pairs being processed (blocking: call it off the loop)."""
+        """Refuse new associations, let the workers finish their step; what is left stays in the spool."""
         self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
-        self._workers.shutdown(wait=True)
+        with self._wake:
+            self._wake.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=self.settings.request_timeout_s + 30)
         with self._lock:
-            dropped = len(self._pending)
+            waiting = len(self._pending)
             self._pending.clear()
             self.metrics.dicos_pending.set(0)
-        if dropped:
-            log.warning(f"DICOS listener stopped with {dropped} first energies still waiting (dropped)")
+        left = len(self._due)
+        if waiting or left:
+            log.warning(
+                f"DICOS listener stopped with {waiting} first energies and {left} pairs in the spool "
+                f"{self.spool.root}" + (" (temporary: not read again)" if self._temporary_spool else "")
+            )
+        if self.spool is not None:
+            self.spool.close()
         log.info("DICOS listener stopped")
 
     # receiving -------------------------------------------------------------------------------
+    def _refuse(self, result: str, status: int, message: str, **extra) -> int:
+        self.metrics.dicos_received.labels(result=result).inc()
+        log.warning(message, extra=extra)
+        return status
+
     def _on_store(self, event) -> int:
         calling = str(event.assoc.requestor.ae_title).strip()
+        encoded = event.request.DataSet  # a BytesIO: the dataset as encoded, never decoded by pynetdicom
+        if encoded is None:
+            return self._refuse("refused", STATUS_CANNOT_UNDERSTAND, "DICOS C-STORE without a dataset")
+        size = encoded.seek(0, io.SEEK_END)
+        if self._limits.exceeded(event.assoc) or size > self.dataset_limit:
+            return self._refuse(
+                "too_large",
+                STATUS_OUT_OF_RESOURCES,
+                "DICOS C-STORE refused: dataset over the size limit",
+                calling_ae=calling,
+                bytes=size,
+            )
+        if self.spool.bytes + size > self.settings.dicos_spool_max_bytes:
+            return self._refuse(
+                "spool_full",
+                STATUS_OUT_OF_RESOURCES,
+                "DICOS C-STORE refused: spool full",
+                calling_ae=calling,
+                spool_bytes=self.spool.bytes,
+            )
+        raw, syntax = encoded.getvalue(), str(event.context.transfer_syntax)
         try:
-            ds = event.dataset
-            ds.file_meta = event.file_meta
-            image = dx_from_dataset(ds, name=f"DICOS from {calling}", max_pixels=self.settings.max_pixels)
+            image = dx_from_encoded(
+                raw, syntax, name=f"DICOS from {calling}", max_pixels=self.settings.max_pixels
+            )
         except ScanError as exc:
-            self.metrics.dicos_received.labels(result="refused").inc()
-            log.warning("DICOS C-STORE refused", extra={"calling_ae": calling, "error": str(exc)})
             sop_class = str(getattr(event.request, "AffectedSOPClassUID", ""))
-            return STATUS_NOT_MATCHING_SOP_CLASS if sop_class in DX_SOP_CLASSES else STATUS_CANNOT_UNDERSTAND
-        except Exception as exc:  # an undecodable dataset
-            self.metrics.dicos_received.labels(result="refused").inc()
-            log.warning("DICOS C-STORE unreadable", extra={"calling_ae": calling, "error": repr(exc)})
-            return STATUS_CANNOT_UNDERSTAND
-        return self._file(image, calling)
+            status = (
+                STATUS_NOT_MATCHING_SOP_CLASS if sop_class in DX_SOP_CLASSES else STATUS_CANNOT_UNDERSTAND
+            )
+            return self._refuse(
+                "refused", status, "DICOS C-STORE refused", calling_ae=calling, error=str(exc)
+            )
+        try:
+            return self._file(image, raw, syntax, calling)
+        except SpoolError as exc:
+            return self._refuse(
+                "spool_error",
+                STATUS_OUT_OF_RESOURCES,
+                "DICOS C-STORE refused: cannot spool",
+                calling_ae=calling,
+                error=str(exc),
+            )
 
-    def _file(self, image: DxImage, calling: str) -> int:
-        """Keep a first energy, or complete its pair and hand the pair to a worker."""
+    def _file(self, image: DxImage, raw: bytes, syntax: str, calling: str) -> int:
+        """Spool a checked half (durable before the answer), then keep it waiting or queue its pair."""
+        uid = image.study_uid
+        study, instance = self.spool.study_dir(uid), image.sop_instance_uid or uuid.uuid4().hex
         with self._lock:
-            first = self._pending.pop(image.study_uid, None)
-            if first is None:
-                if len(self._pending) >= self.settings.dicos_max_pending:
-                    self.metrics.dicos_received.labels(result="pending_full").inc()
-                    log.warning(
-                        "DICOS C-STORE refused: too many first energies waiting",
-                        extra={"calling_ae": calling, "study_uid": image.study_uid},
-                    )
-                    return STATUS_OUT_OF_RESOURCES
-                self._pending[image.study_uid] = _Pending(image, time.monotonic(), calling)
-                self.metrics.dicos_pending.set(len(self._pending))
-                self.metrics.dicos_received.labels(result="accepted").inc()
-                return STATUS_SUCCESS
-            try:
-                pair = dx_pair(first.image, image)
-            except ScanError as exc:  # two HIGHs, sizes differ: refuse this one, the first keeps waiting
-                self._pending[image.study_uid] = first
-                self.metrics.dicos_received.labels(result="refused").inc()
-                log.warning(
-                    "DICOS C-STORE refused", extra={"calling_ae": calling, "study_uid": image.study_uid,
-                                                    "error": str(exc)}
-                )  # fmt: skip
-                return STATUS_CANNOT_UNDERSTAND
-            self.metrics.dicos_pending.set(len(self._pending))
+            refused = self._check(image, study, instance, calling)
+            if refused is not None:
+                return refused
+            self._writing.add(study)  # written outside the lock: other studies' C-STOREs go on meanwhile
+        try:
+            self.spool.put_half(uid, image.sop_class_uid, instance, raw, syntax, calling)
+        finally:
+            with self._lock:
+                self._writing.discard(study)
+        self.metrics.dicos_spool_bytes.set(self.spool.bytes)
         self.metrics.dicos_received.labels(result="accepted").inc()
-        self.metrics.dicos_paired.inc()
-        self._workers.submit(self._process, pair, time.perf_counter())
+        with self._lock:
+            first = self._pending.pop(uid, None)
+            if first is None:
+                self._pending[uid] = _Pending(image, time.monotonic(), calling, study)
+            else:
+                self._active.add(study)
+            self.metrics.dicos_pending.set(len(self._pending))
+        if first is not None:
+            self.metrics.dicos_paired.inc()
+            self._schedule(_Job(study, uid, first.calling_ae, time.perf_counter()), 0.0)
         return STATUS_SUCCESS
 
+    def _check(self, image: DxImage, study: Path, instance: str, calling: str) -> int | None:
+        """The C-STORE status of a half that is not to be spooled, or None (called under the lock)."""
+        uid = image.study_uid
+        if self.spool.half_path(study, instance).exists():
+            self.metrics.dicos_received.labels(result="duplicate").inc()
+            return STATUS_SUCCESS  # sent again (our answer was lost?): it is spooled already
+        if study in self._writing:  # the study's other half is being written right now: send again later
+            return self._refuse(
+                "busy",
+                STATUS_OUT_OF_RESOURCES,
+                "DICOS C-STORE refused: study busy",
+                calling_ae=calling,
+                study_uid=uid,
+            )
+        if study in self._active:
+            return self._refuse(
+                "refused",
+                STATUS_CANNOT_UNDERSTAND,
+                "DICOS C-STORE refused: the study's pair is complete",
+                calling_ae=calling,
+                study_uid=uid,
+            )
+        first = self._pending.get(uid)
+        if first is None and len(self._pending) + len(self._writing) >= self.settings.dicos_max_pending:
+            return self._refuse(
+                "pending_full",
+                STATUS_OUT_OF_RESOURCES,
+                "DICOS C-STORE refused: too many first energies waiting",
+                calling_ae=calling,
+                study_uid=uid,
+            )
+        if first is not None:
+            try:
+                dx_pair(first.image, image)
+            except ScanError as exc:  # two HIGHs, sizes differ: refuse this one, the first keeps waiting
+                return self._refuse(
+                    "refused",
+                    STATUS_CANNOT_UNDERSTAND,
+                    "DICOS C-STORE refused",
+                    calling_ae=calling,
+                    study_uid=uid,
+                    error=str(exc),
+                )
+        return None
+
     def _sweep(self) -> None:
-        """Drop first energies whose second did not arrive within the pairing timeout."""
+        """Move first energies whose second did not arrive within the pairing timeout to rejected/."""
         timeout = self.settings.dicos_pair_timeout_s
         while not self._stopping.wait(min(1.0, timeout / 4)):
             now = time.monotonic()
             with self._lock:
-                expired = [k for k, p in self._pending.items() if now - p.arrived > timeout]
-                dropped = [self._pending.pop(k) for k in expired]
+                expired = [  # a study being written to waits for the next sweep
+                    self._pending.pop(k)
+                    for k, p in list(self._pending.items())
+                    if now - p.arrived > timeout and p.study not in self._writing
+                ]
                 self.metrics.dicos_pending.set(len(self._pending))
-            for p in dropped:
+                for p in expired:
+                    self._reject(p.study, "timeout", f"second energy not received within {timeout:g} s")
+            for p in expired:
                 self.metrics.dicos_timed_out.inc()
                 log.warning(
-                    "DICOS: second energy never arrived; first dropped",
+                    "DICOS: second energy never arrived; first moved to rejected/",
                     extra={
                         "study_uid": p.image.study_uid,
                         "energy": p.image.energy,
@@ -218,59 +399,191 @@ class DicosListener:
                     },
                 )
 
-    # processing ------------------------------------------------------------------------------
-    def _process(self, pair: DxPair, t_paired: float) -> None:
-        scan_id = uuid.uuid4().hex
+    def _reject(self, study: Path, reason: str, detail: str) -> None:
+        self.metrics.dicos_rejected.labels(reason=reason).inc()
         try:
-            tdr, response = self._detect(pair, scan_id)
-        except Exception as exc:
-            reason = "audit" if isinstance(exc, AuditError) else "detection"
-            self.metrics.dicos_tdr_failed.labels(reason=reason).inc()
+            target = self.spool.reject(study, f"{reason}: {detail}")
+        except SpoolError as exc:
+            log.error("DICOS: cannot move a study to rejected/", extra={"error": str(exc)})
+            return
+        finally:
+            self._active.discard(study)
+        self.metrics.dicos_spool_bytes.set(self.spool.bytes)
+        log.warning("DICOS: study rejected", extra={"spool": str(target), "reason": reason, "detail": detail})
+
+    # restart ---------------------------------------------------------------------------------
+    def _recover(self) -> None:
+        """Take up what the spool holds: waiting first energies, pairs without a TDR, undelivered TDRs."""
+        pairs = waiting = 0
+        for study in self.spool.studies():
+            halves, tdr = self.spool.halves(study), self.spool.tdr(study)
+            try:
+                first = read_half(halves[0]) if halves else None
+                if len(halves) == 2 or (tdr is not None and halves):
+                    job = _Job(study, "", first.calling_ae, time.perf_counter())
+                    if tdr is not None:
+                        job.scan_id, job.tdr = tdr.stem.removeprefix(TDR_PREFIX), tdr.read_bytes()
+                        job.study_uid = read_tdr(job.tdr).study_uid
+                    self._active.add(study)
+                    self._schedule(job, 0.0)
+                    pairs += 1
+                elif len(halves) == 1:
+                    image = dx_from_encoded(
+                        first.raw, first.transfer_syntax, max_pixels=self.settings.max_pixels
+                    )
+                    age = max(0.0, time.time() - halves[0].stat().st_mtime)
+                    self._pending[image.study_uid] = _Pending(
+                        image, time.monotonic() - age, first.calling_ae, study
+                    )
+                    waiting += 1
+                else:
+                    self._reject(
+                        study, "spool", f"unexpected content: {sorted(p.name for p in study.iterdir())}"
+                    )
+            except (ScanError, OSError, ValueError, KeyError, AttributeError) as exc:
+                self._reject(study, "scan", f"cannot read spooled half: {exc}")
+        self.metrics.dicos_pending.set(len(self._pending))
+        if pairs or waiting:
+            log.info("DICOS spool recovered", extra={"pairs": pairs, "first_energies": waiting})
+
+    # processing ------------------------------------------------------------------------------
+    def _schedule(self, job: _Job, delay: float) -> None:
+        with self._wake:
+            heapq.heappush(self._due, (time.monotonic() + delay, next(self._seq), job))
+            self._wake.notify()
+
+    def _backoff(self, tries: int) -> float:
+        s = self.settings
+        return min(s.dicos_retry_max_backoff_s, s.dicos_retry_backoff_s * 2 ** min(tries, 30))
+
+    def _work(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping.is_set():
+                    now = time.monotonic()
+                    if self._due and self._due[0][0] <= now:
+                        job = heapq.heappop(self._due)[2]
+                        break
+                    self._wake.wait(timeout=(self._due[0][0] - now) if self._due else None)
+                else:
+                    return
+            try:
+                self._run(job)
+            except Exception as exc:  # never lose a spooled job to a bug: it waits and is tried again
+                log.exception("DICOS: unexpected error; pair kept in the spool", extra={"error": repr(exc)})
+                job.tries += 1
+                self._schedule(job, self._backoff(job.tries))
+
+    def _run(self, job: _Job) -> None:
+        """One step of a spooled pair: detection (if no TDR yet), then delivery; retried or rejected."""
+        if job.tdr is None and not self._detect_step(job):
+            return
+        s = self.settings
+        targets = {"folder"} if s.dicos_output_dir is not None else set()
+        targets |= {"scp"} if s.dicos_dest_host is not None else set()
+        if "folder" in targets - job.delivered and self._write_folder(job):
+            job.delivered.add("folder")
+        if "scp" in targets - job.delivered:
+            if self._send(job.tdr, job.scan_id, job.study_uid):
+                job.delivered.add("scp")
+            else:
+                self.metrics.dicos_tdr_failed.labels(reason="destination").inc()
+        if not targets:
+            job.delivered.add("log")
+        if targets - job.delivered:
+            job.tries += 1
+            self.metrics.dicos_retries.labels(stage="delivery").inc()
+            if not self._stopping.is_set():
+                self._schedule(job, s.dicos_retry_max_backoff_s)
+            return
+        with self._lock:
+            self.spool.done(job.study)
+            self._active.discard(job.study)
+        self.metrics.dicos_spool_bytes.set(self.spool.bytes)
+        for to in job.delivered:
+            self.metrics.dicos_tdr_sent.labels(to=to).inc()
+        self.metrics.dicos_latency.observe(time.perf_counter() - job.t_paired)
+        log.info(
+            "DICOS TDR delivered",
+            extra={"scan_id": job.scan_id, "study_uid": job.study_uid, "delivered": sorted(job.delivered)},
+        )
+
+    def _load_pair(self, job: _Job) -> DxPair:
+        halves = [read_half(p) for p in self.spool.halves(job.study)]
+        if len(halves) != 2:
+            raise ScanError(f"the spool holds {len(halves)} energies for this study, not 2")
+        images = [
+            dx_from_encoded(
+                h.raw,
+                h.transfer_syntax,
+                name=f"DICOS from {h.calling_ae}",
+                max_pixels=self.settings.max_pixels,
+            )
+            for h in halves
+        ]
+        return dx_pair(images[0], images[1])
+
+    def _detect_step(self, job: _Job) -> bool:
+        """Run detection and spool the TDR; False when the job was put back to wait or rejected."""
+        try:
+            pair = self._load_pair(job)
+            job.study_uid = pair.study_uid
+            tdr, response = self._detect(pair, job.scan_id, job.calling_ae)
+            self.spool.put_tdr(job.study, job.scan_id, tdr)
+        except _TRANSIENT as exc:  # queue full, deadline, audit or spool trouble: wait, then try again
+            job.tries += 1
+            self.metrics.dicos_retries.labels(stage="detection").inc()
+            log.info("DICOS: detection deferred", extra={"study_uid": job.study_uid, "error": str(exc)})
+            if not self._stopping.is_set():
+                self._schedule(job, self._backoff(job.tries))
+            return False
+        except (ScanError, OSError) as exc:
+            self._reject(job.study, "scan", str(exc))
+            return False
+        except Exception as exc:  # the backend raised on this pair's batch: maybe the scan, maybe not
+            job.failures += 1
+            self.metrics.dicos_tdr_failed.labels(reason="detection").inc()
             log.error(
-                "DICOS: detection failed, no TDR",
+                "DICOS: detection failed",
                 extra={
-                    "scan_id": scan_id,
-                    "study_uid": pair.study_uid,
+                    "scan_id": job.scan_id,
+                    "study_uid": job.study_uid,
                     "error": f"{type(exc).__name__}: {exc}",
                 },
             )
-            return
-        s = self.settings
-        delivered = []
-        if s.dicos_output_dir is not None:
-            try:
-                Path(s.dicos_output_dir).mkdir(parents=True, exist_ok=True)
-                (Path(s.dicos_output_dir) / f"{scan_id}.dcm").write_bytes(tdr)
-                delivered.append("folder")
-            except OSError as exc:
-                log.error("DICOS: cannot write TDR", extra={"scan_id": scan_id, "error": str(exc)})
-        if s.dicos_dest_host is not None:
-            if self._send(tdr, scan_id, pair.study_uid):
-                delivered.append("scp")
-            else:
-                self.metrics.dicos_tdr_failed.labels(reason="destination").inc()
-        elif not delivered:
-            delivered.append("log")
-        for to in delivered:
-            self.metrics.dicos_tdr_sent.labels(to=to).inc()
-        if delivered:
-            self.metrics.dicos_latency.observe(time.perf_counter() - t_paired)
+            if job.failures > self.settings.dicos_retries:
+                self._reject(job.study, "detection", f"{type(exc).__name__}: {exc}")
+            elif not self._stopping.is_set():
+                self._schedule(job, self._backoff(job.failures))
+            return False
+        job.tdr = tdr
+        self.metrics.dicos_spool_bytes.set(self.spool.bytes)
         log.info(
             "DICOS TDR",
             extra={
-                "scan_id": scan_id,
+                "scan_id": job.scan_id,
                 "study_uid": pair.study_uid,
                 "alarm": "ALARM" if response.detections else "CLEAR",
                 "detections": [(d.class_name, d.score) for d in response.detections],
-                "delivered": delivered,
             },
         )
+        return True
 
-    def _detect(self, pair: DxPair, scan_id: str) -> tuple[bytes, DetectResponse]:
+    def _write_folder(self, job: _Job) -> bool:
+        folder = Path(self.settings.dicos_output_dir)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            write_durably(folder / f"{job.scan_id}.dcm", [job.tdr])
+            return True
+        except OSError as exc:
+            log.error("DICOS: cannot write TDR", extra={"scan_id": job.scan_id, "error": str(exc)})
+            return False
+
+    def _detect(self, pair: DxPair, scan_id: str, calling_ae: str) -> tuple[bytes, DetectResponse]:
         service, s = self.service, self.settings
         batcher, backend = service.batcher, service.backend
         if batcher is None or backend is None:
-            raise RuntimeError("the model is not loaded")
+            raise _ModelNotLoaded("the model is not loaded")
         t0 = time.perf_counter()
         image = convert_scan(pair.high.pixels, pair.low.pixels)
         t1 = time.perf_counter()
@@ -304,7 +617,7 @@ class DicosListener:
         if (
             service.audit is not None
         ):  # no TDR leaves without its audit record (docs/service.md "Audit trail")
-            record = audit_record(response, time.perf_counter() - t0, route="dicos")
+            record = audit_record(response, time.perf_counter() - t0, route="dicos", calling_ae=calling_ae)
             try:
                 asyncio.run_coroutine_threadsafe(service.audit.append(record), self.loop).result(timeout=60)
             except AuditError as exc:

@@ -120,6 +120,27 @@ class ServiceMetrics:
         self.dicos_tdr_failed = Counter(
             "xscreen_dicos_tdr_failed", "Pairs without a delivered TDR, by reason", ("reason",), registry=r
         )
+        self.dicos_aborted = Counter(
+            "xscreen_dicos_aborted",
+            "Associations aborted past a size limit (pdu_bytes, dataset_bytes, association_bytes)",
+            ("reason",),
+            registry=r,
+        )
+        self.dicos_retries = Counter(
+            "xscreen_dicos_retries",
+            "Spooled pairs put back to wait, by stage (detection: queue full or model busy; delivery)",
+            ("stage",),
+            registry=r,
+        )
+        self.dicos_rejected = Counter(
+            "xscreen_dicos_rejected",
+            "Spooled studies moved to rejected/, by reason (timeout, scan, detection, spool)",
+            ("reason",),
+            registry=r,
+        )
+        self.dicos_spool_bytes = Gauge(
+            "xscreen_dicos_spool_bytes", "Bytes of DX halves and TDRs held in the DICOS spool", registry=r
+        )
         self.dicos_latency = Histogram(
             "xscreen_dicos_latency_seconds",
             "Second energy received -> TDR delivered",

@@ -137,6 +137,24 @@ class Settings(BaseSettings):
     dicos_retry_backoff_s: float = Field(
         1.0, ge=0, le=600, description="first retry delay, doubled each time"
     )
+    # DICOS spool and size limits (docs/dicos.md "Durability" and "Limits")
+    dicos_spool_dir: Path | None = Field(
+        None,
+        description="acknowledged DX halves kept here (fsync'd) until their TDR is delivered; "
+        "unset: a new temporary folder per start (not durable across restarts)",
+    )
+    dicos_spool_max_bytes: int = Field(
+        4 * 1024**3, ge=1024**2, description="spooled bytes past which a C-STORE is answered A700"
+    )
+    dicos_retry_max_backoff_s: float = Field(
+        10.0, gt=0, le=3600, description="longest wait before retrying detection or a TDR delivery round"
+    )
+    dicos_max_dataset_bytes: int | None = Field(
+        None, ge=64 * 1024, description="one C-STORE dataset; unset: 2 x max_pixels + 1 MiB"
+    )
+    dicos_max_association_bytes: int = Field(
+        2 * 1024**3, ge=1024**2, description="P-DATA bytes one association may send before it is aborted"
+    )
     # -- models directory, admin key, audit trail (docs/service.md "Models", "Audit trail") --------------
     models_dir: Path | None = Field(
         None, description="folder of versioned model files <name>.safetensors / <name>.onnx"
