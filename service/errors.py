@@ -29,6 +29,7 @@ class ErrorCode(enum.StrEnum):
     internal_error = "internal_error"
     unavailable = "unavailable"
     timeout = "timeout"
+    request_timeout = "request_timeout"  # the client's body (or head) too slow: 408, connection closed
     error = "error"  # any other framework status
     # scans
     empty_body = "empty_body"
@@ -57,6 +58,7 @@ _CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",

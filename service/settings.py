@@ -113,6 +113,15 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     warmup: bool = Field(True, description="run one inference before /readyz says ready")
     graceful_timeout_s: float = Field(30.0, gt=0, le=3600, description="wait for in-flight requests on stop")
+    # -- request guard (docs/service.md "Limits"): checked before any route reads the body ----------------
+    max_json_bytes: int = Field(
+        64 * 1024, ge=1024, le=16 * 1024 * 1024, description="body limit of every route but /detect, /render"
+    )
+    body_idle_timeout_s: float = Field(10.0, gt=0, le=3600, description="no body byte for this long -> 408")
+    upload_timeout_s: float = Field(30.0, gt=0, le=3600, description="whole body not read within this -> 408")
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="request line + headers not complete within this: connection closed"
+    )
     # DICOS network listener (docs/dicos.md); off unless dicos_port is set.
     dicos_port: int | None = Field(
         None, ge=1, le=65535, description="DICOS listener port (unset: no listener)"
