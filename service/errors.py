@@ -30,6 +30,7 @@ class ErrorCode(enum.StrEnum):
     unavailable = "unavailable"
     timeout = "timeout"
     request_timeout = "request_timeout"  # the client's body (or head) too slow: 408, connection closed
+    headers_too_large = "headers_too_large"  # request line + headers over max_header_bytes: 431, closed
     error = "error"  # any other framework status
     # scans
     empty_body = "empty_body"
@@ -64,6 +65,7 @@ _CODES = {
     415: "unsupported_media_type",
     422: "invalid_request",
     429: "too_many_requests",
+    431: "headers_too_large",
     500: "internal_error",
     503: "unavailable",
     504: "timeout",

@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(
         10.0, gt=0, le=3600, description="request line + headers not complete within this: connection closed"
     )
+    max_header_bytes: int = Field(
+        64 * 1024, ge=4096, le=16 * 1024 * 1024, description="request line + headers over this -> 431"
+    )
     # DICOS network listener (docs/dicos.md); off unless dicos_port is set.
     dicos_port: int | None = Field(
         None, ge=1, le=65535, description="DICOS listener port (unset: no listener)"
