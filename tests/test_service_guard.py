@@ -261,20 +261,28 @@ def test_stalled_and_slow_bodies_get_408_while_others_are_served(server, chunks,
     assert len(times) >= 3 and max(times) < 2.0, times
 
 
+def _read_to_close(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Everything the server sends until it closes (a reset after the answer ends it too)."""
+    sock.settimeout(timeout)
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
 def test_slow_request_head_is_cut_and_an_idle_connection_closed(server):
     def dribble() -> tuple[float, bytes]:
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
         t0 = time.monotonic()
-        received = b""
         try:
             for byte in b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 1000:
                 if select.select([sock], [], [], 1.0)[0]:  # one byte per second until the server answers
                     break
                 sock.sendall(bytes([byte]))
-            while chunk := sock.recv(65536):
-                received += chunk
-        except ConnectionResetError:
-            pass
+            received = _read_to_close(sock)
         finally:
             sock.close()
         return time.monotonic() - t0, received
@@ -299,6 +307,27 @@ def test_slow_request_head_is_cut_and_an_idle_connection_closed(server):
         t0 = time.monotonic()
         assert sock.recv(65536).startswith(b"HTTP/1.1 408")
         assert time.monotonic() - t0 <= HEAD_S + SLACK_S
+
+
+def test_endless_request_head_is_cut_at_max_header_bytes(server):
+    """httptools keeps every header line: 400 MiB of them used to be held (+394 MB in 7.7 s)."""
+    with PeakRss(server.proc.pid) as peak, socket.create_connection(("127.0.0.1", server.port)) as sock:
+        t0 = time.monotonic()
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(50_000):  # up to 400 MB of 8 kB header lines, until the server answers
+            if select.select([sock], [], [], 0)[0]:
+                break
+            try:
+                sock.sendall(b"X-Pad: " + b"a" * 8000 + b"\r\n")
+            except (BrokenPipeError, ConnectionResetError):  # closed: the answer is still readable
+                break
+        received = _read_to_close(sock)
+        seconds = time.monotonic() - t0
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431") and json.loads(body)["error"] == "headers_too_large", received
+    assert seconds < 3.0 and peak.growth_mb <= 20, (seconds, peak.growth_mb)
+    ok = requests.get(server.url + "/healthz", headers={"X-Pad": "a" * 30_000}, timeout=5)
+    assert ok.status_code == 200  # a large head under the limit passes
 
 
 def test_eight_stalled_60mib_uploads_release_their_memory_at_the_timeout(server):
@@ -342,7 +371,7 @@ def test_timeout_defaults_bound_a_slow_body_within_45_s():
 
     s = Settings(weights=bundled_weights())
     assert (s.body_idle_timeout_s, s.upload_timeout_s, s.header_timeout_s) == (10.0, 30.0, 10.0)
-    assert s.max_json_bytes == 64 * 1024
+    assert s.max_json_bytes == 64 * 1024 and s.max_header_bytes == 64 * 1024
     assert s.upload_timeout_s + SLACK_S < 45
 
 
