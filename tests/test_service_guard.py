@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import select
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import requests
@@ -425,3 +427,75 @@ def test_non_numeric_content_length_gets_the_parser_400(server):
         data = sock.recv(65536)
     assert data.startswith(b"HTTP/1.1 400")
     assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
+
+
+# ------------------------------------------------------------------------ behind the compose proxy
+@pytest.fixture(scope="module")
+def caddy(server, tmp_path_factory):
+    """Caddy with deploy/caddy/Caddyfile's global ``servers`` timeouts, plain HTTP, in front of the server."""
+    from _tools import tool
+    from service_fixtures import REPO, free_port
+
+    binary = tool("caddy", "caddy")
+    deployed = (REPO / "deploy" / "caddy" / "Caddyfile").read_text()
+    servers = re.search(r"\n(\tservers \{.*?\n\t\})\n", deployed, re.S)
+    assert servers, "deploy/caddy/Caddyfile sets no servers { timeouts } block"
+    tmp = tmp_path_factory.mktemp("caddy")
+    port = free_port()
+    config = tmp / "Caddyfile"
+    config.write_text(
+        f"{{\n\tauto_https off\n\tadmin off\n{servers.group(1)}\n}}\n"
+        f":{port} {{\n\treverse_proxy 127.0.0.1:{server.port}\n}}\n"
+    )
+    env = dict(os.environ, HOME=str(tmp), XDG_DATA_HOME=str(tmp), XDG_CONFIG_HOME=str(tmp))
+    log = open(tmp / "caddy.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [binary, "run", "--config", str(config), "--adapter", "caddyfile"], env=env, stdout=log, stderr=log
+    )
+    try:
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
+def test_caddy_refuses_a_non_numeric_content_length_itself(caddy, server):
+    """Row 12: behind the proxy a malformed Content-Length never reaches the service; Caddy (Go's HTTP
+    server) answers a plain-text 400 of its own, as uvicorn's parser does on direct access."""
+    rid = "row12-non-numeric-length"
+    with socket.create_connection(("127.0.0.1", caddy), timeout=10) as sock:
+        sock.sendall(
+            b"POST /detect HTTP/1.1\r\nHost: x\r\nX-Request-ID: " + rid.encode()
+            + b"\r\nContent-Length: abc\r\n\r\n"
+        )  # fmt: skip
+        data = _read_to_close(sock)
+    assert data.startswith(b"HTTP/1.1 400") and b"text/plain" in data
+    time.sleep(0.3)
+    assert rid not in server.log()
+
+
+def test_caddy_cuts_slow_heads_and_passes_the_service_408_for_slow_bodies(caddy):
+    deployed = (Path(__file__).parents[1] / "deploy" / "caddy" / "Caddyfile").read_text()
+    read_header = float(re.search(r"read_header (\d+)s", deployed).group(1))
+    read_body = float(re.search(r"read_body (\d+)s", deployed).group(1))
+    assert read_header <= 10 and read_body > 30  # above the service's default upload time (30 s)
+    with socket.create_connection(("127.0.0.1", caddy), timeout=60) as sock:
+        t0 = time.monotonic()
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100:
+            if select.select([sock], [], [], 1.0)[0]:
+                break
+            sock.sendall(bytes([byte]))
+        _read_to_close(sock)
+        assert time.monotonic() - t0 <= read_header + SLACK_S
+    head = post_head("/detect", 1 * MiB, API_KEY, "multipart/form-data; boundary=x")
+    a = exchange(caddy, head, (b"0" * 1024 for _ in range(3600)), IDLE_S / 2)
+    assert (a.status, a.body["error"]) == (408, "request_timeout")
+    assert UPLOAD_S - 0.5 <= a.seconds <= UPLOAD_S + SLACK_S
