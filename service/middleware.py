@@ -226,41 +226,11 @@ class RequestGuardMiddleware:
             close = {"Connection": "close"} if has_body else {}
             await send_json(send, status, {"error": code, "detail": detail}, {**(extra or {}), **close})
 
-        if rule.keys != "open":
-            keys = self.keys[rule.keys]
-            token = parse_bearer(headers.get("authorization"))
-            refusal = key_refusal(keys, token, admin=rule.keys == "admin")
-            if refusal is not None:
-                await reject(refusal.status, refusal.code, refusal.detail, refusal.headers)
-                return
-            if token is not None and keys.enabled:
-                state["key_id"] = key_id(token)
-        state["key_rule"] = rule.keys
+        if await self._refused_unread(state, headers, rule, upload, has_body, reject):
+            return
         if not has_body:
             await self.app(scope, receive, send)
             return
-        if upload:
-            ctype = headers.get("content-type", "").split(";")[0].strip()
-            if ctype.lower() != "multipart/form-data":
-                await reject(
-                    415,
-                    "unsupported_media_type",
-                    f"content type {ctype[:100] or 'none'!r}: send the scan as multipart/form-data "
-                    "with parts 'high' and 'low'",
-                )
-                return
-        declared = headers.get("content-length")
-        if declared is not None:
-            if not declared.strip().isdigit():
-                await reject(400, "bad_request", "invalid Content-Length header")
-                return
-            if int(declared) > rule.max_body:
-                await reject(
-                    413,
-                    "payload_too_large",
-                    f"request body of {int(declared)} bytes exceeds the limit of {rule.max_body} bytes",
-                )
-                return
         try:
             payload = await read_body(
                 receive, rule.max_body, self.policy.body_idle_timeout_s, self.policy.upload_timeout_s
@@ -286,3 +256,50 @@ class RequestGuardMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _refused_unread(
+        self,
+        state: dict,
+        headers: dict[str, str],
+        rule: RouteRule,
+        upload: bool,
+        has_body: bool,
+        reject: Callable[..., Awaitable[None]],
+    ) -> bool:
+        """The checks that need no body byte: the key (stored in ``state``), an upload's content type, the
+        declared length. True when ``reject`` has answered."""
+        if rule.keys != "open":
+            keys = self.keys[rule.keys]
+            token = parse_bearer(headers.get("authorization"))
+            refusal = key_refusal(keys, token, admin=rule.keys == "admin")
+            if refusal is not None:
+                await reject(refusal.status, refusal.code, refusal.detail, refusal.headers)
+                return True
+            if token is not None and keys.enabled:
+                state["key_id"] = key_id(token)
+        state["key_rule"] = rule.keys
+        if not has_body:
+            return False
+        if upload:
+            ctype = headers.get("content-type", "").split(";")[0].strip()
+            if ctype.lower() != "multipart/form-data":
+                await reject(
+                    415,
+                    "unsupported_media_type",
+                    f"content type {ctype[:100] or 'none'!r}: send the scan as multipart/form-data "
+                    "with parts 'high' and 'low'",
+                )
+                return True
+        declared = headers.get("content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                await reject(400, "bad_request", "invalid Content-Length header")
+                return True
+            if int(declared) > rule.max_body:
+                await reject(
+                    413,
+                    "payload_too_large",
+                    f"request body of {int(declared)} bytes exceeds the limit of {rule.max_body} bytes",
+                )
+                return True
+        return False
