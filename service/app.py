@@ -22,7 +22,12 @@ from xscreen.service.auth import ApiKeys, require_api_key
 from xscreen.service.batching import MicroBatcher
 from xscreen.service.errors import install_error_handlers
 from xscreen.service.metrics import ServiceMetrics
-from xscreen.service.middleware import ObservabilityMiddleware, UploadGuardMiddleware
+from xscreen.service.middleware import (
+    GuardPolicy,
+    ObservabilityMiddleware,
+    RequestGuardMiddleware,
+    RouteRule,
+)
 from xscreen.service.models import ModelManager, warmup_scan
 from xscreen.service.routes import admin, detect, health, model
 from xscreen.service.settings import Settings
@@ -31,6 +36,7 @@ from xscreen.service.state import ServiceState
 log = logging.getLogger("xscreen.service")
 
 UPLOAD_PATHS = {"/detect", "/render"}
+SCAN_KEY_PATHS = {"/model", "/openapi.json", "/docs", "/redoc"}
 __all__ = ["create_app", "warmup_scan"]
 
 
@@ -159,7 +165,7 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None) -> F
     app.state.api_keys = service.api_keys
     app.state.admin_keys = service.admin_keys
     install_error_handlers(app)
-    # The upload guard holds the whole body (<= max_upload_bytes) in memory before the form is parsed,
+    # The request guard holds the whole body (<= max_upload_bytes) in memory before the form is parsed,
     # so spilling a part over Starlette's 1 MB default to a temporary file saves no memory; it only
     # adds file writes and reads per scan at 1024 x 1024 pixels and up (docs/service.md, benchmark).
     # Class-wide; never lowered, so several apps in one process keep the largest limit.
@@ -171,16 +177,32 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None) -> F
     _add_docs_routes(app)
     # Added last = outermost: observability sees every answer, including the guard's refusals.
     app.add_middleware(
-        UploadGuardMiddleware,
-        paths=UPLOAD_PATHS,
+        RequestGuardMiddleware,
+        policy=guard_policy(settings),
         api_keys=service.api_keys,
-        max_upload_bytes=settings.max_upload_bytes,
+        admin_keys=service.admin_keys,
     )
-    known = UPLOAD_PATHS | {
-        "/healthz", "/readyz", "/metrics", "/model", "/admin/model", "/openapi.json", "/docs", "/redoc",
-    }  # fmt: skip
+    known = UPLOAD_PATHS | SCAN_KEY_PATHS | {"/healthz", "/readyz", "/metrics", "/admin/model"}
     app.add_middleware(ObservabilityMiddleware, metrics=service.metrics, known_paths=known)
     return app
+
+
+def guard_policy(settings: Settings) -> GuardPolicy:
+    """The request guard's table. Scan key: the uploads (``max_upload_bytes``), /model and the OpenAPI
+    document; admin key: anything under /admin/ (a 404 there too: no body is read before the key); every
+    other body gets ``max_json_bytes``. A route that depends on require_api_key or require_admin_key but
+    is missing here answers 500 (auth._checked_by_guard), never serves unchecked."""
+    small = settings.max_json_bytes
+    upload = RouteRule("scan", settings.max_upload_bytes, upload=True)
+    paths = {path: upload for path in UPLOAD_PATHS}
+    paths |= {path: RouteRule("scan", small) for path in SCAN_KEY_PATHS}
+    return GuardPolicy(
+        paths=paths,
+        prefixes={"/admin/": RouteRule("admin", small)},
+        default=RouteRule("open", small),
+        body_idle_timeout_s=settings.body_idle_timeout_s,
+        upload_timeout_s=settings.upload_timeout_s,
+    )
 
 
 def _add_docs_routes(app: FastAPI) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Request, Security
@@ -16,8 +18,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from xscreen.service.errors import ApiError
 
-# Declarations for the OpenAPI document only (auto_error=False): the checks below parse the header
-# themselves, accepting exactly what the upload guard accepts.
+log = logging.getLogger("xscreen.service")
+
+# Declarations for the OpenAPI document only (auto_error=False): the request guard (service.middleware)
+# checks the key once, before any body is read, with parse_bearer and key_refusal below.
 scan_bearer = HTTPBearer(
     scheme_name="ApiKey",
     description="a scan key (XSCREEN_API_KEYS / XSCREEN_API_KEYS_FILE) as 'Authorization: Bearer <key>'; "
@@ -58,8 +62,29 @@ class ApiKeys:
         return ok
 
 
-def bearer_token(request: Request) -> str | None:
-    header = request.headers.get("authorization")
+@dataclass(frozen=True)
+class KeyRefusal:
+    """Why a request's key is refused: the one place the key errors' status, code and wording live."""
+
+    status: int
+    code: str
+    detail: str
+    headers: dict[str, str] | None = None
+
+
+MISSING_KEY = KeyRefusal(
+    401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"}
+)
+INVALID_KEY = KeyRefusal(
+    401, "unauthorized", "invalid API key", {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+)
+ADMIN_DISABLED = KeyRefusal(
+    403, "admin_disabled", "no admin key is configured (XSCREEN_ADMIN_KEYS or XSCREEN_ADMIN_KEYS_FILE)"
+)
+
+
+def parse_bearer(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value, else None."""
     if not header:
         return None
     scheme, _, token = header.partition(" ")
@@ -68,39 +93,45 @@ def bearer_token(request: Request) -> str | None:
     return token.strip()
 
 
+def bearer_token(request: Request) -> str | None:
+    return parse_bearer(request.headers.get("authorization"))
+
+
+def key_refusal(keys: ApiKeys, token: str | None, *, admin: bool = False) -> KeyRefusal | None:
+    """None when ``token`` may pass: one of ``keys``, or any request when no scan key is configured.
+    Admin routes (``admin=True``) are refused with 403 when no admin key is configured."""
+    if not keys.enabled:
+        return ADMIN_DISABLED if admin else None
+    if token is None:
+        return MISSING_KEY
+    return None if keys.check(token) else INVALID_KEY
+
+
 def check_key(keys: ApiKeys, token: str | None) -> None:
     """401 unless ``token`` is one of ``keys`` (no-op when no key is configured)."""
-    if not keys.enabled:
-        return
-    if token is None:
-        raise ApiError(
-            401,
-            "unauthorized",
-            "missing API key: send 'Authorization: Bearer <key>'",
-            {"WWW-Authenticate": "Bearer"},
-        )
-    if not keys.check(token):
-        raise ApiError(
-            401, "unauthorized", "invalid API key", {"WWW-Authenticate": 'Bearer error="invalid_token"'}
-        )
+    refusal = key_refusal(keys, token)
+    if refusal is not None:
+        raise ApiError(refusal.status, refusal.code, refusal.detail, refusal.headers)
+
+
+def _checked_by_guard(request: Request, rule: str) -> None:
+    """The request guard (service.middleware) checked this request's key against ``rule``'s key list and
+    recorded that in the request state; a route whose key nobody checked is refused (fail closed)."""
+    if getattr(request.state, "key_rule", None) != rule:
+        log.error("no %s key check ran for %s %s", rule, request.method, request.url.path)
+        raise ApiError(500, "internal_error", "the request guard did not check this request's key")
 
 
 def require_api_key(
     request: Request, _declared: Annotated[HTTPAuthorizationCredentials | None, Security(scan_bearer)] = None
 ) -> None:
-    """FastAPI dependency: 401 unless the request carries a configured scan key (no-op when none)."""
-    check_key(request.app.state.api_keys, bearer_token(request))
+    """FastAPI dependency: declares the scan key scheme; the request guard has already checked the key."""
+    _checked_by_guard(request, "scan")
 
 
 def require_admin_key(
     request: Request, _declared: Annotated[HTTPAuthorizationCredentials | None, Security(admin_bearer)] = None
 ) -> None:
-    """FastAPI dependency: 403 when no admin key is configured, 401 unless the request carries one."""
-    keys: ApiKeys = request.app.state.admin_keys
-    if not keys.enabled:
-        raise ApiError(
-            403,
-            "admin_disabled",
-            "no admin key is configured (XSCREEN_ADMIN_KEYS or XSCREEN_ADMIN_KEYS_FILE)",
-        )
-    check_key(keys, bearer_token(request))
+    """FastAPI dependency: declares the admin key scheme; the request guard has already answered 403 when
+    no admin key is configured and 401 unless the request carries one."""
+    _checked_by_guard(request, "admin")

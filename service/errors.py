@@ -29,6 +29,8 @@ class ErrorCode(enum.StrEnum):
     internal_error = "internal_error"
     unavailable = "unavailable"
     timeout = "timeout"
+    request_timeout = "request_timeout"  # the client's body (or head) too slow: 408, connection closed
+    headers_too_large = "headers_too_large"  # request line + headers over max_header_bytes: 431, closed
     error = "error"  # any other framework status
     # scans
     empty_body = "empty_body"
@@ -57,11 +59,13 @@ _CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
     429: "too_many_requests",
+    431: "headers_too_large",
     500: "internal_error",
     503: "unavailable",
     504: "timeout",

@@ -1,24 +1,28 @@
-"""Pure ASGI middleware: request ids, request metrics + one JSON log line per request, and the upload guard.
+"""Pure ASGI middleware: request ids, request metrics + one JSON log line per request, and the request guard.
 
 Request ids: a valid ``X-Request-ID`` is kept, else the trace id of a valid W3C ``traceparent``, else a
 new one; a malformed header is replaced, never refused. The answer carries ``X-Request-ID`` and a
 ``traceparent`` continuing the caller's trace (same trace id, this server's span id).
 
-The upload guard runs before any body is parsed: API key (401), content type (415), declared and
-streamed size against ``max_upload_bytes`` (413, enforced while reading), empty body (400).
+The request guard runs before any body is read, on every path: the path's key (scan key 401, admin key
+403/401), a scan upload's content type (415), the declared and streamed size against the path's limit
+(413: ``max_upload_bytes`` for /detect and /render, ``max_json_bytes`` elsewhere), the body's idle and
+total read time (408), an empty scan upload (400).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from xscreen.service.auth import ApiKeys
+from xscreen.service.auth import ApiKeys, key_id, key_refusal, parse_bearer
 from xscreen.service.logs import request_ids
 
 log = logging.getLogger("xscreen.service.access")
@@ -128,88 +132,120 @@ class ObservabilityMiddleware:
             request_ids.reset(token)
 
 
-class UploadGuardMiddleware:
-    """Checks POST uploads to ``paths`` before the framework parses the body."""
+@dataclass(frozen=True)
+class RouteRule:
+    """What the request guard enforces on one path: whose key, how many body bytes, whether it is a scan
+    upload (multipart/form-data, empty body refused)."""
 
-    def __init__(self, app: ASGIApp, paths: set[str], api_keys: ApiKeys, max_upload_bytes: int):
+    keys: Literal["scan", "admin", "open"]
+    max_body: int
+    upload: bool = False
+
+
+@dataclass(frozen=True)
+class GuardPolicy:
+    """The guard's table: exact paths, path prefixes (``/admin/``), and the rule of every other path."""
+
+    paths: dict[str, RouteRule]
+    prefixes: dict[str, RouteRule]
+    default: RouteRule
+    body_idle_timeout_s: float
+    upload_timeout_s: float
+
+    def rule(self, path: str) -> RouteRule:
+        if path in self.paths:
+            return self.paths[path]
+        for prefix, rule in self.prefixes.items():
+            if path.startswith(prefix) or path == prefix.rstrip("/"):
+                return rule
+        return self.default
+
+
+class BodyTimeout(Exception):
+    """The client sent no body byte for the idle timeout, or not the whole body within the upload time."""
+
+
+def _has_body(headers: dict[str, str]) -> bool:
+    return "transfer-encoding" in headers or headers.get("content-length", "0").strip() not in ("", "0")
+
+
+async def read_body(receive: Receive, limit: int, idle_s: float, total_s: float) -> bytes | int | None:
+    """The whole request body; the byte count once it passes ``limit`` (reading stops there); None when
+    the client disconnects. BodyTimeout after ``idle_s`` without a byte or ``total_s`` in all."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + total_s
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        left = deadline - loop.time()
+        try:
+            async with asyncio.timeout(min(idle_s, max(left, 0.0))):
+                message = await receive()
+        except TimeoutError:
+            raise BodyTimeout(
+                f"no request body byte for {idle_s:g} s"
+                if left > idle_s
+                else f"request body not complete within {total_s:g} s"
+            ) from None
+        if message["type"] == "http.disconnect":
+            return None
+        body = message.get("body", b"")
+        total += len(body)
+        if total > limit:
+            return total
+        chunks.append(body)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+class RequestGuardMiddleware:
+    """Runs before any route reads a byte of the body, on every path: the key (scan or admin, per the
+    policy; stored as ``key_id`` and ``key_rule`` in the request state so routes never re-parse it), the
+    content type of scan uploads (415), the declared size (413); then reads the body itself, counting as
+    it streams, against the path's limit (413) and the idle and total upload time (408, connection closed).
+    """
+
+    def __init__(self, app: ASGIApp, policy: GuardPolicy, api_keys: ApiKeys, admin_keys: ApiKeys):
         self.app = app
-        self.paths = paths
-        self.api_keys = api_keys
-        self.max_bytes = max_upload_bytes
+        self.policy = policy
+        self.keys = {"scan": api_keys, "admin": admin_keys}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
-
-        async def reject(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
-            state["error"] = code
-            await send_json(send, status, {"error": code, "detail": detail}, headers)
-
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.api_keys.enabled:
-            scheme, _, token = headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                await reject(
-                    401,
-                    "unauthorized",
-                    "missing API key: send 'Authorization: Bearer <key>'",
-                    {"WWW-Authenticate": "Bearer"},
-                )
-                return
-            if not self.api_keys.check(token.strip()):
-                await reject(
-                    401,
-                    "unauthorized",
-                    "invalid API key",
-                    {"WWW-Authenticate": 'Bearer error="invalid_token"'},
-                )
-                return
-        ctype = headers.get("content-type", "")
-        if ctype.split(";")[0].strip().lower() != "multipart/form-data":
-            shown = ctype.split(";")[0].strip()[:100] or "none"
-            await reject(
-                415,
-                "unsupported_media_type",
-                f"content type {shown!r}: send the scan as multipart/form-data with parts 'high' and 'low'",
-            )
+        rule = self.policy.rule(scope["path"])
+        upload = rule.upload and scope["method"] == "POST"
+        has_body = upload or _has_body(headers)
+
+        async def reject(status: int, code: str, detail: str, extra: dict[str, str] | None = None) -> None:
+            state["error"] = code
+            # A body left unread is not drained: the connection is closed after the answer.
+            close = {"Connection": "close"} if has_body else {}
+            await send_json(send, status, {"error": code, "detail": detail}, {**(extra or {}), **close})
+
+        if await self._refused_unread(state, headers, rule, upload, has_body, reject):
             return
-        declared = headers.get("content-length")
-        if declared is not None:
-            try:
-                declared_n = int(declared)
-            except ValueError:
-                await reject(400, "bad_request", "invalid Content-Length header")
-                return
-            if declared_n > self.max_bytes:
-                await reject(
-                    413,
-                    "payload_too_large",
-                    f"request body of {declared_n} bytes exceeds the limit of {self.max_bytes} bytes",
-                )
-                return
-        # Read the body here, counting as it streams in, and stop at the limit (chunked uploads too).
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body = message.get("body", b"")
-            total += len(body)
-            if total > self.max_bytes:
-                await reject(
-                    413, "payload_too_large", f"request body exceeds the limit of {self.max_bytes} bytes"
-                )
-                return
-            chunks.append(body)
-            if not message.get("more_body", False):
-                break
-        if total == 0:
+        if not has_body:
+            await self.app(scope, receive, send)
+            return
+        try:
+            payload = await read_body(
+                receive, rule.max_body, self.policy.body_idle_timeout_s, self.policy.upload_timeout_s
+            )
+        except BodyTimeout as exc:
+            await reject(408, "request_timeout", f"{exc}: send the body without pauses")
+            return
+        if payload is None:
+            return
+        if isinstance(payload, int):
+            await reject(413, "payload_too_large", f"request body exceeds the limit of {rule.max_body} bytes")
+            return
+        if upload and not payload:
             await reject(400, "empty_body", "empty request body: send parts 'high' and 'low'")
             return
-        payload = b"".join(chunks)
         sent = False
 
         async def replay() -> Message:
@@ -220,3 +256,50 @@ class UploadGuardMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _refused_unread(
+        self,
+        state: dict,
+        headers: dict[str, str],
+        rule: RouteRule,
+        upload: bool,
+        has_body: bool,
+        reject: Callable[..., Awaitable[None]],
+    ) -> bool:
+        """The checks that need no body byte: the key (stored in ``state``), an upload's content type, the
+        declared length. True when ``reject`` has answered."""
+        if rule.keys != "open":
+            keys = self.keys[rule.keys]
+            token = parse_bearer(headers.get("authorization"))
+            refusal = key_refusal(keys, token, admin=rule.keys == "admin")
+            if refusal is not None:
+                await reject(refusal.status, refusal.code, refusal.detail, refusal.headers)
+                return True
+            if token is not None and keys.enabled:
+                state["key_id"] = key_id(token)
+        state["key_rule"] = rule.keys
+        if not has_body:
+            return False
+        if upload:
+            ctype = headers.get("content-type", "").split(";")[0].strip()
+            if ctype.lower() != "multipart/form-data":
+                await reject(
+                    415,
+                    "unsupported_media_type",
+                    f"content type {ctype[:100] or 'none'!r}: send the scan as multipart/form-data "
+                    "with parts 'high' and 'low'",
+                )
+                return True
+        declared = headers.get("content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                await reject(400, "bad_request", "invalid Content-Length header")
+                return True
+            if int(declared) > rule.max_body:
+                await reject(
+                    413,
+                    "payload_too_large",
+                    f"request body of {int(declared)} bytes exceeds the limit of {rule.max_body} bytes",
+                )
+                return True
+        return False

@@ -65,6 +65,17 @@ def read_keys_file(path: Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
+def _check_key_characters(keys: list[str], what: str) -> None:
+    """Keys must be printable ASCII without spaces: a client sends the header as bytes that the server
+    reads as latin-1, so any other character could never match. The message never shows a key."""
+    bad = [str(i) for i, key in enumerate(keys, 1) if not all("!" <= c <= "~" for c in key)]
+    if bad:
+        raise ValueError(
+            f"{what}: key number {', '.join(bad)} (counting the variable's keys, then the file's) holds a "
+            "non-ASCII, space or control character; keys must be printable ASCII (e.g. openssl rand -hex 32)"
+        )
+
+
 class Settings(BaseSettings):
     """Everything the service reads at start. Each field is also ``XSCREEN_<FIELD>`` in the environment."""
 
@@ -113,6 +124,18 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     warmup: bool = Field(True, description="run one inference before /readyz says ready")
     graceful_timeout_s: float = Field(30.0, gt=0, le=3600, description="wait for in-flight requests on stop")
+    # -- request guard (docs/service.md "Limits"): checked before any route reads the body ----------------
+    max_json_bytes: int = Field(
+        64 * 1024, ge=1024, le=16 * 1024 * 1024, description="body limit of every route but /detect, /render"
+    )
+    body_idle_timeout_s: float = Field(10.0, gt=0, le=3600, description="no body byte for this long -> 408")
+    upload_timeout_s: float = Field(30.0, gt=0, le=3600, description="whole body not read within this -> 408")
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="request line + headers not complete within this: connection closed"
+    )
+    max_header_bytes: int = Field(
+        64 * 1024, ge=4096, le=16 * 1024 * 1024, description="request line + headers over this -> 431"
+    )
     # DICOS network listener (docs/dicos.md); off unless dicos_port is set.
     dicos_port: int | None = Field(
         None, ge=1, le=65535, description="DICOS listener port (unset: no listener)"
@@ -217,6 +240,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_security(self) -> Settings:
         keys = self.all_api_keys()
+        _check_key_characters(keys, "API keys (XSCREEN_API_KEYS, XSCREEN_API_KEYS_FILE)")
+        admin = self.all_admin_keys()
+        _check_key_characters(admin, "admin keys (XSCREEN_ADMIN_KEYS, XSCREEN_ADMIN_KEYS_FILE)")
         short = [k for k in keys if len(k) < MIN_API_KEY_LENGTH]
         if short:
             raise ValueError(
@@ -227,7 +253,7 @@ class Settings(BaseSettings):
                 f"refusing to listen on non-loopback host {self.host!r} without an API key: "
                 "set XSCREEN_API_KEYS or XSCREEN_API_KEYS_FILE"
             )
-        short = [k for k in self.all_admin_keys() if len(k) < MIN_API_KEY_LENGTH]
+        short = [k for k in admin if len(k) < MIN_API_KEY_LENGTH]
         if short:
             raise ValueError(
                 f"admin keys must be at least {MIN_API_KEY_LENGTH} characters ({len(short)} too short)"

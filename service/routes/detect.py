@@ -12,7 +12,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 
 from xscreen.service.audit import AuditError, audit_record
-from xscreen.service.auth import bearer_token, key_id, require_api_key
+from xscreen.service.auth import require_api_key
 from xscreen.service.batching import (
     BatcherStoppedError,
     BatchFailedError,
@@ -39,7 +39,7 @@ from xscreen.service.tdr import DICOM_MEDIA_TYPE, tdr_from_response, wants_dicom
 
 log = logging.getLogger("xscreen.service")
 
-# require_api_key declares the Bearer scheme in OpenAPI; the upload guard has already checked the key.
+# require_api_key declares the Bearer scheme in OpenAPI; the request guard has already checked the key.
 router = APIRouter(tags=["detection"], dependencies=[Depends(require_api_key)])
 
 _PART_HELP = (
@@ -183,10 +183,7 @@ async def _run_detection(
 
 async def _audit(service: ServiceState, request: Request, response: DetectResponse, latency: float) -> None:
     """Append the scan's audit record and wait for its fsync: no answer leaves without its record."""
-    token = bearer_token(request)
-    kid = key_id(token) if token is not None and service.api_keys.enabled else None
-    if kid is not None:
-        request.state.key_id = kid
+    kid = getattr(request.state, "key_id", None)  # set by the request guard, which checked the key
     if service.audit is None:
         return
     record = audit_record(

@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     from xscreen.inference.backend import make_backend
     from xscreen.service.app import create_app
+    from xscreen.service.http_protocol import head_protocol
     from xscreen.service.logs import configure_logging
     from xscreen.service.settings import load_settings
 
@@ -101,6 +102,9 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(settings, backend)
     config = uvicorn.Config(
         app,
+        # httptools (uvicorn[standard]) with a request-head timeout and size limit: slow or endless heads
+        # are cut (service/http_protocol.py); slow bodies by the request guard (service/middleware.py).
+        http=head_protocol(settings.header_timeout_s, settings.max_header_bytes),
         host=settings.host,
         port=settings.port,
         log_config=None,
