@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from xscreen.scans.formats import (
+from xscreen.scans.errors import (
     ScanDeadlineError,
     ScanError,
     ScanHeaderMismatchError,

@@ -16,7 +16,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from xscreen.errors import XscreenError
+from xscreen.scans.bounded import check_deadline, decode_png_bounded
+from xscreen.scans.errors import (  # noqa: F401  (re-exported: the scan layer's public errors)
+    ScanDeadlineError,
+    ScanError,
+    ScanHeaderMismatchError,
+    ScanSizeMismatchError,
+    ScanTooLargeError,
+    UnsupportedScanFormatError,
+    _label,
+)
 
 # Largest scan accepted by default (pixels per energy image). Real baggage scanners deliver
 # a few megapixels per view; 50 MP leaves ample room while refusing decompression bombs.
@@ -29,36 +38,6 @@ TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and Bi
 NPY_MAGIC = b"\x93NUMPY"
 DICM_OFFSET, DICM_MAGIC = 128, b"DICM"  # DICOM Part 10 file: 128-byte preamble, then "DICM"
 _PNG_COLOUR_TYPES = {0: "greyscale", 2: "RGB colour", 3: "palette colour", 4: "grey+alpha", 6: "RGBA colour"}
-
-
-class ScanError(XscreenError):
-    """A raw scan that cannot be used: unreadable, wrong format, wrong bit depth or size."""
-
-
-class ScanTooLargeError(ScanError):
-    """More pixels than the configured limit (checked from the header, before decoding)."""
-
-
-class UnsupportedScanFormatError(ScanError):
-    """Bytes that are none of the accepted encodings (16-bit PNG, 16-bit TIFF, .npy, DICOS DX pair), or a
-    DICOS transfer syntax that is not decoded here."""
-
-
-class ScanSizeMismatchError(ScanError):
-    """The high- and low-energy images differ in size."""
-
-
-class ScanHeaderMismatchError(ScanError):
-    """Compressed data that disagrees with the file's header: more image data than declared, or a frame
-    header (JPEG, JPEG-LS, RLE) whose size or layout differs from the header's. Refused before decoding."""
-
-
-class ScanDeadlineError(ScanError):
-    """Decoding ran past the caller's deadline (a ``time.monotonic()`` value) and was stopped."""
-
-
-def _label(name: str | None) -> str:
-    return f"{name}: " if name else ""
 
 
 def check_size(height: int, width: int, max_pixels: int | None, name: str | None) -> None:
@@ -89,7 +68,6 @@ def _read_png(buf: bytes, max_pixels: int | None, name: str | None, deadline: fl
     if depth != 16:
         raise ScanError(f"{_label(name)}PNG is {depth}-bit; a raw scan must be 16-bit greyscale")
     check_size(height, width, max_pixels, name)
-    from xscreen.scans.bounded import decode_png_bounded  # imports this module
 
     return decode_png_bounded(buf, width, height, deadline, name)
 
@@ -135,8 +113,6 @@ def _read_tiff(buf: bytes, max_pixels: int | None, name: str | None, deadline: f
     # Only the first IFD is parsed (``bool(tif.pages)`` does not walk the IFD chain); strips and tiles
     # decode through tifffile with imagecodecs into buffers of their declared size.
     import tifffile
-
-    from xscreen.scans.bounded import check_deadline  # imports this module
 
     try:
         with tifffile.TiffFile(io.BytesIO(buf), **_TIFF_FLAGS_OFF) as tif:
