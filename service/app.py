@@ -20,6 +20,7 @@ from xscreen.inference.backend import InferenceBackend, make_backend
 from xscreen.service.audit import AuditLog
 from xscreen.service.auth import ApiKeys, require_api_key
 from xscreen.service.batching import MicroBatcher
+from xscreen.service.dicos_spool import Spool
 from xscreen.service.errors import install_error_handlers
 from xscreen.service.metrics import ServiceMetrics
 from xscreen.service.middleware import (
@@ -85,6 +86,8 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None) -> F
     )
     if settings.audit_path is not None:
         service.audit = AuditLog(settings.audit_path, settings.audit_max_bytes, settings.audit_keep)
+    if settings.dicos_port is not None and settings.dicos_spool_dir is not None:
+        service.dicos_spool = Spool(settings.dicos_spool_dir)  # a locked spool: one line before binding
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -214,6 +214,10 @@ class DicosListener:
         return server
 
     def _open_spool(self) -> None:
+        if self.service.dicos_spool is not None:  # opened (and locked) by create_app
+            self.spool = self.service.dicos_spool
+            self.metrics.dicos_spool_bytes.set(self.spool.bytes)
+            return
         root = self.settings.dicos_spool_dir
         if root is None:
             root = Path(tempfile.mkdtemp(prefix="xscreen-dicos-spool-"))

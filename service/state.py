@@ -24,6 +24,7 @@ class ServiceState:
     models: ModelManager
     admin_keys: ApiKeys | None = None
     audit: AuditLog | None = None
+    dicos_spool: object | None = None  # service.dicos_spool.Spool, opened by create_app (before binding)
     batcher: MicroBatcher | None = None
     ready: bool = False
     ready_detail: str = "loading weights"

@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import struct
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from hostile_tools import PeakRss
 from pynetdicom import AE
 from service_fixtures import (
     API_KEY,
+    XSCREEN,
     ServiceProcess,
     bundled_weights,
     free_port,
@@ -335,6 +337,20 @@ def test_a_spool_folder_serves_one_process(tmp_path):
     finally:
         first.close()
     Spool(tmp_path / "spool").close()  # free again once the first is closed
+
+
+def test_a_second_server_on_a_spool_in_use_stops_with_one_line(tmp_path):
+    first = serve(tmp_path, "first", dicos_spool_dir=tmp_path / "spool")
+    try:
+        env = {**first.env, "XSCREEN_PORT": str(free_port()), "XSCREEN_DICOS_PORT": str(free_port())}
+        r = subprocess.run([XSCREEN, "serve"], env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, r.stderr
+        assert "Traceback" not in r.stderr
+        errors = [line for line in r.stderr.splitlines() if "in use by another process" in line]
+        assert len(errors) == 1 and str(tmp_path / "spool") in errors[0]
+        assert requests.get(first.url + "/readyz", timeout=10).status_code == 200  # the first serves on
+    finally:
+        first.stop()
 
 
 def test_concurrent_associations_each_get_their_tdr(limited):
