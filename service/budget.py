@@ -10,6 +10,8 @@ really ends (``Lease.release_when_done``). All methods run on the event loop's t
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -118,11 +120,19 @@ class Lease:
         if amount:
             self.budget.release(amount)
 
-    def release_when_done(self, work: asyncio.Future) -> None:
-        """Keep the reservation until ``work`` (a decode still running in a thread) has ended."""
+    def release_when_done(self, work: concurrent.futures.Future) -> None:
+        """Keep the reservation until ``work`` (a decode submitted to a thread pool) has ended or was
+        cancelled before it started; the release runs on this event loop."""
         amount, self.amount = self.amount, 0
-        if amount:
-            work.add_done_callback(lambda _: self.budget.release(amount))
+        if not amount:
+            return
+        loop = asyncio.get_running_loop()
+
+        def done(_: concurrent.futures.Future) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing is left to budget
+                loop.call_soon_threadsafe(self.budget.release, amount)
+
+        work.add_done_callback(done)
 
     def __enter__(self) -> Lease:
         return self

@@ -287,14 +287,19 @@ def test_lease_handed_to_unfinished_work_is_released_when_the_work_ends():
         loop = asyncio.get_running_loop()
         gate = threading.Event()
         with ThreadPoolExecutor(1) as pool:
-            work = loop.run_in_executor(pool, gate.wait, 5)
-            with budget.lease() as lease:
-                await lease.acquire(60, time.monotonic())
-                lease.release_when_done(work)
-            assert budget.in_use == 60  # the request is over, the decode is not
+            running = pool.submit(gate.wait, 5)
+            queued = pool.submit(time.sleep, 0)  # behind it in the one-thread pool
+            with budget.lease() as first, budget.lease() as second:
+                await first.acquire(60, time.monotonic())
+                await second.acquire(30, time.monotonic())
+                first.release_when_done(running)
+                assert queued.cancel()  # abandoned before it started ...
+                second.release_when_done(queued)
+            await asyncio.sleep(0.01)  # ... so its share is free at once (released on the loop)
+            assert budget.in_use == 60  # the request is over, the running decode is not
             gate.set()
-            await work
-            await asyncio.sleep(0)  # done callbacks run on the next loop turn
+            await loop.run_in_executor(None, running.result)
+            await asyncio.sleep(0.01)
             assert budget.in_use == 0
 
     _run(scenario())

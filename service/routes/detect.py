@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import time
@@ -146,25 +147,29 @@ def _consume(work: asyncio.Future) -> None:
         work.exception()  # retrieved: an abandoned decode's error is not logged as unhandled
 
 
+def _abandon(work: concurrent.futures.Future, wrapped: asyncio.Future, lease: Lease) -> None:
+    """The request stops waiting for its decode: a decode not started yet never starts (its share is free
+    at once); one already running keeps the lease's reservation until it ends."""
+    wrapped.add_done_callback(_consume)
+    work.cancel()
+    lease.release_when_done(work)
+
+
 async def _decode_within(
     service: ServiceState, admission: ScanAdmission, lease: Lease, deadline: float, job: functools.partial
 ) -> PreparedScan:
-    """Run ``job`` (prepare_scan) in the bounded decode pool and wait for it until the deadline: 504 after.
-
-    A decode still running then keeps the lease's reservation until it really ends."""
-    work = asyncio.get_running_loop().run_in_executor(admission.decode_pool, job)
+    """Run ``job`` (prepare_scan) in the bounded decode pool and wait for it until the deadline: 504 after."""
+    work = admission.decode_pool.submit(job)
+    wrapped = asyncio.wrap_future(work)
     try:
-        return await asyncio.wait_for(asyncio.shield(work), max(deadline - time.monotonic(), 0.0))
+        return await asyncio.wait_for(asyncio.shield(wrapped), max(deadline - time.monotonic(), 0.0))
     except TimeoutError:
-        work.add_done_callback(_consume)
-        lease.release_when_done(work)
+        _abandon(work, wrapped, lease)
         raise _timeout_error(service, "scan not decoded before the request deadline") from None
     except ScanExpiredError:
         raise _timeout_error(service, "scan not decoded before the request deadline") from None
-    except asyncio.CancelledError:  # the client went away: the decode's memory is held until it ends
-        if not work.done():
-            work.add_done_callback(_consume)
-            lease.release_when_done(work)
+    except asyncio.CancelledError:  # the client went away
+        _abandon(work, wrapped, lease)
         raise
 
 
