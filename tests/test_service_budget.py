@@ -327,3 +327,33 @@ def test_backend_view_instead_of_copy_gives_identical_detections(demo):
     big = np.random.default_rng(0).random((1000, 1500, 3), dtype=np.float32) * 255
     old = normalize(resize_to_fit(torch.from_numpy(np.ascontiguousarray(big.transpose(2, 0, 1))))[0])
     assert torch.equal(network_image(big), old)
+
+
+# -- declared sizes (xscreen/scans/peek.py) ------------------------------------------------------------
+
+
+def test_declared_sizes_come_from_the_headers_alone():
+    import io
+
+    import tifffile
+
+    from xscreen.scans.dicos import write_dx_pair
+    from xscreen.scans.peek import declared_pixels, declared_size
+
+    img = np.arange(7 * 11, dtype=np.uint16).reshape(7, 11)
+    tiff, npy = io.BytesIO(), io.BytesIO()
+    tifffile.imwrite(tiff, img)
+    np.save(npy, img)
+    high_dx, low_dx = write_dx_pair(img, img)
+    for buf in (_png(img), tiff.getvalue(), npy.getvalue(), high_dx):
+        assert declared_size(buf) == (7, 11)
+    assert declared_size(low_dx, dicom=True) == (7, 11)  # sent as application/dicom
+    # a bomb declares its small size; the pair's figure is its larger part's
+    assert declared_size(hostile_load.png_idat_bomb(1, side=64)) == (64, 64)
+    assert declared_pixels((_png(img), _png(np.zeros((20, 30), np.uint16)))) == 600
+    assert declared_pixels((b"raw", b"raw"), raw_size=(300, 200)) == 60_000
+    # unreadable headers declare nothing (the service then reserves XSCREEN_MAX_PIXELS)
+    for junk in (b"", b"\x89PNG\r\n\x1a\n", b"II*\x00garbage", b"\x93NUMPYxx", b"not a scan at all"):
+        assert declared_size(junk) is None
+    assert declared_pixels((_png(img), b"junk")) is None
+    assert declared_size(b"junk" * 100, dicom=True) is None
