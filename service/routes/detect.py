@@ -124,9 +124,13 @@ def _timeout_error(service: ServiceState, what: str) -> ApiError:
 
 
 async def _reserve(
-    service: ServiceState, lease: Lease, parts: tuple[bytes, bytes], raw: tuple[int, int] | None,
-    dicom: tuple[bool, bool], deadline: float,
-) -> None:  # fmt: skip
+    service: ServiceState,
+    lease: Lease,
+    parts: tuple[bytes, bytes],
+    raw: tuple[int, int] | None,
+    dicom: tuple[bool, bool],
+    deadline: float,
+) -> None:
     """Reserve the scan's declared pixels (its limit when it declares none) before decoding: 503 when no
     room appears within XSCREEN_BUDGET_WAIT_S (and the deadline)."""
     max_pixels = service.settings.max_pixels
@@ -173,6 +177,38 @@ async def _decode_within(
         raise
 
 
+async def _prepare_within_budget(
+    service: ServiceState,
+    request: Request,
+    lease: Lease,
+    high: UploadFile,
+    low: UploadFile,
+    width: int | None,
+    height: int | None,
+    deadline: float,
+) -> PreparedScan:
+    """Read the parts, reserve their declared pixels, then decode and convert them within the deadline."""
+    admission = _admission(request, service)
+    dicom = (_is_dicom_part(high), _is_dicom_part(low))
+    high_bytes, low_bytes = await high.read(), await low.read()
+    raw = (width, height) if width is not None and height is not None else None
+    await _reserve(service, lease, (high_bytes, low_bytes), raw, dicom, deadline)
+    job = functools.partial(
+        prepare_scan,
+        high_bytes,
+        low_bytes,
+        width=width,
+        height=height,
+        max_pixels=service.settings.max_pixels,
+        formats=service.settings.formats,
+        dicom=dicom,
+        pool=admission.helper_pool,
+        deadline=deadline,
+    )
+    del high_bytes, low_bytes  # the job holds them until it ends
+    return await _decode_within(service, admission, lease, deadline, job)
+
+
 async def _run_detection(
     service: ServiceState,
     request: Request,
@@ -194,26 +230,8 @@ async def _run_detection(
     if batcher.full():  # cheap early refusal, before decoding anything
         service.metrics.rejected.labels(reason="queue_full").inc()
         raise ApiError(503, "queue_full", "too many scans waiting", {"Retry-After": _retry_after(service)})
-    admission = _admission(request, service)
-    dicom = (_is_dicom_part(high), _is_dicom_part(low))
     with batcher.incoming():
-        high_bytes, low_bytes = await high.read(), await low.read()
-        raw = (width, height) if width is not None and height is not None else None
-        await _reserve(service, lease, (high_bytes, low_bytes), raw, dicom, deadline)
-        job = functools.partial(
-            prepare_scan,
-            high_bytes,
-            low_bytes,
-            width=width,
-            height=height,
-            max_pixels=service.settings.max_pixels,
-            formats=service.settings.formats,
-            dicom=dicom,
-            pool=admission.helper_pool,
-            deadline=deadline,
-        )
-        del high_bytes, low_bytes  # the job holds them until it ends
-        prepared = await _decode_within(service, admission, lease, deadline, job)
+        prepared = await _prepare_within_budget(service, request, lease, high, low, width, height, deadline)
     service.metrics.stage_seconds.labels(stage="decode").observe(prepared.decode_seconds)
     service.metrics.stage_seconds.labels(stage="convert").observe(prepared.convert_seconds)
     try:
