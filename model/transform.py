@@ -57,7 +57,8 @@ def network_image(image, min_size: int = 800, max_size: int = 1333) -> Tensor:
 
     What the network sees of one scan before batching (the ONNX backend and int8 calibration).
     """
-    t = torch.from_numpy(image.transpose(2, 0, 1).astype("float32", copy=False)).contiguous()
+    # a strided [3, H, W] view, not a contiguous copy of the full-size scan: resize reads it as it is
+    t = torch.from_numpy(image.astype("float32", copy=False)).permute(2, 0, 1)
     t, _ = resize_to_fit(t, None, min_size, max_size)
     return normalize(t)
 

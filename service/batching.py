@@ -172,59 +172,66 @@ class MicroBatcher:
         return batch
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
-            now = time.monotonic()
-            live = []
-            for job in batch:
-                if job.future.done():  # timed out / cancelled while queued
-                    continue
-                if now >= job.deadline:
-                    job.future.set_exception(DeadlineExceededError("deadline passed while queued"))
-                    continue
-                live.append(job)
-            if not live:
-                continue
-            waits = [now - job.enqueued for job in live]
-            backend = self.backend  # a model switch assigns self.backend; this batch keeps its own
-            t0 = time.perf_counter()
             try:
-                outputs, stages = await loop.run_in_executor(
-                    self._executor, backend.predict, [job.image for job in live]
-                )
-                if len(outputs) != len(live):
-                    raise RuntimeError(f"backend returned {len(outputs)} results for {len(live)} scans")
-            except asyncio.CancelledError:
-                for job in live:
-                    if not job.future.done():
-                        job.future.set_exception(BatcherStoppedError("service is shutting down"))
-                raise
-            except Exception as exc:  # one failing batch fails only its own scans
-                log.exception("inference failed on a batch of %d scans", len(live))
-                if self.metrics:
-                    self.metrics.batch_failures.inc()
-                for job in live:
-                    if not job.future.done():
-                        job.future.set_exception(BatchFailedError(f"inference failed: {type(exc).__name__}"))
+                await self._run_batch(batch)
+            finally:
+                # the worker keeps no scan while it waits for the next batch (each holds ~12 bytes a pixel)
+                batch.clear()
+
+    async def _run_batch(self, batch: list[_Job]) -> None:
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        live = []
+        for job in batch:
+            if job.future.done():  # timed out / cancelled while queued
                 continue
-            elapsed = time.perf_counter() - t0
-            self.batches_run += 1
-            if self.metrics:
-                self.metrics.batch_size.observe(len(live))
-                for wait in waits:
-                    self.metrics.queue_wait.observe(wait)
-                for stage, seconds in stages.items():
-                    self.metrics.stage_seconds.labels(stage=stage).observe(seconds)
-            for job, out, wait in zip(live, outputs, waits, strict=True):
+            if now >= job.deadline:
+                job.future.set_exception(DeadlineExceededError("deadline passed while queued"))
+                continue
+            live.append(job)
+        if not live:
+            return
+        waits = [now - job.enqueued for job in live]
+        backend = self.backend  # a model switch assigns self.backend; this batch keeps its own
+        t0 = time.perf_counter()
+        try:
+            outputs, stages = await loop.run_in_executor(
+                self._executor, backend.predict, [job.image for job in live]
+            )
+            if len(outputs) != len(live):
+                raise RuntimeError(f"backend returned {len(outputs)} results for {len(live)} scans")
+        except asyncio.CancelledError:
+            for job in live:
                 if not job.future.done():
-                    job.future.set_result(
-                        BatchResult(
-                            output=out,
-                            stage_seconds=dict(stages),
-                            queue_wait=wait,
-                            batch_size=len(live),
-                            inference_seconds=elapsed,
-                            backend=backend,
-                        )
+                    job.future.set_exception(BatcherStoppedError("service is shutting down"))
+            raise
+        except Exception as exc:  # one failing batch fails only its own scans
+            log.exception("inference failed on a batch of %d scans", len(live))
+            if self.metrics:
+                self.metrics.batch_failures.inc()
+            for job in live:
+                if not job.future.done():
+                    job.future.set_exception(BatchFailedError(f"inference failed: {type(exc).__name__}"))
+            return
+        elapsed = time.perf_counter() - t0
+        self.batches_run += 1
+        if self.metrics:
+            self.metrics.batch_size.observe(len(live))
+            for wait in waits:
+                self.metrics.queue_wait.observe(wait)
+            for stage, seconds in stages.items():
+                self.metrics.stage_seconds.labels(stage=stage).observe(seconds)
+        for job, out, wait in zip(live, outputs, waits, strict=True):
+            if not job.future.done():
+                job.future.set_result(
+                    BatchResult(
+                        output=out,
+                        stage_seconds=dict(stages),
+                        queue_wait=wait,
+                        batch_size=len(live),
+                        inference_seconds=elapsed,
+                        backend=backend,
                     )
+                )

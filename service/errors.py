@@ -41,6 +41,7 @@ class ErrorCode(enum.StrEnum):
     unsupported_format = "unsupported_format"
     not_ready = "not_ready"
     queue_full = "queue_full"
+    memory_budget = "memory_budget"
     shutting_down = "shutting_down"
     inference_failed = "inference_failed"
     audit_unavailable = "audit_unavailable"

@@ -22,7 +22,17 @@ from xscreen.scans import (
 from xscreen.scans.dicos import DxPair, read_dx_pair
 from xscreen.service.errors import ApiError
 
-_DECODER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="xscreen-decode")
+_DECODER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="xscreen-decode")  # xscreen detect's helpers
+
+
+class ScanExpiredError(Exception):
+    """The request's deadline passed before this scan's decode or conversion was done (its answer, a 504,
+    has been given already): the work stops at the next stage instead of converting for nobody."""
+
+
+def _check_deadline(deadline: float | None, stage: str) -> None:
+    if deadline is not None and time.monotonic() >= deadline:
+        raise ScanExpiredError(f"deadline passed before {stage}")
 
 
 @dataclass
@@ -38,6 +48,11 @@ class PreparedScan:
     def size(self) -> tuple[int, int]:
         """(width, height)"""
         return int(self.high.shape[1]), int(self.high.shape[0])
+
+    def drop_image(self) -> None:
+        """Let the converted image go once the model has run: the answer, the picture and a TDR need only
+        the raw pair (the image is 12 bytes a pixel, three times the pair)."""
+        self.image = np.empty((0, 0, 3), np.float32)
 
 
 def check_formats(high_bytes: bytes, low_bytes: bytes, raw: bool, accepted: list[str] | None) -> None:
@@ -100,12 +115,18 @@ def prepare_scan(
     max_pixels: int,
     formats: list[str] | None = None,
     dicom: tuple[bool, bool] = (False, False),
+    pool: ThreadPoolExecutor | None = None,
+    deadline: float | None = None,
 ) -> PreparedScan:
     """Decode both energy images (files, DICOS DX, or raw little-endian uint16 with width/height), check,
     convert. ``dicom`` says which parts were sent as application/dicom (read even without a preamble).
 
     Runs in a worker thread (CPU-bound); every problem with the input is an ``ApiError`` (4xx).
+    ``pool``: where the low image's decode and half of the conversion run (default: a module pool).
+    ``deadline`` (time.monotonic()): past it, ``ScanExpiredError`` at the next stage boundary.
     """
+    pool = pool or _DECODER
+    _check_deadline(deadline, "decoding")
     if (width is None) != (height is None):
         raise ApiError(400, "invalid_parameter", "raw uint16 buffers need both 'width' and 'height'")
     is_dicos = _dicom_parts(high_bytes, low_bytes, dicom, width is not None, formats)
@@ -128,7 +149,7 @@ def prepare_scan(
             low = decode_raw_uint16(low_bytes, width, height, max_pixels=max_pixels)
         else:
             # the two images decode in parallel (OpenCV/tifffile release the GIL)
-            low_future = _DECODER.submit(read_scan, low_bytes, name="low", max_pixels=max_pixels)
+            low_future = pool.submit(read_scan, low_bytes, name="low", max_pixels=max_pixels)
             try:
                 high = read_scan(high_bytes, name="high", max_pixels=max_pixels)
             except BaseException:
@@ -136,8 +157,9 @@ def prepare_scan(
                 raise
             low = low_future.result()
         check_pair(high, low)
+        _check_deadline(deadline, "conversion")
         t1 = time.perf_counter()
-        image = convert_parallel(high, low, _DECODER)
+        image = convert_parallel(high, low, pool)
     except ScanError as exc:
         raise scan_error_to_api(exc) from None
     t2 = time.perf_counter()

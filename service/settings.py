@@ -105,6 +105,20 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, le=3600, description="per-request deadline -> 504")
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="whole request body limit")
     max_pixels: int = Field(25_000_000, ge=4, description="per image (width x height) limit")
+    # -- memory budget, decode pool (docs/service.md "Memory budget and deadlines") ----------------------
+    max_inflight_mpixels: float = Field(
+        100.0,
+        gt=0,
+        le=1_000_000,
+        description="megapixels of scans held at once from decode to answer (declared sizes); more waits "
+        "up to budget_wait_s, then 503 memory_budget; one scan larger than this is admitted alone",
+    )
+    budget_wait_s: float = Field(
+        2.0, ge=0, le=3600, description="longest wait for room in the memory budget (within the deadline)"
+    )
+    decode_workers: int = Field(
+        2, ge=1, le=256, description="scans decoded and converted at once (each may use a second thread)"
+    )
     formats: Annotated[list[Literal["png", "tiff", "npy", "raw", "dicom"]], NoDecode] = Field(
         default_factory=lambda: ["png", "tiff", "npy", "raw", "dicom"],
         description="accepted scan encodings (comma-separated); others are answered 415",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import logging
 import time
 import uuid
@@ -11,6 +13,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 
+from xscreen.scans.peek import declared_pixels
 from xscreen.service.audit import AuditError, audit_record
 from xscreen.service.auth import require_api_key
 from xscreen.service.batching import (
@@ -19,6 +22,7 @@ from xscreen.service.batching import (
     DeadlineExceededError,
     QueueFullError,
 )
+from xscreen.service.budget import BudgetExhaustedError, Lease, ScanAdmission
 from xscreen.service.errors import ApiError
 from xscreen.service.models import class_ids
 from xscreen.service.response import (
@@ -27,7 +31,7 @@ from xscreen.service.response import (
     model_summary,
     render_response_png,
 )
-from xscreen.service.scan_input import PreparedScan, prepare_scan
+from xscreen.service.scan_input import PreparedScan, ScanExpiredError, prepare_scan
 from xscreen.service.schemas import (
     SCAN_ID_PATTERN,
     DetectResponse,
@@ -79,12 +83,13 @@ _ERRORS = {
     500: {"model": ErrorResponse, "description": "inference failed on the batch holding this scan"},
     503: {
         "model": ErrorResponse,
-        "description": "queue full, not ready, shutting down, or the audit record could not be written",
+        "description": "queue full, memory budget full, not ready, shutting down, or the audit record "
+        "could not be written",
         "headers": _RETRY_AFTER,
     },
     504: {
         "model": ErrorResponse,
-        "description": "no result before the request deadline",
+        "description": "no result before the request deadline (decoding, conversion or the model)",
         "headers": _RETRY_AFTER,
     },
 }
@@ -98,9 +103,116 @@ def _retry_after(service: ServiceState) -> str:
     return str(max(1, int(np.ceil(service.settings.request_timeout_s / 10))))
 
 
+def _admission(request: Request, service: ServiceState) -> ScanAdmission:
+    """The app's memory budget and decode pools (made on first use, kept on ``app.state``)."""
+    admission = getattr(request.app.state, "scan_admission", None)
+    if admission is None:
+        settings = service.settings
+        admission = ScanAdmission.from_settings(settings.max_inflight_mpixels, settings.decode_workers)
+        request.app.state.scan_admission = admission
+    return admission
+
+
+def _timeout_error(service: ServiceState, what: str) -> ApiError:
+    service.metrics.rejected.labels(reason="deadline").inc()
+    return ApiError(
+        504,
+        "timeout",
+        f"{what} ({service.settings.request_timeout_s:g} s)",
+        {"Retry-After": _retry_after(service)},
+    )
+
+
+async def _reserve(
+    service: ServiceState,
+    lease: Lease,
+    parts: tuple[bytes, bytes],
+    raw: tuple[int, int] | None,
+    dicom: tuple[bool, bool],
+    deadline: float,
+) -> None:
+    """Reserve the scan's declared pixels (its limit when it declares none) before decoding: 503 when no
+    room appears within XSCREEN_BUDGET_WAIT_S (and the deadline)."""
+    max_pixels = service.settings.max_pixels
+    declared = await asyncio.to_thread(declared_pixels, parts, raw_size=raw, dicom=dicom)
+    pixels = max_pixels if declared is None else min(declared, max_pixels)  # more: 413 from the header
+    wait_until = min(deadline, time.monotonic() + service.settings.budget_wait_s)
+    try:
+        await lease.acquire(pixels, wait_until)
+    except BudgetExhaustedError as exc:
+        service.metrics.rejected.labels(reason="memory_budget").inc()
+        raise ApiError(
+            503, "memory_budget", f"memory budget full: {exc}", {"Retry-After": _retry_after(service)}
+        ) from None
+
+
+def _consume(work: asyncio.Future) -> None:
+    if not work.cancelled():
+        work.exception()  # retrieved: an abandoned decode's error is not logged as unhandled
+
+
+def _abandon(work: concurrent.futures.Future, wrapped: asyncio.Future, lease: Lease) -> None:
+    """The request stops waiting for its decode: a decode not started yet never starts (its share is free
+    at once); one already running keeps the lease's reservation until it ends."""
+    wrapped.add_done_callback(_consume)
+    work.cancel()
+    lease.release_when_done(work)
+
+
+async def _decode_within(
+    service: ServiceState, admission: ScanAdmission, lease: Lease, deadline: float, job: functools.partial
+) -> PreparedScan:
+    """Run ``job`` (prepare_scan) in the bounded decode pool and wait for it until the deadline: 504 after."""
+    work = admission.decode_pool.submit(job)
+    wrapped = asyncio.wrap_future(work)
+    try:
+        return await asyncio.wait_for(asyncio.shield(wrapped), max(deadline - time.monotonic(), 0.0))
+    except TimeoutError:
+        _abandon(work, wrapped, lease)
+        raise _timeout_error(service, "scan not decoded before the request deadline") from None
+    except ScanExpiredError:
+        raise _timeout_error(service, "scan not decoded before the request deadline") from None
+    except asyncio.CancelledError:  # the client went away
+        _abandon(work, wrapped, lease)
+        raise
+
+
+async def _prepare_within_budget(
+    service: ServiceState,
+    request: Request,
+    lease: Lease,
+    high: UploadFile,
+    low: UploadFile,
+    width: int | None,
+    height: int | None,
+    deadline: float,
+) -> PreparedScan:
+    """Read the parts, reserve their declared pixels, then decode and convert them within the deadline."""
+    admission = _admission(request, service)
+    dicom = (_is_dicom_part(high), _is_dicom_part(low))
+    high_bytes, low_bytes = await high.read(), await low.read()
+    raw = (width, height) if width is not None and height is not None else None
+    await _reserve(service, lease, (high_bytes, low_bytes), raw, dicom, deadline)
+    job = functools.partial(
+        prepare_scan,
+        high_bytes,
+        low_bytes,
+        width=width,
+        height=height,
+        max_pixels=service.settings.max_pixels,
+        formats=service.settings.formats,
+        dicom=dicom,
+        pool=admission.helper_pool,
+        deadline=deadline,
+    )
+    del high_bytes, low_bytes  # the job holds them until it ends
+    return await _decode_within(service, admission, lease, deadline, job)
+
+
 async def _run_detection(
     service: ServiceState,
     request: Request,
+    lease: Lease,
     high: UploadFile,
     low: UploadFile,
     width: int | None,
@@ -119,17 +231,7 @@ async def _run_detection(
         service.metrics.rejected.labels(reason="queue_full").inc()
         raise ApiError(503, "queue_full", "too many scans waiting", {"Retry-After": _retry_after(service)})
     with batcher.incoming():
-        high_bytes, low_bytes = await high.read(), await low.read()
-        prepared = await asyncio.to_thread(
-            prepare_scan,
-            high_bytes,
-            low_bytes,
-            width=width,
-            height=height,
-            max_pixels=service.settings.max_pixels,
-            formats=service.settings.formats,
-            dicom=(_is_dicom_part(high), _is_dicom_part(low)),
-        )
+        prepared = await _prepare_within_budget(service, request, lease, high, low, width, height, deadline)
     service.metrics.stage_seconds.labels(stage="decode").observe(prepared.decode_seconds)
     service.metrics.stage_seconds.labels(stage="convert").observe(prepared.convert_seconds)
     try:
@@ -138,17 +240,12 @@ async def _run_detection(
         service.metrics.rejected.labels(reason="queue_full").inc()
         raise ApiError(503, "queue_full", str(exc), {"Retry-After": _retry_after(service)}) from None
     except DeadlineExceededError as exc:
-        service.metrics.rejected.labels(reason="deadline").inc()
-        raise ApiError(
-            504,
-            "timeout",
-            f"{exc} ({service.settings.request_timeout_s:g} s)",
-            {"Retry-After": _retry_after(service)},
-        ) from None
+        raise _timeout_error(service, str(exc)) from None
     except BatcherStoppedError as exc:
         raise ApiError(503, "shutting_down", str(exc), {"Retry-After": "5"}) from None
     except BatchFailedError as exc:
         raise ApiError(500, "inference_failed", str(exc)) from None
+    prepared.drop_image()
 
     backend = result.backend  # the model that ran this scan's batch (a switch may have happened since)
     info = backend.info
@@ -233,13 +330,14 @@ async def detect(
     scan_id: ScanIdField = None,
     score_threshold: ThresholdField = None,
 ) -> DetectResponse | Response:
-    prepared, response = await _run_detection(
-        service, request, high, low, width, height, scan_id, score_threshold
-    )
-    if wants_dicom(request.headers.get("accept")):
-        tdr = await asyncio.to_thread(tdr_from_response, prepared, response)
-        return Response(tdr, media_type=DICOM_MEDIA_TYPE, headers={"X-Scan-Id": response.scan_id})
-    return response
+    with _admission(request, service).budget.lease() as lease:  # held until the answer is built
+        prepared, response = await _run_detection(
+            service, request, lease, high, low, width, height, scan_id, score_threshold
+        )
+        if wants_dicom(request.headers.get("accept")):
+            tdr = await asyncio.to_thread(tdr_from_response, prepared, response)
+            return Response(tdr, media_type=DICOM_MEDIA_TYPE, headers={"X-Scan-Id": response.scan_id})
+        return response
 
 
 @router.post(
@@ -258,8 +356,10 @@ async def render(
     scan_id: ScanIdField = None,
     score_threshold: ThresholdField = None,
 ) -> Response:
-    prepared, response = await _run_detection(
-        service, request, high, low, width, height, scan_id, score_threshold
-    )
-    png = await asyncio.to_thread(render_response_png, prepared, response)
+    with _admission(request, service).budget.lease() as lease:  # the picture counts against it too
+        prepared, response = await _run_detection(
+            service, request, lease, high, low, width, height, scan_id, score_threshold
+        )
+        png = await asyncio.to_thread(render_response_png, prepared, response)
+        del prepared
     return Response(png, media_type="image/png", headers={"X-Scan-Id": response.scan_id})

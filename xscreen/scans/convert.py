@@ -15,6 +15,9 @@ from xscreen.scans.formats import MIN_SIDE, ScanError, ScanSizeMismatchError
 
 _CONVERT_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="xscreen-convert")
 SPLIT_CONVERT_ROWS = 128  # scans with at least this many rows are converted as two blocks in parallel
+# convert_parallel converts each half in steps of this many rows, so its float32 temporaries are two
+# [256, W] arrays (~10 MB at W = 5000) instead of two copies of the whole scan (8 bytes per pixel).
+CONVERT_BLOCK_ROWS = 256
 
 
 def check_pair(high: np.ndarray, low: np.ndarray) -> None:
@@ -82,8 +85,19 @@ def convert_scan(high: np.ndarray, low: np.ndarray, out: np.ndarray | None = Non
     return out
 
 
+def _convert_rows(high: np.ndarray, low: np.ndarray, out: np.ndarray) -> None:
+    """``convert_scan`` into ``out`` in blocks of CONVERT_BLOCK_ROWS rows (the last one at least 2 rows)."""
+    rows = high.shape[0]
+    starts = list(range(0, rows, CONVERT_BLOCK_ROWS))
+    if len(starts) > 1 and rows - starts[-1] < MIN_SIDE:
+        starts.pop()  # a 1-row remainder joins the block before it
+    for start, stop in zip(starts, [*starts[1:], rows], strict=True):
+        convert_scan(high[start:stop], low[start:stop], out[start:stop])
+
+
 def convert_parallel(high: np.ndarray, low: np.ndarray, pool: ThreadPoolExecutor | None = None) -> np.ndarray:
-    """``convert_scan`` with the top and bottom halves of the scan in two threads (numpy releases the GIL).
+    """``convert_scan`` with the top and bottom halves of the scan in two threads (numpy releases the GIL),
+    each half in row blocks, so the only scan-sized allocation is the float32 [H, W, 3] output.
 
     Bit-identical to ``convert_scan(high, low)``: the conversion is per pixel (docs/method.md §1).
     ``pool``: where the second half runs (the service passes its decode pool); default: this module's.
@@ -91,11 +105,12 @@ def convert_parallel(high: np.ndarray, low: np.ndarray, pool: ThreadPoolExecutor
     rows = high.shape[0]
     if rows < SPLIT_CONVERT_ROWS or high.shape != low.shape:
         return convert_scan(high, low)  # small scans, and the size-mismatch error, in one piece
+    check_pair(high, low)
     out = np.empty(high.shape + (3,), dtype=np.float32)
     half = rows // 2
-    bottom = (pool or _CONVERT_POOL).submit(convert_scan, high[half:], low[half:], out[half:])
+    bottom = (pool or _CONVERT_POOL).submit(_convert_rows, high[half:], low[half:], out[half:])
     try:
-        convert_scan(high[:half], low[:half], out[:half])
+        _convert_rows(high[:half], low[:half], out[:half])
     except BaseException:
         wait([bottom])  # leave nothing running on ``out``
         raise

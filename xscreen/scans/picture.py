@@ -40,24 +40,44 @@ def _air_level(img: np.ndarray) -> float:
     return max(float(np.percentile(img, 99.5)), 1.0)
 
 
-def pseudo_colour(high: np.ndarray, low: np.ndarray) -> np.ndarray:
-    """Raw pair (uint16 [H, W]) -> uint8 RGB [H, W, 3] in the usual scanner colours.
+# pseudo_colour works in blocks of this many rows (plus a halo of _HALO_ROWS above and below for the
+# Gaussian blur, whose sigma-1 float kernel reaches 4 rows), so its float temporaries (~40 bytes a pixel)
+# cover one block, not the whole scan: a 5000 x 5000 picture needs its 75 MB output and ~10 MB besides.
+_BLOCK_ROWS = 256
+_HALO_ROWS = 8
 
-    Hue from the low/high attenuation ratio (orange organic, green inorganic/mixed, blue metal),
-    brightness from the high-energy transmission (dense objects dark), saturation rising with
-    attenuation so that air stays white.
-    """
-    check_pair(high, low)
-    t_hi = np.clip(high.astype(np.float32) / _air_level(high), 1e-4, 1.0)
-    t_lo = np.clip(low.astype(np.float32) / _air_level(low), 1e-4, 1.0)
+
+def _colour_rows(high: np.ndarray, low: np.ndarray, air: tuple[float, float]) -> np.ndarray:
+    """HSV (uint8 [h, w, 3]) of a block of rows; every step is per pixel except the blur."""
+    t_hi = np.clip(high.astype(np.float32) / air[0], 1e-4, 1.0)
+    t_lo = np.clip(low.astype(np.float32) / air[1], 1e-4, 1.0)
     a_hi = cv2.GaussianBlur(-np.log(t_hi), (0, 0), 1.0)
     a_lo = cv2.GaussianBlur(-np.log(t_lo), (0, 0), 1.0)
     ratio = a_lo / np.maximum(a_hi, 0.02)
     hue = np.interp(ratio, _RATIO_ANCHORS, _HUE_ANCHORS).astype(np.float32)
     sat = np.clip(a_hi * 3.5, 0.0, 1.0) * 235.0
     val = np.clip(np.exp(-0.7 * a_hi) * 1.05, 0.0, 1.0) * 255.0
-    hsv = np.stack([hue, sat, val], axis=-1).astype(np.uint8)
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    return np.stack([hue, sat, val], axis=-1).astype(np.uint8)
+
+
+def pseudo_colour(high: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """Raw pair (uint16 [H, W]) -> uint8 RGB [H, W, 3] in the usual scanner colours.
+
+    Hue from the low/high attenuation ratio (orange organic, green inorganic/mixed, blue metal),
+    brightness from the high-energy transmission (dense objects dark), saturation rising with
+    attenuation so that air stays white. Computed in row blocks with a halo wider than the blur's
+    kernel, so the picture is the same as the whole scan's in one piece, with bounded temporaries.
+    """
+    check_pair(high, low)
+    air = (_air_level(high), _air_level(low))
+    rows = high.shape[0]
+    out = np.empty(high.shape + (3,), np.uint8)
+    for start in range(0, rows, _BLOCK_ROWS):
+        stop = min(start + _BLOCK_ROWS, rows)
+        lo, hi = max(start - _HALO_ROWS, 0), min(stop + _HALO_ROWS, rows)
+        hsv = _colour_rows(high[lo:hi], low[lo:hi], air)[start - lo : stop - lo]
+        cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB, dst=out[start:stop])
+    return out
 
 
 def raw_from_converted(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -78,7 +98,13 @@ def draw_detections(rgb, boxes, labels, scores, class_names) -> np.ndarray:
     ``boxes`` [K, 4] x1y1x2y2 pixels, ``labels`` [K] 0-based into ``class_names``, ``scores``
     [K] or None (ground truth: label text only).
     """
-    img = np.ascontiguousarray(np.array(rgb, dtype=np.uint8, copy=True))
+    return _draw_in_place(
+        np.ascontiguousarray(np.array(rgb, dtype=np.uint8, copy=True)), boxes, labels, scores, class_names
+    )
+
+
+def _draw_in_place(img: np.ndarray, boxes, labels, scores, class_names) -> np.ndarray:
+    """``draw_detections`` on ``img`` itself (a contiguous uint8 [H, W, 3] array); returns it."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     if scores is not None:
@@ -119,10 +145,10 @@ def render_png(
     class_names: Sequence[str],
 ) -> bytes:
     """``pseudo_colour`` of the pair with ``draw_detections`` on it, encoded as a PNG file's bytes."""
-    rgb = pseudo_colour(high, low)
+    rgb = pseudo_colour(high, low)  # our own array: drawn on and turned to BGR in place
     if len(boxes):
-        rgb = draw_detections(rgb, boxes, labels, scores, class_names)
-    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        _draw_in_place(rgb, boxes, labels, scores, class_names)
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR, dst=rgb))
     if not ok:
         raise ScanError("cannot encode the rendered picture as PNG")
     return png.tobytes()
