@@ -44,6 +44,7 @@ from xscreen.scans.dicos import (
     dx_pair,
     read_tdr,
 )
+from xscreen.scans.energy import check_energy_order
 from xscreen.service.audit import AuditError, audit_record
 from xscreen.service.batching import BatcherStoppedError, DeadlineExceededError, QueueFullError
 from xscreen.service.dicos_limits import MAX_PDU_BYTES, ByteLimits, bounded_request_handler
@@ -525,7 +526,10 @@ class DicosListener:
             )
             for h in halves
         ]
-        return dx_pair(images[0], images[1])
+        pair = dx_pair(images[0], images[1])
+        if self.settings.check_energy_order:  # pixels that contradict Image Type (docs/method.md 1a)
+            check_energy_order(pair.high.pixels, pair.low.pixels, labelled_by="Image Type (0008,0008)")
+        return pair
 
     def _detect_step(self, job: _Job) -> bool:
         """Run detection and spool the TDR; False when the job was put back to wait or rejected."""

@@ -35,6 +35,7 @@ class ErrorCode(enum.StrEnum):
     # scans
     empty_body = "empty_body"
     invalid_scan = "invalid_scan"
+    energies_swapped = "energies_swapped"
     invalid_parameter = "invalid_parameter"
     scan_size_mismatch = "scan_size_mismatch"
     too_many_pixels = "too_many_pixels"

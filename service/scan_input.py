@@ -20,6 +20,8 @@ from xscreen.scans import (
     sniff_format,
 )
 from xscreen.scans.dicos import DxPair, read_dx_pair
+from xscreen.scans.energy import EnergiesSwappedError, check_energy_order
+from xscreen.scans.errors import ScanDeadlineError
 from xscreen.service.errors import ApiError
 
 _DECODER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="xscreen-decode")  # xscreen detect's helpers
@@ -84,6 +86,8 @@ def scan_error_to_api(exc: ScanError) -> ApiError:
         return ApiError(415, "unsupported_format", msg)
     if isinstance(exc, ScanSizeMismatchError):
         return ApiError(400, "scan_size_mismatch", msg)
+    if isinstance(exc, EnergiesSwappedError):
+        return ApiError(400, "energies_swapped", msg)
     return ApiError(400, "invalid_scan", msg)
 
 
@@ -117,13 +121,16 @@ def prepare_scan(
     dicom: tuple[bool, bool] = (False, False),
     pool: ThreadPoolExecutor | None = None,
     deadline: float | None = None,
+    check_energy: bool = True,
 ) -> PreparedScan:
     """Decode both energy images (files, DICOS DX, or raw little-endian uint16 with width/height), check,
     convert. ``dicom`` says which parts were sent as application/dicom (read even without a preamble).
 
     Runs in a worker thread (CPU-bound); every problem with the input is an ``ApiError`` (4xx).
     ``pool``: where the low image's decode and half of the conversion run (default: a module pool).
-    ``deadline`` (time.monotonic()): past it, ``ScanExpiredError`` at the next stage boundary.
+    ``deadline`` (time.monotonic()): past it, ``ScanExpiredError`` at the next stage boundary, or inside
+    a decoder's bounded inflation. ``check_energy``: refuse exchanged high/low parts (docs/method.md §1a;
+    for DICOS, pixels that contradict Image Type).
     """
     pool = pool or _DECODER
     _check_deadline(deadline, "decoding")
@@ -136,7 +143,7 @@ def prepare_scan(
     pair = None
     try:
         if is_dicos:
-            pair = read_dx_pair(high_bytes, low_bytes, max_pixels=max_pixels, force=dicom)
+            pair = read_dx_pair(high_bytes, low_bytes, max_pixels=max_pixels, force=dicom, deadline=deadline)
             high, low = pair.high.pixels, pair.low.pixels
         elif width is not None and height is not None:
             if width * height > max_pixels:
@@ -149,17 +156,23 @@ def prepare_scan(
             low = decode_raw_uint16(low_bytes, width, height, max_pixels=max_pixels)
         else:
             # the two images decode in parallel (OpenCV/tifffile release the GIL)
-            low_future = pool.submit(read_scan, low_bytes, name="low", max_pixels=max_pixels)
+            low_future = pool.submit(
+                read_scan, low_bytes, name="low", max_pixels=max_pixels, deadline=deadline
+            )
             try:
-                high = read_scan(high_bytes, name="high", max_pixels=max_pixels)
+                high = read_scan(high_bytes, name="high", max_pixels=max_pixels, deadline=deadline)
             except BaseException:
                 wait([low_future])  # report the high image's problem first, leave nothing running
                 raise
             low = low_future.result()
         check_pair(high, low)
+        if check_energy:
+            check_energy_order(high, low, labelled_by="Image Type (0008,0008)" if is_dicos else None)
         _check_deadline(deadline, "conversion")
         t1 = time.perf_counter()
         image = convert_parallel(high, low, pool)
+    except ScanDeadlineError as exc:
+        raise ScanExpiredError(str(exc)) from None
     except ScanError as exc:
         raise scan_error_to_api(exc) from None
     t2 = time.perf_counter()

@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     decode_workers: int = Field(
         2, ge=1, le=256, description="scans decoded and converted at once (each may use a second thread)"
     )
+    check_energy_order: bool = Field(
+        True,
+        description="refuse a pair whose high-energy image is darker than its low-energy one where objects "
+        "attenuate (400 energies_swapped; docs/method.md 1a); off for a scanner with another convention",
+    )
     formats: Annotated[list[Literal["png", "tiff", "npy", "raw", "dicom"]], NoDecode] = Field(
         default_factory=lambda: ["png", "tiff", "npy", "raw", "dicom"],
         description="accepted scan encodings (comma-separated); others are answered 415",

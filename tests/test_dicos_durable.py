@@ -329,6 +329,30 @@ def test_lone_first_energy_moves_to_rejected_and_a_resend_is_kept_once(limited):
     assert len(list(folder.glob("*.dcm"))) == 1  # the resend did not make a second copy
 
 
+def test_a_pair_whose_pixels_contradict_image_type_is_rejected_not_answered(limited):
+    """docs/method.md 1a on the network: the file labelled HIGH ENERGY holds the darker pixels."""
+    srv, tmp = limited
+    scan = synthetic_scans([61], 128)[0]
+    wrong = d.write_dx_pair(scan.low, scan.high)  # Image Type says HIGH on the low-energy pixels
+    study = d.read_dx(wrong[0]).study_uid
+    assert send_pair(srv, *wrong) == [0, 0]  # both halves are on disk before the answer
+
+    def moved() -> list[Path]:
+        return [
+            half.parent
+            for half in (tmp / "spool" / "rejected").glob("*/*.dcm")
+            if pydicom.dcmread(half, stop_before_pixels=True).StudyInstanceUID == study
+        ]
+
+    wait_for(lambda: bool(moved()), timeout=30)
+    (folder,) = set(moved())
+    reason = (folder / "reason.txt").read_text()
+    assert reason.startswith("scan: ") and "Image Type (0008,0008) labels HIGH and LOW" in reason
+    assert len(list(folder.glob("*.dcm"))) == 2
+    written = [d.read_tdr(p.read_bytes()) for p in (tmp / "tdr").glob("*.dcm")]
+    assert study not in [r.study_uid for r in written], "no TDR for the rejected pair"
+
+
 def test_a_spool_folder_serves_one_process(tmp_path):
     first = Spool(tmp_path / "spool")
     try:

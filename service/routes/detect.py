@@ -204,6 +204,7 @@ async def _prepare_within_budget(
         dicom=dicom,
         pool=admission.helper_pool,
         deadline=deadline,
+        check_energy=service.settings.check_energy_order,
     )
     del high_bytes, low_bytes  # the job holds them until it ends
     return await _decode_within(service, admission, lease, deadline, job)

@@ -32,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--onnx-path", help="exported .onnx model for --backend onnxruntime")
     a("--score-threshold", type=float, help="minimum score (default: the model's own threshold)")
     a("--max-pixels", type=int, help="pixels per energy image limit")
+    a(
+        "--no-energy-check",
+        action="store_true",
+        help="do not refuse a pair whose --high image is darker than --low (docs/method.md 1a)",
+    )
     a("--scan-id", help="id echoed in the JSON (default: generated)")
     a("--json", action="store_true", help="print the /detect JSON response")
     a("--render", metavar="OUT.png", help="write the pseudo-colour picture with the detections")
@@ -83,10 +88,17 @@ def run(args: argparse.Namespace) -> int:
     high_bytes, low_bytes = _read(args.high, "high"), _read(args.low, "low")
     try:
         prepared = prepare_scan(
-            high_bytes, low_bytes, width=args.width, height=args.height, max_pixels=settings.max_pixels
+            high_bytes,
+            low_bytes,
+            width=args.width,
+            height=args.height,
+            max_pixels=settings.max_pixels,
+            check_energy=settings.check_energy_order and not args.no_energy_check,
         )
     except ApiError as exc:
-        raise XscreenError(exc.detail) from None
+        raise XscreenError(
+            exc.detail.replace("XSCREEN_CHECK_ENERGY_ORDER=false", "--no-energy-check")
+        ) from None
     backend = make_backend(settings)
     t1 = time.perf_counter()
     (output,), stages = backend.predict([prepared.image])
