@@ -20,6 +20,7 @@ from xscreen.inference.backend import InferenceBackend, make_backend
 from xscreen.service.audit import AuditLog
 from xscreen.service.auth import ApiKeys, require_api_key
 from xscreen.service.batching import MicroBatcher
+from xscreen.service.budget import ScanAdmission
 from xscreen.service.dicos_spool import Spool
 from xscreen.service.errors import install_error_handlers
 from xscreen.service.metrics import ServiceMetrics
@@ -86,6 +87,9 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None) -> F
     )
     if settings.audit_path is not None:
         service.audit = AuditLog(settings.audit_path, settings.audit_max_bytes, settings.audit_keep)
+    service.admission = ScanAdmission.from_settings(settings.max_inflight_mpixels, settings.decode_workers)
+    metrics.budget_capacity.set(service.admission.budget.capacity)
+    metrics.budget_in_use.set_function(lambda: service.admission.budget.in_use)
     if settings.dicos_port is not None and settings.dicos_spool_dir is not None:
         service.dicos_spool = Spool(settings.dicos_spool_dir)  # a locked spool: one line before binding
 
@@ -153,6 +157,7 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None) -> F
             await service.batcher.stop(drain_timeout_s=settings.graceful_timeout_s)
             if service.audit is not None:
                 service.audit.close()
+            service.admission.shutdown()
             log.info("stopped")
 
     app = FastAPI(

@@ -28,7 +28,7 @@ LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0,
 )  # fmt: skip
 # Known label values, exported at 0 from the start so that panels and ratios read 0, not "no data".
-REJECT_REASONS = ("queue_full", "deadline")
+REJECT_REASONS = ("queue_full", "deadline", "memory_budget")
 # Scans refused after inference because their audit record could not be written (503 audit_unavailable):
 # counted by errno in xscreen_audit_failures_total (XscreenAuditWriteFailing) and as the route's 503.
 AUDIT_FAILURE_REASONS = ("ENOSPC", "EROFS", "EACCES", "EIO", "other")
@@ -87,6 +87,16 @@ class ServiceMetrics:
             "xscreen_queue_depth", "Scans waiting in the micro-batching queue", registry=r
         )
         self.queue_capacity = Gauge("xscreen_queue_capacity", "Bound of the micro-batching queue", registry=r)
+        self.budget_in_use = Gauge(
+            "xscreen_scan_budget_in_use_pixels",
+            "Pixels reserved by scans in flight (XSCREEN_MAX_INFLIGHT_MPIXELS, docs/service.md)",
+            registry=r,
+        )
+        self.budget_capacity = Gauge(
+            "xscreen_scan_budget_capacity_pixels",
+            "The memory budget for scans in flight, in pixels",
+            registry=r,
+        )
         self.rejected = Counter(
             "xscreen_rejected_requests", "Scans refused before inference", ("reason",), registry=r
         )

@@ -11,6 +11,7 @@ from xscreen.inference.backend import InferenceBackend
 from xscreen.service.audit import AuditLog
 from xscreen.service.auth import ApiKeys
 from xscreen.service.batching import MicroBatcher
+from xscreen.service.budget import ScanAdmission
 from xscreen.service.metrics import ServiceMetrics
 from xscreen.service.models import ModelManager
 from xscreen.service.settings import Settings
@@ -24,6 +25,7 @@ class ServiceState:
     models: ModelManager
     admin_keys: ApiKeys | None = None
     audit: AuditLog | None = None
+    admission: ScanAdmission | None = None  # memory budget and decode pools (docs/service.md)
     dicos_spool: object | None = None  # service.dicos_spool.Spool, opened by create_app (before binding)
     batcher: MicroBatcher | None = None
     ready: bool = False

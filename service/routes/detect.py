@@ -104,8 +104,8 @@ def _retry_after(service: ServiceState) -> str:
 
 
 def _admission(request: Request, service: ServiceState) -> ScanAdmission:
-    """The app's memory budget and decode pools (made on first use, kept on ``app.state``)."""
-    admission = getattr(request.app.state, "scan_admission", None)
+    """The app's memory budget and decode pools (made by create_app; on first use for an app made without)."""
+    admission = service.admission or getattr(request.app.state, "scan_admission", None)
     if admission is None:
         settings = service.settings
         admission = ScanAdmission.from_settings(settings.max_inflight_mpixels, settings.decode_workers)
