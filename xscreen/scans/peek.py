@@ -14,6 +14,7 @@ import struct
 
 import numpy as np
 
+from xscreen.scans.dicos import DEFLATED_LE
 from xscreen.scans.formats import NPY_MAGIC, PNG_MAGIC, TIFF_MAGICS, sniff_format
 
 # DICOS image pixel module tags: Rows (0028,0010), Columns (0028,0011)
@@ -54,9 +55,16 @@ def _npy_size(buf: bytes) -> tuple[int, int] | None:
 
 
 def _dicom_size(buf: bytes) -> tuple[int, int] | None:
+    """Rows x Columns of a DICOS file; None for a deflated dataset, which only the bounded decoder
+    inflates (pydicom would inflate all of it to read two tags)."""
     import pydicom
+    from pydicom.filereader import _read_file_meta_info, read_preamble
 
     try:
+        fp = io.BytesIO(buf)
+        read_preamble(fp, True)
+        if str(_read_file_meta_info(fp).get("TransferSyntaxUID", "")) == DEFLATED_LE:
+            return None
         ds = pydicom.dcmread(
             io.BytesIO(buf), force=True, stop_before_pixels=True, specific_tags=[_ROWS_TAG, _COLUMNS_TAG]
         )
