@@ -66,22 +66,25 @@ def _post(url: str, pair: tuple[bytes, bytes], timeout: float) -> requests.Respo
     return requests.post(url + "/detect", files=files, timeout=timeout)
 
 
-def _bomb_sender(url: str, bomb: bytes, stop: threading.Event, out: list, lock: threading.Lock, deadline):
+def _bomb_sender(url: str, pair: tuple, stop: threading.Event, out: list, lock: threading.Lock, deadline):
+    """Send ``pair`` (a bomb as both parts, or a valid scan for the control rows) until ``stop``."""
     while not stop.is_set():
         t0 = time.monotonic()
         try:
-            status = _post(url, (bomb, bomb), deadline + 60).status_code
+            status = _post(url, pair, deadline + 60).status_code
         except requests.RequestException:
             status = 0
         with lock:
             out.append((status, time.monotonic() - t0))
 
 
-def run_level(url: str, n_bombs: int, valid: tuple, bomb: bytes, args) -> dict:
-    """Valid-scan latencies (s) and statuses with ``n_bombs`` bomb senders running beside them."""
+def run_level(url: str, n_bombs: int, valid: tuple, flood: tuple, args) -> dict:
+    """Valid-scan latencies (s) and statuses with ``n_bombs`` senders of ``flood`` running beside them."""
     stop, lock, bombs = threading.Event(), threading.Lock(), []
     senders = [
-        threading.Thread(target=_bomb_sender, args=(url, bomb, stop, bombs, lock, args.deadline), daemon=True)
+        threading.Thread(
+            target=_bomb_sender, args=(url, flood, stop, bombs, lock, args.deadline), daemon=True
+        )
         for _ in range(n_bombs)
     ]
     for t in senders:
@@ -140,12 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--size", type=int_at_least(64), default=512, help="side of the valid synthetic scans")
     p.add_argument("--decode-workers", type=positive_int, default=2, help="XSCREEN_DECODE_WORKERS")
+    p.add_argument(
+        "--control",
+        action="store_true",
+        help="also time the valid scans beside as many senders of small valid scans (ordinary flooding)",
+    )
     args = p.parse_args(argv)
     if not args.weights.is_file():
         p.error(f"weights file not found: {args.weights} (give --weights)")
     levels = sorted(set(args.bombs) | {0})
     valid, bomb = valid_pair(args.size), png_idat_bomb(args.bomb_mib)
-    rows = []
+    small = valid_pair(64, seed=1)  # a valid scan of the bombs' declared size: the control rows' flood
+    rows, control = [], []
     settings = {"request_timeout_s": args.deadline, "decode_workers": args.decode_workers}
     with served(args.weights, **settings) as (url, _pid):
         for _ in range(3):
@@ -153,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         for n in levels:
             if rows:
                 _settle(url, valid, rows[0]["p50"], args.deadline + 60)
-            rows.append(run_level(url, n, valid, bomb, args))
+            rows.append(run_level(url, n, valid, (bomb, bomb), args))
+            if args.control and n:
+                _settle(url, valid, rows[0]["p50"], args.deadline + 60)
+                control.append(run_level(url, n, valid, small, args))
     alone = rows[0]
     print(
         f"\nweights: {args.weights.name}; valid scans {args.size}x{args.size} 16-bit PNG, one client; bombs: "
@@ -169,6 +181,16 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows
     ]
     print(markdown_table(header, cells, align="rrrrrrrrrr"))
+    if control:
+        print("\ncontrol: the same valid scans beside as many senders of valid 64x64 scans (no bombs)\n")
+        header = ("valid 64x64 senders", "valid sent", "valid 200", "valid p50 s", "valid p99 s")
+        header += ("p50 / alone", "p99 / alone", "flood answered")
+        cells = [
+            [r["bombs"], r["sent"], r["ok"], f"{r['p50']:.3f}", f"{r['p99']:.3f}"]
+            + [f"{r['p50'] / alone['p50']:.2f}", f"{r['p99'] / alone['p99']:.2f}", r["bombs_sent"]]
+            for r in control
+        ]
+        print(markdown_table(header, cells, align="rrrrrrrr"))
     return 0
 
 

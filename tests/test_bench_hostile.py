@@ -39,7 +39,7 @@ def test_scan_memory_prints_one_row_per_size():
 
 def test_hostile_load_prints_alone_and_beside_bombs():
     args = ["--bombs", "0,1", "--requests", "4", "--deadline", "5", "--bomb-mib", "64", "--size", "128"]
-    proc = _run("hostile_load.py", *args, "--time-limit", "60")
+    proc = _run("hostile_load.py", *args, "--time-limit", "60", "--control")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = re.findall(
         r"^\| (\d+) \| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)"
@@ -54,6 +54,13 @@ def test_hostile_load_prints_alone_and_beside_bombs():
     assert float(beside[5]) == pytest.approx(float(beside[3]) / float(alone[3]), rel=0.02, abs=0.01)
     assert int(beside[7]) >= 1  # the bomb sender was answered at least once
     assert float(beside[9]) < 5 + 3  # within its deadline and some slack, whatever the decoder does
+    control = re.findall(
+        r"^\| (\d+) \| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| (\d+) \|$",
+        proc.stdout.split("control:")[1],
+        flags=re.M,
+    )
+    assert [r[0] for r in control] == ["1"] and control[0][1:3] == ("4", "4"), proc.stdout
+    assert int(control[0][7]) >= 1  # the valid-scan flood was answered too
 
 
 @pytest.mark.parametrize(
