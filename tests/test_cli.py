@@ -48,3 +48,28 @@ def test_each_subcommand_help_has_its_own_options():
         )
         assert proc.returncode == 0, proc.stderr
         assert flag in proc.stdout
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "xscreen.cli", *args], capture_output=True, text=True)
+
+
+def test_unknown_option_is_named_after_the_subcommand():
+    proc = _run("serve", "--bogus", "--port", "5")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "xscreen serve: error: unrecognized arguments: --bogus"
+    top = _run("--bogus")
+    assert top.returncode == 2 and "xscreen: error: unrecognized arguments: --bogus" in top.stderr
+
+
+def test_no_abbreviations_and_no_secret_in_the_error():
+    # "--api-keys" is no flag of serve; it must not be taken as --api-keys-file, nor its value echoed
+    secret = "s3cret-key-0123456789abcdef"
+    proc = _run("serve", "--api-keys", secret)
+    assert proc.returncode == 2
+    assert secret not in proc.stderr and secret not in proc.stdout
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == "xscreen serve: error: unrecognized arguments: --api-keys (and 1 value(s), not shown)"
+    inline = _run("serve", f"--api-key={secret}")
+    assert inline.returncode == 2 and secret not in inline.stderr
+    assert "unrecognized arguments: --api-key" in inline.stderr

@@ -39,17 +39,28 @@ def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, o
     parser = argparse.ArgumentParser(
         prog="xscreen",
         description="Threat detection on dual-energy X-ray scans (ATSS + Label-aware Mechanism).",
+        allow_abbrev=False,  # "--api-keys KEY" must not be taken as --api-keys-file
     )
     parser.add_argument("--version", action="version", version=f"xscreen {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = None
+    parser.subcommand_parsers = {}  # type: ignore[attr-defined]  # for errors named after the subcommand
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
+        parser.subcommand_parsers[name] = p  # type: ignore[attr-defined]
         if name == command:
             chosen = importlib.import_module(module_name)
             chosen.add_arguments(p)
     return parser, chosen
+
+
+def _unrecognized(extra: list[str]) -> str:
+    """The unknown options, never their values (a value may be a key given to a flag that does not exist)."""
+    flags = [a.split("=", 1)[0] for a in extra if a.startswith("-")]
+    values = len(extra) - len(flags)
+    shown = " ".join(flags) or "(none)"
+    return f"unrecognized arguments: {shown}" + (f" (and {values} value(s), not shown)" if values else "")
 
 
 def _command_in(argv: list[str]) -> str | None:
@@ -70,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xscreen {command}: error: {missing_extra_message(extra, missing)}", file=sys.stderr)
         return 2
     parser, module = build_parser(command)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named after the subcommand ("xscreen serve: error: ..."), without the values
+        parser.subcommand_parsers.get(args.command, parser).error(_unrecognized(extra))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
