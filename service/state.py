@@ -12,6 +12,7 @@ from xscreen.service.audit import AuditLog
 from xscreen.service.auth import ApiKeys
 from xscreen.service.batching import MicroBatcher
 from xscreen.service.budget import ScanAdmission
+from xscreen.service.dicos_spool import Spool
 from xscreen.service.metrics import ServiceMetrics
 from xscreen.service.models import ModelManager
 from xscreen.service.settings import Settings
@@ -26,7 +27,7 @@ class ServiceState:
     admin_keys: ApiKeys | None = None
     audit: AuditLog | None = None
     admission: ScanAdmission | None = None  # memory budget and decode pools (docs/service.md)
-    dicos_spool: object | None = None  # service.dicos_spool.Spool, opened by create_app (before binding)
+    dicos_spool: Spool | None = None  # opened (and locked) by create_app, before binding
     batcher: MicroBatcher | None = None
     ready: bool = False
     ready_detail: str = "loading weights"

@@ -103,14 +103,10 @@ def _retry_after(service: ServiceState) -> str:
     return str(max(1, int(np.ceil(service.settings.request_timeout_s / 10))))
 
 
-def _admission(request: Request, service: ServiceState) -> ScanAdmission:
-    """The app's memory budget and decode pools (made by create_app; on first use for an app made without)."""
-    admission = service.admission or getattr(request.app.state, "scan_admission", None)
-    if admission is None:
-        settings = service.settings
-        admission = ScanAdmission.from_settings(settings.max_inflight_mpixels, settings.decode_workers)
-        request.app.state.scan_admission = admission
-    return admission
+def _admission(service: ServiceState) -> ScanAdmission:
+    """The app's memory budget and decode pools, made by create_app."""
+    assert service.admission is not None, "create_app makes the scan admission"
+    return service.admission
 
 
 def _timeout_error(service: ServiceState, what: str) -> ApiError:
@@ -188,7 +184,7 @@ async def _prepare_within_budget(
     deadline: float,
 ) -> PreparedScan:
     """Read the parts, reserve their declared pixels, then decode and convert them within the deadline."""
-    admission = _admission(request, service)
+    admission = _admission(service)
     dicom = (_is_dicom_part(high), _is_dicom_part(low))
     high_bytes, low_bytes = await high.read(), await low.read()
     raw = (width, height) if width is not None and height is not None else None
@@ -331,7 +327,7 @@ async def detect(
     scan_id: ScanIdField = None,
     score_threshold: ThresholdField = None,
 ) -> DetectResponse | Response:
-    with _admission(request, service).budget.lease() as lease:  # held until the answer is built
+    with _admission(service).budget.lease() as lease:  # held until the answer is built
         prepared, response = await _run_detection(
             service, request, lease, high, low, width, height, scan_id, score_threshold
         )
@@ -357,7 +353,7 @@ async def render(
     scan_id: ScanIdField = None,
     score_threshold: ThresholdField = None,
 ) -> Response:
-    with _admission(request, service).budget.lease() as lease:  # the picture counts against it too
+    with _admission(service).budget.lease() as lease:  # the picture counts against it too
         prepared, response = await _run_detection(
             service, request, lease, high, low, width, height, scan_id, score_threshold
         )
