@@ -2,7 +2,7 @@
 # One prepared check for a lent GPU machine (the `device` tool, /work/.library/device/README.md).
 #
 #   bash benchmarks/gpu_check.sh            # on the GPU machine: results under $OUT, about 8 minutes
-#   bash benchmarks/gpu_check.sh --dry-run  # the same steps on CPU at toy size (tests/test_gpu_check.py)
+#   bash benchmarks/gpu_check.sh --dry-run  # the same steps on CPU at toy size (tests/deploy/test_gpu_check.py)
 #
 # Budget (GPU): about 8 minutes; give the device call timeout_s 600. TRAIN_SECONDS (default 100) and
 # TRAIN_EPOCHS (4) size the training. Steps, each time-boxed, each logged even when it fails (the script goes on; summary.md says which
@@ -90,7 +90,7 @@ step() {  # step NAME SECONDS CMD... : run with a time limit, log to results/NAM
 step env 30 bash -c "nvidia-smi || true; $PY -c 'import torch, sys; print(sys.version); print(torch.__version__, torch.cuda.is_available())';
     $PY -c 'import onnxruntime as o; print(\"onnxruntime\", o.__version__, o.get_available_providers())'"
 
-CUDA_FILES=$(grep -l 'mark.cuda' tests/test_*.py | tr '\n' ' ')
+CUDA_FILES=$(grep -rl 'mark.cuda' tests --include='test_*.py' | tr '\n' ' ')
 step cuda_tests 120 "$PY" -m pytest -q -m cuda -p no:cacheprovider $CUDA_FILES
 
 R50=$(cd model/configs && ls *.json | sed 's/\.json$//' | grep "$( [ $MODELS_R = r50 ] && echo _r50 || echo '^small_')")

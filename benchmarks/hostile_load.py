@@ -24,12 +24,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import requests
+from scan_memory import served
 
 from xscreen.argtypes import int_at_least, int_list, positive_float, positive_int
 from xscreen.tables import markdown_table
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scan_memory import served  # noqa: E402
 
 _ADLER_MOD = 65521
 

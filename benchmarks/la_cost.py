@@ -56,6 +56,7 @@ import time
 from pathlib import Path
 
 import torch
+from model_latency import build, label
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -66,9 +67,6 @@ from xscreen.model.label_aware import label_aware_forward, label_aware_weights
 from xscreen.model.timing import sync
 from xscreen.model.transform import normalize, pad_batch
 from xscreen.tables import markdown_table
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_latency import build, label  # noqa: E402
 
 TARGET = 1.6  # the latency target relative to ATSS that the released LAcls misses
 LA_STAGES = ("head_first", "la_grad", "head_second")

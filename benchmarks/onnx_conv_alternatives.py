@@ -27,7 +27,6 @@ import argparse
 import copy
 import os
 import statistics
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -35,13 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from onnx_vs_torch import _timed, parse_variant
 from torch import Tensor, nn
 
 from xscreen.argtypes import int_list, positive_int, size_pair
 from xscreen.tables import markdown_table
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from onnx_vs_torch import _timed, parse_variant  # noqa: E402
 
 # Winograd F(2x2, 3x3) matrices (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016):
 # Y = A^T [(G g G^T) * (B^T d B)] A on 4x4 input tiles d taken with stride 2.

@@ -15,7 +15,7 @@ tower's input. ONNX has no autograd, so this module spells the backward pass out
 
 Both LAcls gradients (label and misleading class y*) share one forward and are run through the
 backward as a single stacked batch. Everything here is made of Conv / elementwise / reduce /
-ArgMax / Equal operators, which torch.onnx exports; ``tests/test_onnx_explicit_grad.py`` checks
+ArgMax / Equal operators, which torch.onnx exports; ``tests/model/test_onnx_explicit_grad.py`` checks
 it against ``torch.autograd`` in float32 and float64.
 """
 

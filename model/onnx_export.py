@@ -309,7 +309,7 @@ def _export(
         with torch.no_grad(), warnings.catch_warnings():
             # The tracer warns about Python ints taken from shapes (channel counts, fixed by the
             # architecture) and the legacy exporter about its deprecation; neither concerns this graph,
-            # whose dynamic axes are checked by tests/test_onnx_export.py on several input sizes.
+            # whose dynamic axes are checked by tests/inference/test_onnx_export.py on several input sizes.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
             warnings.filterwarnings(

