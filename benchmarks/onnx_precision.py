@@ -5,11 +5,11 @@ Usage: python benchmarks/onnx_precision.py [--config small_lareg] [--seed 1] [--
 The LA loop's gradient is piecewise smooth: a ReLU whose pre-activation is within fp32 rounding of 0
 can fall on either side in two engines, and its LA weight then moves the outputs around it (and,
 through GroupNorm, a little everywhere on its level). This script builds the detector of
-tests/inference/test_onnx_export.py's LAreg parity test (small config, 64-channel FPN, a sharpened random head:
-conv weights std 0.05, class bias -2, level scales 1 + 0.1 i), exports it with the LA loop, runs one
-synthetic scan (seed 7, 256 x 320) through torch fp32, torch float64 and ONNX Runtime fp32, and prints
-the pairwise differences per output, then the first-pass ReLUs that torch fp32 and float64 put on
-different sides (docs/onnx.md, "Tests").
+tests/inference/test_onnx_export.py's LAreg parity test (small config, 64-channel FPN, a
+sharpened random head: conv weights std 0.05, class bias -2, level scales 1 + 0.1 i), exports it with the LA
+loop, runs one synthetic scan (seed 7, 256 x 320) through torch fp32, torch float64 and ONNX Runtime fp32,
+and prints the pairwise differences per output, then the first-pass ReLUs that torch fp32 and
+float64 put on different sides (docs/onnx.md, "Tests").
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Release-parity heads (docs/method.md §7) against the independent reference in tests/support/release_reference.py.
+"""Release-parity heads (docs/method.md §7) against the independent reference in
+tests/support/release_reference.py.
 
 A state dict is built in mmdetection's key names and shapes, mapped with model.mmdet_keys and loaded
 into xscreen's release configs (ResNet-18, 64-channel FPN, 2 convs per tower, 160x224 scans, so
