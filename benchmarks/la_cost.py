@@ -1,12 +1,14 @@
 """Why the released LAcls head cannot reach 1.6x ATSS's latency on this CPU: FLOPs and seconds per stage.
 
 Usage: python benchmarks/la_cost.py [--base atss_r50] [--models atss_lacls_r50_release,atss_lacls_r50]
-       [--size 800x1333] [--runs 3] [--device auto] [--json PATH]
+       [--size 800x1333] [--runs 3] [--device auto] [--order-seed 0] [--json PATH]
 
 For the base model (plain ATSS) and each Label-aware model the script counts the FLOPs of every stage
 analytically (``torch.utils.flop_counter.FlopCounterMode``, which also counts ``convolution_backward``,
-so the gradient pass is in) and times the same stages (``forward_raw``'s stage timings, median of
-``--runs`` round-robin runs after one warm-up, under ``torch.inference_mode``):
+so the gradient pass is in) and times the same stages (``forward_raw``'s stage timings under
+``torch.inference_mode``: one warm-up per model, then ``--runs`` rounds with every model once per
+round in a seeded shuffled order, medians over the rounds; the measured ratio to the base is the
+median of the per-round ratios, with their min-max; benchmarks/_interleave.py):
 
 - ``backbone_fpn``: ResNet + FPN (the same network, hence the same FLOPs, in every model);
 - ATSS ``head``: classification tower + ``atss_cls`` and regression tower + ``atss_reg`` + quality
@@ -50,12 +52,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _interleave import Spread, Timings, interleave
 from model_latency import build, label
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
@@ -162,10 +164,6 @@ def tower_pass_flops(model, batch: torch.Tensor) -> int:
         return count_flops(lambda: [model.head.cls_logits(f) for f in feats])
 
 
-def _stages(model) -> tuple[str, ...]:
-    return ("backbone_fpn", *(LA_STAGES if model.cfg.uses_la else BASE_STAGES))
-
-
 def _run_once(model, batch: torch.Tensor, timings: dict | None) -> float:
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -174,28 +172,22 @@ def _run_once(model, batch: torch.Tensor, timings: dict | None) -> float:
     return time.perf_counter() - t0
 
 
-def time_stages(models: dict, batches: dict, runs: int) -> dict[str, tuple[float, dict[str, float]]]:
-    """Median seconds of the whole network and of each stage per model: one warm-up each, then ``runs``
-    round-robin runs (load drift on a shared machine hits every model alike)."""
-    for name, model in models.items():
-        _run_once(model, batches[name], None)
-    totals: dict[str, list[float]] = {n: [] for n in models}
-    stages: dict[str, list[dict]] = {n: [] for n in models}
-    for r in range(runs):
-        for name, model in models.items():
+def time_stages(models: dict, batches: dict, runs: int, seed: int = 0) -> Timings:
+    """Seconds of the whole network and of each stage per model and round: one warm-up each, then
+    ``runs`` rounds with every model once per round in a seeded shuffled order
+    (benchmarks/_interleave.py)."""
+
+    def runner(model, batch):
+        def run(timed: bool) -> tuple[float, dict[str, float]]:
             st: dict[str, float] = {}
-            totals[name].append(_run_once(model, batches[name], st))
+            seconds = _run_once(model, batch, st if timed else None)
             if not model.cfg.uses_la:  # forward_raw books the whole ATSS head under head_first
                 st["head"] = st.pop("head_first", 0.0)
-            stages[name].append(st)
-            print(f"# run {r + 1}: {name} {totals[name][-1]:.3f} s", file=sys.stderr, flush=True)
-    return {
-        n: (
-            statistics.median(totals[n]),
-            {k: statistics.median(s.get(k, 0.0) for s in stages[n]) for k in _stages(models[n])},
-        )
-        for n in models
-    }
+            return seconds, st
+
+        return run
+
+    return interleave({n: runner(m, batches[n]) for n, m in models.items()}, runs, seed=seed)
 
 
 class _ConvClock(TorchDispatchMode):
@@ -239,7 +231,9 @@ def conv_share(model, batch: torch.Tensor) -> float | None:
 
 
 def summarize(base: str, results: dict) -> dict:
-    """B, R, the fastest head rate and per model: measured ratio, FLOP-bound floor, ratio at that rate."""
+    """B, R, the fastest head rate and per model: measured ratio (the median of the per-round ratios to
+    the base, with their spread), FLOP-bound floor, ratio at that rate. B and R come from the base
+    model's median stage seconds."""
     b = results[base]["stages"]["backbone_fpn"]["seconds"]
     base_head = results[base]["stages"]["head"]
     r = base_head["gflop"] / base_head["seconds"]
@@ -251,15 +245,53 @@ def summarize(base: str, results: dict) -> dict:
     )
     denominator = b + base_head["gflop"] / r
     out = {"backbone_fpn_seconds": b, "base_head_gflop_per_s": r, "fastest_head_gflop_per_s": r_max}
-    out["models"] = {
-        name: {
-            "measured_ratio": res["total"]["seconds"] / results[base]["total"]["seconds"],
+    out["models"] = {}
+    base_rounds = results[base]["total"]["round_seconds"]
+    for name, res in results.items():
+        # both models ran in the same round, under about the same load (benchmarks/_interleave.py)
+        ratios = [a / b for a, b in zip(res["total"]["round_seconds"], base_rounds, strict=True)]
+        spread = Spread.of(ratios)
+        out["models"][name] = {
+            "measured_ratio": spread.median,
+            "measured_ratio_min": spread.min,
+            "measured_ratio_max": spread.max,
+            "measured_ratio_p25": spread.p25,
+            "measured_ratio_p75": spread.p75,
+            "round_ratios": ratios,
             "floor": (b + res["head_gflop"] / r) / denominator,
             "ratio_at_fastest": (b + res["head_gflop"] / r_max) / denominator,
         }
-        for name, res in results.items()
-    }
     return out
+
+
+def model_record(name: str, cfg, flops: dict[str, int], unit: int, timed: Timings, share) -> dict:
+    """One model's entry of the JSON record: per stage and in total its FLOPs, tower passes, median
+    seconds (with min, max and the seconds of every round) and achieved GFLOP/s."""
+
+    def entry(gflop: float, rounds: list[float]) -> dict:
+        spread = Spread.of(rounds)
+        return {
+            "gflop": gflop,
+            "tower_passes": gflop * 1e9 / unit,
+            "seconds": spread.median,
+            "seconds_min": spread.min,
+            "seconds_max": spread.max,
+            "round_seconds": rounds,
+            "gflop_per_s": gflop / spread.median if spread.median > 0 else None,
+        }
+
+    stage_names = ("backbone_fpn", *(LA_STAGES if cfg.uses_la else BASE_STAGES))
+    stages = {k: entry(flops[k] / 1e9, [st.get(k, 0.0) for st in timed.stages[name]]) for k in stage_names}
+    head_flops = sum(flops.values()) - flops["backbone_fpn"]
+    return {
+        "label": label(name),
+        "la_mode": cfg.la_mode,
+        "stages": stages,
+        "total": entry(sum(flops.values()) / 1e9, timed.seconds[name]),
+        "head_gflop": head_flops / 1e9,
+        "head_tower_passes": head_flops / unit,
+        "head_conv_share": share,
+    }
 
 
 def _model_list(text: str) -> list[str]:
@@ -267,6 +299,72 @@ def _model_list(text: str) -> list[str]:
     if not names:
         raise argparse.ArgumentTypeError(f"expected a comma list of config names, got {text!r}")
     return names
+
+
+def report(args, network_hw: tuple[int, int], unit: int, results: dict, summary: dict) -> str:
+    """The printed report: header lines, the per-stage table, B and R, the summary table, verdicts."""
+    names = [args.base, *args.models]
+    (h, w), (ph, pw) = args.size, network_hw
+    lines = [
+        f"Input {h}x{w} (network batch {ph}x{pw}), device {args.device} ({torch.get_num_threads()} "
+        f"threads), random weights; seconds of forward_raw (network only).",
+        f"Protocol: one warm-up per model, then {args.runs} rounds with every model once per round in a "
+        f"shuffled order (seed {args.order_seed}); seconds are medians over the rounds (min-max beside "
+        f"them), 'measured / {args.base}' is the median of the per-round ratios.",
+        f"FLOPs: torch.utils.flop_counter (convolutions and matrix products, forward and backward; "
+        f"multiply-add = 2). Tower pass = {unit / 1e9:.3f} GFLOP (classification tower + atss_cls "
+        f"of {args.base} over P3-P7).",
+        "",
+    ]
+    rows = []
+    for name in names:
+        res = results[name]
+        for k, s in [*res["stages"].items(), ("total", res["total"])]:
+            rate = "-" if s["gflop_per_s"] is None else f"{s['gflop_per_s']:.1f}"
+            spread = f"{s['seconds_min']:.4f}-{s['seconds_max']:.4f}"
+            gflop, passes = f"{s['gflop']:.3f}", f"{s['tower_passes']:.2f}"
+            rows.append([name, k, gflop, passes, f"{s['seconds']:.4f}", spread, rate])
+    header = ("model", "stage", "GFLOP", "tower passes", "median s", "min-max s", "GFLOP/s")
+    lines.append(markdown_table(header, rows, align="llrrrrr"))
+    b, r, r_max = (
+        summary[k] for k in ("backbone_fpn_seconds", "base_head_gflop_per_s", "fastest_head_gflop_per_s")
+    )
+    lines += [
+        "",
+        f"B = {b:.4f} s ({args.base} backbone+FPN), R = {r:.1f} GFLOP/s ({args.base} head), "
+        f"fastest head stage {r_max:.1f} GFLOP/s; floor = (B + F_head / R) / (B + F_head_base / R).",
+        "",
+    ]
+    rows = []
+    for name in names:
+        res, s = results[name], summary["models"][name]
+        share = "-" if res["head_conv_share"] is None else f"{100 * res['head_conv_share']:.0f}%"
+        rows.append(
+            [
+                f"{res['label']} ({name})",
+                f"{res['head_tower_passes']:.2f}",
+                f"{s['measured_ratio']:.3f}",
+                f"{s['measured_ratio_min']:.3f}-{s['measured_ratio_max']:.3f}",
+                f"{s['floor']:.3f}",
+                f"{s['ratio_at_fastest']:.3f}",
+                share,
+            ]
+        )
+    header = (
+        "model",
+        "head tower passes",
+        f"measured / {args.base}",
+        "per-round min-max",
+        "FLOP-bound floor",
+        "ratio at fastest head GFLOP/s",
+        "head time in convs",
+    )
+    lines += [markdown_table(header, rows), ""]
+    for name in args.models:
+        floor = summary["models"][name]["floor"]
+        verdict = "above" if floor > TARGET else "below"
+        lines.append(f"{name}: FLOP-bound floor {floor:.3f}x, {verdict} the {TARGET}x target")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,9 +379,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--size", type=size_pair(32, "HEIGHTxWIDTH such as 800x1333"), default=(800, 1333), help="input HxW"
     )
-    p.add_argument("--runs", type=int_at_least(1), default=3, help="timed runs per model (median, >= 1)")
+    p.add_argument(
+        "--runs",
+        type=int_at_least(1),
+        default=3,
+        help="timed rounds, every model once per round (medians, >= 1)",
+    )
     p.add_argument(
         "--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto: cuda when available"
+    )
+    p.add_argument(
+        "--order-seed", type=int, default=0, help="seed of the shuffled model order per round (default 0)"
     )
     p.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     args = p.parse_args(argv)
@@ -310,94 +416,15 @@ def main(argv: list[str] | None = None) -> int:
     batches = {n: network_batch(m, image) for n, m in models.items()}
     unit = tower_pass_flops(models[args.base], batches[args.base])
     flops = {n: stage_flops(m, batches[n]) for n, m in models.items()}
-    timed = time_stages(models, batches, args.runs)
+    timed = time_stages(models, batches, args.runs, args.order_seed)
     shares = {n: conv_share(m, batches[n]) for n, m in models.items()}
 
-    results: dict[str, dict] = {}
-    for name in names:
-        total_s, st = timed[name]
-        stages = {
-            k: {
-                "gflop": flops[name][k] / 1e9,
-                "tower_passes": flops[name][k] / unit,
-                "seconds": st[k],
-                "gflop_per_s": flops[name][k] / 1e9 / st[k] if st[k] > 0 else None,
-            }
-            for k in _stages(models[name])
-        }
-        total_flops = sum(flops[name].values())
-        head_flops = total_flops - flops[name]["backbone_fpn"]
-        results[name] = {
-            "label": label(name),
-            "la_mode": models[name].cfg.la_mode,
-            "stages": stages,
-            "total": {
-                "gflop": total_flops / 1e9,
-                "tower_passes": total_flops / unit,
-                "seconds": total_s,
-                "gflop_per_s": total_flops / 1e9 / total_s,
-            },
-            "head_gflop": head_flops / 1e9,
-            "head_tower_passes": head_flops / unit,
-            "head_conv_share": shares[name],
-        }
+    results = {n: model_record(n, models[n].cfg, flops[n], unit, timed, shares[n]) for n in names}
     summary = summarize(args.base, results)
 
     h, w = args.size
     ph, pw = batches[args.base].shape[-2:]
-    print(
-        f"Input {h}x{w} (network batch {ph}x{pw}), device {args.device} ({torch.get_num_threads()} threads), "
-        f"median of {args.runs} runs, random weights; seconds of forward_raw (network only).\n"
-        f"FLOPs: torch.utils.flop_counter (convolutions and matrix products, forward and backward; "
-        f"multiply-add = 2). Tower pass = {unit / 1e9:.3f} GFLOP (classification tower + atss_cls "
-        f"of {args.base} over P3-P7).\n"
-    )
-    rows = []
-    for name in names:
-        res = results[name]
-        for k, s in [*res["stages"].items(), ("total", res["total"])]:
-            rate = "-" if s["gflop_per_s"] is None else f"{s['gflop_per_s']:.1f}"
-            rows.append(
-                [name, k, f"{s['gflop']:.3f}", f"{s['tower_passes']:.2f}", f"{s['seconds']:.4f}", rate]
-            )
-    header = ("model", "stage", "GFLOP", "tower passes", "median s", "GFLOP/s")
-    print(markdown_table(header, rows, align="llrrrr"))
-
-    b, r, r_max = (
-        summary[k] for k in ("backbone_fpn_seconds", "base_head_gflop_per_s", "fastest_head_gflop_per_s")
-    )
-    print(
-        f"\nB = {b:.4f} s ({args.base} backbone+FPN), R = {r:.1f} GFLOP/s ({args.base} head), "
-        f"fastest head stage {r_max:.1f} GFLOP/s; floor = (B + F_head / R) / (B + F_head_base / R).\n"
-    )
-    rows = []
-    for name in names:
-        res, s = results[name], summary["models"][name]
-        share = "-" if res["head_conv_share"] is None else f"{100 * res['head_conv_share']:.0f}%"
-        rows.append(
-            [
-                f"{res['label']} ({name})",
-                f"{res['head_tower_passes']:.2f}",
-                f"{s['measured_ratio']:.3f}",
-                f"{s['floor']:.3f}",
-                f"{s['ratio_at_fastest']:.3f}",
-                share,
-            ]
-        )
-    header = (
-        "model",
-        "head tower passes",
-        f"measured / {args.base}",
-        "FLOP-bound floor",
-        "ratio at fastest head GFLOP/s",
-        "head time in convs",
-    )
-    print(markdown_table(header, rows))
-    print()
-    for name in args.models:
-        floor = summary["models"][name]["floor"]
-        verdict = "above" if floor > TARGET else "below"
-        print(f"{name}: FLOP-bound floor {floor:.3f}x, {verdict} the {TARGET}x target")
+    print(report(args, (int(ph), int(pw)), unit, results, summary))
 
     if args.json:
         record = {
@@ -408,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
             "device": args.device,
             "threads": torch.get_num_threads(),
             "runs": args.runs,
+            "order_seed": args.order_seed,
+            "orders": [list(order) for order in timed.orders],
             "tower_pass_gflop": unit / 1e9,
             "results": results,
             "summary": summary,

@@ -1,7 +1,7 @@
 """Inference latency of ATSS, ATSS+LAcls, ATSS+LAreg (paper and released heads) and torchvision FCOS R-50-FPN.
 
 Usage: python benchmarks/model_latency.py --variant r50 --size 800x1333 [--runs 3] [--device cpu]
-       [--batch 8] [--dtype bf16] [--models atss_r50,atss_lacls_r50,...,fcos]
+       [--batch 8] [--dtype bf16] [--models atss_r50,atss_lacls_r50,...,fcos] [--order-seed 0]
 
 ``--batch N`` times one call on N images of the size (per-image time = seconds / N); ``--dtype bf16``
 runs the whole inference under ``torch.autocast`` bf16, LA passes included (``--la-bf16`` alone: only
@@ -11,8 +11,11 @@ A model that fails in a setting is reported as failed in its row instead of stop
 
 All the detectors (the variant's paper-text ATSS, LAcls, LAreg, the release-parity LAcls (1.5, 0, 1)
 and LAreg, and FCOS) run in this process on the same random 0..255 image, with random weights
-(nothing is downloaded). Each is warmed up once, then all are timed round-robin ``--runs`` times;
-the table shows medians. Input geometry is made identical: our detectors get
+(nothing is downloaded). Each is warmed up once, then all are timed in ``--runs`` rounds, every model
+once per round in a seeded shuffled order (``--order-seed``; benchmarks/_interleave.py), so load drift
+on a shared machine hits every model alike. The table shows per model the median seconds and their
+min-max, and the ratios to FCOS and to the base (ATSS) as the median of the per-round ratios, with
+their min-max for the base. Input geometry is made identical: our detectors get
 min_size/max_size equal to the input, FCOS gets the same, so neither resizes. Our detectors run on
 channels-last (NHWC) tensors, their default (--nchw to compare). Peak memory: on CUDA
 torch.cuda.max_memory_allocated during
@@ -26,17 +29,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import statistics
 import subprocess
 import sys
 import time
 
 import torch
+from _interleave import Timings, interleave
 
 from xscreen.argtypes import int_at_least, size_pair
 from xscreen.inference.backend import BackendError, resolve_device
 from xscreen.model import build_detector, load_config
-from xscreen.model.timing import MODEL_STAGES
 from xscreen.tables import markdown_table
 
 # the paper-text variants, then the release-parity ones (method.md §7.12)
@@ -105,33 +107,20 @@ def run_once(model, images: list[torch.Tensor], stages: dict | None, dtype: str 
 
 
 def time_models(
-    models: dict, images: list[torch.Tensor], runs: int, dtype: str = "fp32"
-) -> tuple[dict[str, tuple[float, dict[str, float]]], dict[str, str]]:
-    """Warm each model up once, then time them round-robin (so load drift on a shared machine hits
-    every model alike); median total and median per stage for each, and {model: error} for those
-    that failed (left out of the timing)."""
-    failed: dict[str, str] = {}
-    for name, model in list(models.items()):
-        try:
-            run_once(model, images, None, dtype)
-        except Exception as exc:  # one model failing in a setting (e.g. bf16) must not end the table
-            failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
-            del models[name]
-    totals: dict[str, list[float]] = {n: [] for n in models}
-    stages: dict[str, list[dict]] = {n: [] for n in models}
-    for r in range(runs):
-        for name, model in models.items():
-            st: dict[str, float] = {}
-            totals[name].append(run_once(model, images, st, dtype))
-            stages[name].append(st)
-            print(f"# run {r + 1}: {name} {totals[name][-1]:.3f} s", file=sys.stderr, flush=True)
-    return {
-        n: (
-            statistics.median(totals[n]),
-            {k: statistics.median(s.get(k, 0.0) for s in stages[n]) for k in MODEL_STAGES},
-        )
-        for n in models
-    }, failed
+    models: dict, images: list[torch.Tensor], runs: int, dtype: str = "fp32", seed: int = 0
+) -> Timings:
+    """Each model warmed up once, then ``runs`` rounds with every model once per round in a seeded
+    shuffled order (benchmarks/_interleave.py); a model whose warm-up fails is left out of the rounds
+    and named in ``failed``."""
+
+    def runner(model):
+        def run(timed: bool) -> tuple[float, dict[str, float]]:
+            stages: dict[str, float] = {}
+            return run_once(model, images, stages if timed else None, dtype), stages
+
+        return run
+
+    return interleave({n: runner(m) for n, m in models.items()}, runs, seed=seed, keep_going=True)
 
 
 def peak_memory_mib(
@@ -220,6 +209,59 @@ def bf16_deviation(models: dict, image: torch.Tensor) -> dict[str, float]:
     return out
 
 
+STAGE_KEYS = ("backbone_fpn", "head_first", "la_grad", "head_second", "postprocess")
+HEADER = (
+    "model",
+    "seconds",
+    "seconds min-max",
+    "/ FCOS",
+    "/ ATSS",
+    "/ ATSS min-max",
+    "backbone+FPN",
+    "head 1st",
+    "LA grads",
+    "head 2nd",
+    "post",
+)
+
+
+def latency_table(names: list[str], timings: Timings, memory: dict[str, float], args) -> str:
+    """The header line and the markdown table: per model its median seconds and their min-max, the
+    medians of its per-round ratios to FCOS and to the base (names[0]) with the latter's min-max, its
+    median stage split and its peak memory."""
+    base, ok = names[0], timings.seconds
+    h, w = args.size
+    mem_what = "CUDA max_memory_allocated" if args.device.startswith("cuda") else "peak RSS over start"
+    intro = (
+        f"Input {h}x{w}, batch {args.batch}, {args.dtype}, device {args.device} "
+        f"({torch.get_num_threads()} threads), random weights; seconds per call of {args.batch} image(s).\n"
+        f"Protocol: one warm-up per model, then {args.runs} rounds with every model once per round in "
+        f"a shuffled order (seed {args.order_seed}); seconds are medians over the rounds, '/ FCOS' and "
+        f"'/ ATSS' (to {base}) are medians of the per-round ratios.\n"
+    )
+    cells = []
+    for name in names:
+        row = label(name) + (f" ({name})" if args.models else "")
+        if name in timings.failed:
+            cells.append([row, "failed", "-", "-", "-", timings.failed[name], *["-"] * 6])
+            continue
+        total = timings.total(name)
+        if name == "fcos":
+            split = ["-"] * len(STAGE_KEYS)
+        else:
+            split = [f"{timings.stage_median(name, k):.3f}" for k in STAGE_KEYS]
+        fcos = f"{timings.ratio(name, 'fcos').median:.2f}" if "fcos" in ok else "nan"
+        if base in ok:
+            to_base = timings.ratio(name, base)
+            atss = [f"{to_base.median:.2f}", to_base.range_text(2)]
+        else:
+            atss = ["nan", "-"]
+        mem = f"{memory[name]:.0f}" if name in memory else "-"
+        cells.append([row, f"{total.median:.3f}", total.range_text(3), fcos, *atss, *split, mem])
+    header = (*HEADER, f"peak MiB ({mem_what})")
+    return intro + "\n" + markdown_table(header, cells, align="l" * len(header))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variant", choices=sorted(VARIANTS), default="r50")
@@ -227,7 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         "--size", type=size_pair(32, "HEIGHTxWIDTH such as 800x1333"), default=(800, 1333), help="input HxW"
     )
     p.add_argument(
-        "--runs", type=int_at_least(3), default=3, help="timed runs per model (median reported, >= 3)"
+        "--runs",
+        type=int_at_least(3),
+        default=3,
+        help="timed rounds, every model once per round (medians reported, >= 3)",
     )
     p.add_argument(
         "--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto: cuda when available"
@@ -248,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         "--models",
         type=lambda t: [m.strip() for m in t.split(",") if m.strip()],
         help="comma list of config names and/or 'fcos' instead of --variant's (the first is the / ATSS base)",
+    )
+    p.add_argument(
+        "--order-seed", type=int, default=0, help="seed of the shuffled model order per round (default 0)"
     )
     p.add_argument("--no-memory", action="store_true", help="skip the per-model memory subprocesses")
     p.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
@@ -285,12 +333,12 @@ def main(argv: list[str] | None = None) -> int:
         n: build(n, args.size, args.device, args.batched_grad, args.channels_last, args.la_bf16)
         for n in names
     }
-    results, failed = time_models(models, images, args.runs, args.dtype)
+    timings = time_models(models, images, args.runs, args.dtype, args.order_seed)
     deviations = bf16_deviation(models, image) if args.la_bf16 else {}
     del models
     memory = {}
     if not args.no_memory:
-        for name in results:
+        for name in timings.seconds:
             with contextlib.suppress(subprocess.CalledProcessError):  # left "-" in the table
                 memory[name] = peak_memory_mib(
                     name,
@@ -302,30 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.batch,
                     args.dtype,
                 )
-    fcos_s = results["fcos"][0] if "fcos" in results else float("nan")
-    atss_s = results[names[0]][0] if names[0] in results else float("nan")
-    threads = torch.get_num_threads()
-    h, w = args.size
-    mem_what = "CUDA max_memory_allocated" if args.device.startswith("cuda") else "peak RSS over start"
-    print(
-        f"Input {h}x{w}, batch {args.batch}, {args.dtype}, device {args.device} ({threads} threads), "
-        f"median of {args.runs} runs, random weights; seconds per call of {args.batch} image(s).\n"
-    )
-    stage_keys = ("backbone_fpn", "head_first", "la_grad", "head_second", "postprocess")
-    cells = []
-    for name in names:
-        row = label(name)
-        if args.models:
-            row = f"{row} ({name})"
-        if name in failed:
-            cells.append([row, "failed", "-", "-", failed[name], "-", "-", "-", "-", "-"])
-            continue
-        total, st = results[name]
-        split = ["-"] * len(stage_keys) if name == "fcos" else [f"{st[k]:.3f}" for k in stage_keys]
-        mem = f"{memory[name]:.0f}" if name in memory else "-"
-        cells.append([row, f"{total:.3f}", f"{total / fcos_s:.2f}", f"{total / atss_s:.2f}", *split, mem])
-    header = ("model", "seconds", "/ FCOS", "/ ATSS", "backbone+FPN", "head 1st", "LA grads", "head 2nd")
-    print(markdown_table((*header, "post", f"peak MiB ({mem_what})"), cells, align="l" * 10))
+    print(latency_table(names, timings, memory, args))
     for name, dev in deviations.items():
         print(f"\n{name}: bf16 LA gradients vs fp32, max |score difference| over all anchors = {dev:.2e}")
     return 0

@@ -9,6 +9,7 @@ import contextlib
 import importlib
 import io
 import json
+import statistics
 
 import pytest
 
@@ -36,10 +37,10 @@ def _macs_per_cell(name: str) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """One tiny run (about 10 s on 2 busy cores): its JSON record and its printed tables."""
+    """One tiny run of 3 rounds (about 10 s on 2 busy cores): its JSON record and its printed tables."""
     la_cost = importlib.import_module("la_cost")
     path = tmp_path_factory.mktemp("la_cost") / "la_cost.json"
-    argv = ["--base", BASE, "--models", f"{RELEASED},{PAPER}", "--size", "128x128", "--runs", "1"]
+    argv = ["--base", BASE, "--models", f"{RELEASED},{PAPER}", "--size", "128x128", "--runs", "3"]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert la_cost.main([*argv, "--device", "cpu", "--json", str(path)]) == 0
@@ -112,7 +113,13 @@ def test_floor_recomputed_from_the_numbers(run):
         assert s["ratio_at_fastest"] == pytest.approx(
             (b + x["head_gflop"] / r_max) / (b + base / r), rel=1e-9
         )
-        assert s["measured_ratio"] == pytest.approx(x["total"]["seconds"] / res[BASE]["total"]["seconds"])
+        # measured: the median of the per-round ratios, both models timed in the same round
+        pairs = zip(x["total"]["round_seconds"], res[BASE]["total"]["round_seconds"], strict=True)
+        rounds = [a / b for a, b in pairs]
+        assert s["round_ratios"] == rounds and len(rounds) == 3
+        assert s["measured_ratio"] == statistics.median(rounds)
+        assert (s["measured_ratio_min"], s["measured_ratio_max"]) == (min(rounds), max(rounds))
+        assert x["total"]["seconds"] == statistics.median(x["total"]["round_seconds"])
         # an invariant, not a timing: the convolutions' time is part of the head call's wall time
         assert 0.0 < x["head_conv_share"] <= 1.0
     assert summary["models"][BASE]["floor"] == pytest.approx(1.0)
@@ -126,11 +133,27 @@ def test_floor_recomputed_from_the_numbers(run):
         row[:4] for row in rows
     ]
     summary_row = next(row for row in rows if row[0].endswith(f"({RELEASED})"))
-    assert summary_row[1:4] == [
+    released = summary["models"][RELEASED]
+    assert summary_row[1:5] == [
         f"{res[RELEASED]['head_tower_passes']:.2f}",
-        f"{summary['models'][RELEASED]['measured_ratio']:.3f}",
-        f"{summary['models'][RELEASED]['floor']:.3f}",
+        f"{released['measured_ratio']:.3f}",
+        f"{released['measured_ratio_min']:.3f}-{released['measured_ratio_max']:.3f}",
+        f"{released['floor']:.3f}",
     ]
+
+
+def test_models_are_timed_in_shuffled_rounds_after_a_warm_up(run):
+    """The protocol of benchmarks/_interleave.py: every model once per round, the order changing."""
+    data, out = run
+    names = [BASE, RELEASED, PAPER]
+    assert data["runs"] == 3 and data["order_seed"] == 0
+    assert [sorted(order) for order in data["orders"]] == [sorted(names)] * 3
+    assert all(a != b for a, b in zip(data["orders"], data["orders"][1:], strict=False))
+    for x in data["results"].values():
+        for entry in [*x["stages"].values(), x["total"]]:
+            assert len(entry["round_seconds"]) == 3
+            assert entry["seconds_min"] <= entry["seconds"] <= entry["seconds_max"]
+    assert "one warm-up per model, then 3 rounds" in out
 
 
 @pytest.mark.parametrize(
