@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -12,8 +15,12 @@ from xscreen.cli import main
 from xscreen.model.classes import CLASS_NAMES
 from xscreen.scans import ScanError, write_raw_png
 from xscreen.scans.picture import draw_detections, pseudo_colour
+from xscreen.service.settings import bundled_weights_path
 from xscreen.training.synth.physics import COEF, expose
 from xscreen.training.synth.writer import SynthConfig, write_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+BAG_HIGH, BAG_LOW = REPO / "examples" / "bag_high.png", REPO / "examples" / "bag_low.png"
 
 
 def test_materials_get_scanner_colours():
@@ -56,40 +63,109 @@ def dataset(tmp_path_factory):
     return root
 
 
-def test_render_cli_ground_truth_and_detections(dataset, tmp_path, capsys):
+def _first_annotated(dataset):
     coco = json.loads((dataset / "annotations" / "test.json").read_text())
     im = next(i for i in coco["images"] if any(a["image_id"] == i["id"] for a in coco["annotations"]))
+    return coco, im
+
+
+def test_render_cli_ground_truth_finds_the_image_by_file_name_stem_or_id(dataset, tmp_path, capsys):
+    coco, im = _first_annotated(dataset)
     high, low = dataset / im["raw_high"], dataset / im["raw_low"]
     n_boxes = sum(a["image_id"] == im["id"] for a in coco["annotations"])
+    ann = str(dataset / "annotations" / "test.json")
     args = ["render", "--high", str(high), "--low", str(low)]
     assert main([*args, "--out", str(tmp_path / "plain.png")]) == 0
-    assert (
-        main(
-            [
-                *args,
-                "--out",
-                str(tmp_path / "gt.png"),
-                "--annotations",
-                str(dataset / "annotations" / "test.json"),
-                "--image-id",
-                str(im["id"]),
-            ]
-        )
-        == 0
-    )
-    assert f"{n_boxes} boxes" in capsys.readouterr().out
-    plain, gt = cv2.imread(str(tmp_path / "plain.png")), cv2.imread(str(tmp_path / "gt.png"))
-    assert plain.shape == gt.shape == (160, 192, 3)
+    stem = Path(im["file_name"]).stem  # synth_00000K, COCO id K + 1
+    assert im["id"] == int(stem.rsplit("_", 1)[1]) + 1
+    pictures = []
+    for pick in ([], ["--image-id", stem], ["--image-id", str(im["id"])]):
+        out = tmp_path / f"gt{len(pictures)}.png"
+        assert main([*args, "--out", str(out), "--annotations", ann, *pick]) == 0
+        assert f"{n_boxes} boxes" in capsys.readouterr().out
+        pictures.append(cv2.imread(str(out)))
+    plain = cv2.imread(str(tmp_path / "plain.png"))
+    assert plain.shape == pictures[0].shape == (160, 192, 3)
+    assert all((p == pictures[0]).all() for p in pictures)  # the same image, however it was named
     a = coco["annotations"][[x["image_id"] for x in coco["annotations"]].index(im["id"])]
     x, y = int(a["bbox"][0]), int(a["bbox"][1] + a["bbox"][3] / 2)
-    assert (plain[y, x] != gt[y, x]).any()  # the box's left edge is drawn
+    assert (plain[y, x] != pictures[0][y, x]).any()  # the box's left edge is drawn
+
+
+def test_render_cli_coco_results(dataset, tmp_path, capsys):
+    _, im = _first_annotated(dataset)
+    args = ["render", "--high", str(dataset / im["raw_high"]), "--low", str(dataset / im["raw_low"])]
     dets = [
         {"image_id": im["id"], "category_id": 8, "bbox": [5, 5, 40, 30], "score": 0.9},
         {"image_id": im["id"], "category_id": 8, "bbox": [50, 50, 40, 30], "score": 0.1},
     ]
-    (tmp_path / "dets.json").write_text(json.dumps(dets))
-    assert main([*args, "--out", str(tmp_path / "d.png"), "--detections", str(tmp_path / "dets.json")]) == 0
-    assert "1 boxes" in capsys.readouterr().out  # the 0.1 detection is under --score-thresh
+    path = tmp_path / "dets.json"
+    path.write_text(json.dumps(dets))
+    out = ["--out", str(tmp_path / "d.png"), "--detections", str(path)]
+    assert main([*args, *out]) == 0
+    assert "2 boxes" in capsys.readouterr().out  # a results file is drawn as it is
+    assert main([*args, *out, "--score-threshold", "0.5"]) == 0
+    assert "1 boxes" in capsys.readouterr().out
+    path.write_text(json.dumps([*dets, {**dets[0], "image_id": im["id"] + 1}]))
+    assert main([*args, *out]) == 2
+    assert "results of 2 images; give --image-id (the COCO image id)" in capsys.readouterr().err
+    assert main([*args, *out, "--image-id", str(im["id"] + 1)]) == 0
+    assert "1 boxes" in capsys.readouterr().out
+    assert main([*args, *out, "--image-id", Path(im["file_name"]).stem]) == 2
+    assert "COCO results name images by their COCO id only" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def bag_answer(tmp_path_factory):
+    """`xscreen detect --json` on the sample bag with the bundled weights, saved as a user would."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert (
+            main(["detect", "--high", str(BAG_HIGH), "--low", str(BAG_LOW), "--device", "cpu", "--json"]) == 0
+        )
+    path = tmp_path_factory.mktemp("bag") / "bag.json"
+    path.write_text(buf.getvalue())
+    return path
+
+
+def test_render_draws_what_detect_found_at_the_models_threshold(bag_answer, tmp_path, capsys):
+    """`render --weights` draws what `detect` answers (the model's own threshold, not a fixed one), and
+    `render --detections` draws that answer's JSON: the same picture."""
+    answer = json.loads(bag_answer.read_text())
+    n = len(answer["detections"])
+    assert n >= 3 and answer["score_threshold"] == pytest.approx(0.1718)
+    scan = ["render", "--high", str(BAG_HIGH), "--low", str(BAG_LOW)]
+    assert main([*scan, "--out", str(tmp_path / "json.png"), "--detections", str(bag_answer)]) == 0
+    assert f"(256x256, {n} boxes)" in capsys.readouterr().out
+    weights = str(bundled_weights_path())
+    assert main([*scan, "--out", str(tmp_path / "model.png"), "--weights", weights, "--device", "cpu"]) == 0
+    assert f"(256x256, {n} boxes)" in capsys.readouterr().out
+    from_json, from_model = cv2.imread(str(tmp_path / "json.png")), cv2.imread(str(tmp_path / "model.png"))
+    assert (from_json == from_model).all()
+    above = sum(d["score"] >= 0.3 for d in answer["detections"])
+    assert 1 <= above < n
+    thresholded = ["--out", str(tmp_path / "t.png"), "--detections", str(bag_answer), "--score-thresh", "0.3"]
+    assert main([*scan, *thresholded]) == 0
+    assert f"{above} boxes" in capsys.readouterr().out
+
+
+def test_render_refuses_a_detect_answer_that_does_not_fit(bag_answer, dataset, tmp_path, capsys):
+    _, im = _first_annotated(dataset)
+    other = ["--high", str(dataset / im["raw_high"]), "--low", str(dataset / im["raw_low"])]
+    bag = ["--high", str(BAG_HIGH), "--low", str(BAG_LOW)]
+    out = ["--out", str(tmp_path / "o.png")]
+    answer = json.loads(bag_answer.read_text())
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({**answer, "detections": [{"class_name": "knife", "score": 0.9}]}))
+    cases = [
+        ([*other, *out, "--detections", str(bag_answer)], "answers a 256x256 scan but this scan is 192x160"),
+        ([*bag, *out, "--detections", str(bag_answer), "--image-id", "1"], "--image-id does not apply"),
+        ([*bag, *out, "--detections", str(broken)], "detection 0 lacks class_name, score or box"),
+    ]
+    for args, message in cases:
+        assert main(["render", *args]) == 2, message
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
 
 
 def test_render_cli_bad_inputs(dataset, tmp_path, capsys):
@@ -101,20 +177,27 @@ def test_render_cli_bad_inputs(dataset, tmp_path, capsys):
     write_raw_png(small, np.zeros((10, 10), np.uint16))
     eight = tmp_path / "eight.png"
     cv2.imwrite(str(eight), np.zeros((10, 10), np.uint8))
+    renamed = tmp_path / "scan_high.png"
+    renamed.write_bytes(Path(high).read_bytes())
+    not_json = tmp_path / "object.json"
+    not_json.write_text('{"boxes": []}')
+    o = str(tmp_path / "o.png")
     cases = [
         (
-            ["--high", high, "--low", low, "--out", "o.png", "--annotations", ann],
-            "--annotations needs --image-id",
+            ["--high", str(renamed), "--low", low, "--out", o, "--annotations", ann],
+            "--annotations needs --image-id: ",
         ),
         (
-            ["--high", high, "--low", low, "--out", "o.png", "--annotations", ann, "--image-id", "999"],
-            "no image with id 999",
+            ["--high", high, "--low", low, "--out", o, "--annotations", ann, "--image-id", "999"],
+            "no image with id or file stem '999'",
         ),
-        (["--high", high, "--low", str(small), "--out", "o.png"], "high/low size mismatch"),
-        (["--high", str(eight), "--low", low, "--out", "o.png"], "PNG is 8-bit"),
+        (["--high", high, "--low", low, "--out", o, "--image-id", "1"], "--image-id picks an image of"),
+        (["--high", high, "--low", low, "--out", o, "--detections", str(not_json)], "expected the JSON of"),
+        (["--high", high, "--low", str(small), "--out", o], "high/low size mismatch"),
+        (["--high", str(eight), "--low", low, "--out", o], "PNG is 8-bit"),
         (["--high", high, "--low", low, "--out", str(tmp_path / "o.gif")], "--out must end in .png or .jpg"),
         (
-            ["--high", high, "--low", low, "--out", "o.png", "--detections", "nope.json"],
+            ["--high", high, "--low", low, "--out", o, "--detections", "nope.json"],
             "detections file not found",
         ),
     ]
@@ -122,6 +205,12 @@ def test_render_cli_bad_inputs(dataset, tmp_path, capsys):
         assert main(["render", *extra]) == 2, message
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as stop:  # argparse's own check
+        main(["render", "--high", high, "--low", low, "--out", o, "--score-threshold", "1.5"])
+    assert (
+        stop.value.code == 2
+        and "--score-threshold/--score-thresh: must be in [0, 1]" in capsys.readouterr().err
+    )
 
 
 def test_render_cli_with_weights(dataset, tmp_path, capsys):
