@@ -72,8 +72,15 @@ def test_wheel_metadata_keeps_the_extras_optional(tmp_path):
     """setuptools' own reading of pyproject.toml: Requires-Dist of the wheel, as pip sees it."""
     (tmp_path / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text())
     (tmp_path / "README.md").write_text("x\n")
-    (tmp_path / "xscreen").mkdir()
-    (tmp_path / "xscreen" / "__init__.py").write_text('"""x"""\n')
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for package in setuptools["packages"]:  # an empty folder for each, where package-dir puts it
+        top = next(
+            (p for p in setuptools["package-dir"] if package == p or package.startswith(p + ".")), None
+        )
+        rest = package.removeprefix(top).lstrip(".").split(".") if top else package.split(".")
+        folder = tmp_path.joinpath(setuptools["package-dir"][top] if top else "", *rest)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "__init__.py").write_text('"""x"""\n')
     code = "from setuptools import build_meta; print(build_meta.prepare_metadata_for_build_wheel('out'))"
     (tmp_path / "out").mkdir()
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
