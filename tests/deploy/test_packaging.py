@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +103,94 @@ def test_wheel_metadata_keeps_the_extras_optional(tmp_path):
     assert by_extra["gpu"] == {"onnx", "onnxruntime-gpu"} and "onnxruntime" not in by_extra["gpu"]
     assert by_extra["train"] == {"pycocotools", "matplotlib", "tensorboard"}
     assert "xscreen" in by_extra["dev"] and "pytest" in by_extra["dev"]
+
+
+# --- the wheel -------------------------------------------------------------------------------------------
+
+# source folder -> where its files go in the wheel (pyproject.toml [tool.setuptools] package-dir)
+WHEEL_PLACE = {
+    "xscreen": "xscreen",
+    "model": "xscreen/model",
+    "training": "xscreen/training",
+    "service": "xscreen/service",
+}
+
+
+@pytest.fixture(scope="module")
+def clone_wheel(tmp_path_factory) -> tuple[Path, Path]:
+    """(clone, wheel): HEAD cloned with core.symlinks=false, Git's default on Windows, and its wheel.
+
+    What is checked is the committed tree, as a user's clone gets it; the wheel is built the way the
+    image builds it (the environment's setuptools, no build isolation).
+    """
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    tmp = tmp_path_factory.mktemp("clone")
+    clone, wheels = tmp / "xscreen", tmp / "wheels"
+    git = ["git", "-c", "core.symlinks=false", "clone", "--quiet", str(REPO), str(clone)]
+    subprocess.run(git, check=True, capture_output=True, timeout=120)
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(clone)]
+    proc = subprocess.run([*build, "-w", str(wheels)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = wheels.glob("xscreen-*.whl")
+    return clone, wheel
+
+
+def test_a_clone_without_symlinks_builds_the_full_wheel(clone_wheel):
+    """Every module of the four folders and the bundled configs and weights, under xscreen/, nothing else."""
+    clone, wheel = clone_wheel
+    tracked = subprocess.run(["git", "ls-files"], cwd=clone, capture_output=True, text=True, check=True)
+    expected = set()
+    for path in tracked.stdout.splitlines():
+        folder, _, rest = path.partition("/")
+        if folder in WHEEL_PLACE and rest and rest.endswith(".py"):
+            expected.add(f"{WHEEL_PLACE[folder]}/{rest}")
+        if folder == "model" and rest.startswith(("configs/", "weights/")):
+            expected.add(f"xscreen/model/{rest}")
+    names = zipfile.ZipFile(wheel).namelist()
+    dist_info = f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"
+    assert {name.split("/")[0] for name in names} == {"xscreen", dist_info}
+    assert sorted(n for n in names if n.startswith("xscreen/")) == sorted(expected)
+    modules = [n for n in expected if n.endswith(".py")]
+    assert len([n for n in modules if n.startswith("xscreen/service/")]) > 20 and len(modules) > 100
+    assert "xscreen/model/weights/xscreen-small-lacls.safetensors" in expected
+    assert "xscreen/model/configs/small_lacls_release_demo.json" in expected
+
+
+def test_a_fresh_install_has_xscreen_and_no_generic_names(clone_wheel, tmp_path):
+    """The wheel in a fresh venv, run outside the repo: xscreen.model imports, model does not."""
+    _, wheel = clone_wheel
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    site = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    # pip's own install of the wheel, without its dependencies: the namespace is what is checked here
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", str(wheel)],
+        capture_output=True,
+        text=True,
+    )
+    assert install.returncode == 0, install.stderr[-2000:]
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    probe = (
+        "import importlib, sys\n"
+        "import xscreen.cli, xscreen.model, xscreen.model.classes\n"
+        "assert 'torch' not in sys.modules\n"
+        "for name in ('model', 'training', 'service'):\n"
+        "    try:\n        importlib.import_module(name)\n    except ModuleNotFoundError:\n        continue\n"
+        "    raise SystemExit(f'{name} is importable')\n"
+        "print(xscreen.model.__file__)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # only the venv's own site-packages
+    proc = subprocess.run([str(py), "-c", probe], cwd=outside, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"{site}/xscreen/model/__init__.py"
 
 
 # --- commands and their extras ----------------------------------------------------------------------------
