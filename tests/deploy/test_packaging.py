@@ -338,6 +338,13 @@ def test_service_lock_is_the_serving_set_and_agrees_with_ci():
     assert not differ
 
 
+def dockerfile_stages() -> list[tuple[str, str | None, str]]:
+    """(image, stage name, body) of each FROM of the Dockerfile, in order."""
+    text = (REPO / "Dockerfile").read_text()
+    parts = re.split(r"^FROM (\S+)(?: AS (\S+))?$", text, flags=re.M)
+    return [(parts[i], parts[i + 1], parts[i + 2]) for i in range(1, len(parts), 3)]
+
+
 def test_dockerfile_installs_the_lock_then_the_project_without_deps():
     text = (REPO / "Dockerfile").read_text()
     lock = re.search(r"pip install --require-hashes (--no-deps )?-r requirements/service\.txt", text).start()
@@ -347,15 +354,30 @@ def test_dockerfile_installs_the_lock_then_the_project_without_deps():
     assert text.index("COPY requirements/service.txt") < lock and "COPY pyproject.toml" not in text[:lock]
 
 
+def test_the_image_holds_the_project_once_from_a_wheel_stage():
+    """The sources (with the weights) are copied into the wheel stage only; the image installs the wheel
+    from a bind mount, so site-packages is the one place of the bundled weights."""
+    (_, deps, _), (wheel_from, wheel, build), (final_from, final, install) = dockerfile_stages()
+    assert (deps, wheel_from, wheel, final_from, final) == ("deps", "deps", "wheel", "deps", None)
+    # the wheel stage copies what the wheel is built from: pyproject.toml's folders, xscreen/ and README
+    copied = {src for line in re.findall(r"^COPY (.+)$", build, re.M) for src in line.split()[:-1]}
+    package_dir = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    assert copied == {"pyproject.toml", "README.md", "xscreen", *package_dir.values()}
+    assert "pip wheel --no-deps --no-build-isolation --wheel-dir /wheels ." in build
+    assert "COPY" not in install and "ADD" not in install
+    mount = r"^RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \\\n"
+    assert re.search(mount + r"\s+pip install --no-deps /wheels/xscreen-\S+\.whl$", install, re.M)
+
+
 # --- image digests ----------------------------------------------------------------------------------------
 
 PINNED = re.compile(r"[a-z0-9][a-z0-9./_-]*:[A-Za-z0-9._-]+@sha256:[0-9a-f]{64}")
 
 
 def test_every_pulled_image_is_pinned_by_digest():
-    text = (REPO / "Dockerfile").read_text()
-    (base,) = re.findall(r"^FROM (\S+)", text, re.M)
-    assert PINNED.fullmatch(base)
+    stages = dockerfile_stages()
+    pulled = [image for image, _, _ in stages if image not in {name for _, name, _ in stages}]
+    assert len(pulled) == 1 and PINNED.fullmatch(pulled[0])  # the rest build on the stages above
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
     for name, svc in compose.items():
         if "build" not in svc:  # the detector is built here
