@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 import tomllib
 import zipfile
 from pathlib import Path
@@ -155,6 +156,23 @@ def test_a_clone_without_symlinks_builds_the_full_wheel(clone_wheel):
     assert len([n for n in modules if n.startswith("xscreen/service/")]) > 20 and len(modules) > 100
     assert "xscreen/model/weights/xscreen-small-lacls.safetensors" in expected
     assert "xscreen/model/configs/small_lacls_release_demo.json" in expected
+
+
+def test_the_sdist_holds_the_sources_of_the_wheel_and_no_tests(clone_wheel, tmp_path):
+    """The suite runs from a checkout (it reads docs/, deploy/, tools/): an sdist ships none of it."""
+    clone, _ = clone_wheel
+    code = f"from setuptools import build_meta; print(build_meta.build_sdist({str(tmp_path)!r}))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=clone, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with tarfile.open(tmp_path / proc.stdout.split()[-1]) as sdist:
+        names = {m.name.split("/", 1)[1] for m in sdist.getmembers() if m.isfile()}
+    tracked = subprocess.run(["git", "ls-files"], cwd=clone, capture_output=True, text=True, check=True)
+    sources = {path for path in tracked.stdout.splitlines() if path.split("/")[0] in WHEEL_PLACE}
+    assert {name for name in names if name.split("/")[0] in WHEEL_PLACE} == sources
+    assert not [name for name in names if name.startswith("tests/")]
+    assert {"pyproject.toml", "README.md", "PKG-INFO"} <= names
 
 
 def test_a_fresh_install_has_xscreen_and_no_generic_names(clone_wheel, tmp_path):
