@@ -2,7 +2,7 @@
 # bundled demo weights, non-root. Build: docker build -t xscreen:0.1.0 .   Run: docker-compose.yml, deploy/k8s/.
 # Why a slim Python base is enough on a GPU, and how to update the digest: docs/deploy.md.
 # python:3.11.14-slim-bookworm, multi-arch index digest (deploy/update-digests.sh re-resolves it).
-FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
+FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d AS deps
 
 # The host's driver (libcuda) is mounted by the NVIDIA container runtime, which reads these; the CUDA
 # runtime, cuBLAS and cuDNN come from the nvidia-* wheels in the lock.
@@ -22,15 +22,24 @@ RUN python -m venv /opt/venv \
     && pip install --require-hashes --no-deps -r requirements/service.txt \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin xscreen
 
-# Layer 2, rebuilt on any code change: the project alone. Non-editable, so the bundled weights land in
-# site-packages/xscreen/model/weights (package data), where the default XSCREEN_WEIGHTS points. Built with
-# the lock's setuptools (no build isolation: nothing is fetched outside the lock).
+# The wheel, in a stage of its own: the sources and setuptools' build/ stay here. package-dir in
+# pyproject.toml maps model/, training/ and service/ to xscreen.model, xscreen.training and
+# xscreen.service. Built with the lock's setuptools (no build isolation: nothing is fetched outside the lock).
+FROM deps AS wheel
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY xscreen ./xscreen
 COPY model ./model
 COPY training ./training
 COPY service ./service
-RUN pip install --no-deps --no-build-isolation .
+RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
+
+FROM deps
+# Layer 2, rebuilt on any code change: the project alone, installed from the wheel stage through a
+# bind mount, so no layer keeps the wheel or the sources. The bundled weights land once, in
+# site-packages/xscreen/model/weights (package data), where the default XSCREEN_WEIGHTS points.
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --no-deps /wheels/xscreen-*.whl
 
 # The mount point of the detector's state volume (compose: detector-state), owned by the service user: a
 # new named volume copies this owner, so uid 10001 can write the model selection and the audit trail.

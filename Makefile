@@ -23,15 +23,17 @@ endif
 
 install: $(STAMP)
 
+# lint-imports runs on build/lint-imports, the packages laid out as the wheel has them: grimp reads a
+# package's folder, and xscreen.model, .training and .service live in model/, training/ and service/.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/lint-imports
+	$(BIN)/python tools/lint_imports.py
 
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/lint-imports
+	$(BIN)/python tools/lint_imports.py
 	$(BIN)/python -m pytest -q --durations=15
 
 clean:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+if __name__ != "xscreen.model":  # the folder's bare name, e.g. from the repository root
+    raise ImportError("import xscreen.model, not model: model/ is the package xscreen.model")
+
 _EXPORTS = {
     "ATSSDetector": "detector",
     "ConfigError": "config",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+import tarfile
 import tomllib
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -72,8 +75,15 @@ def test_wheel_metadata_keeps_the_extras_optional(tmp_path):
     """setuptools' own reading of pyproject.toml: Requires-Dist of the wheel, as pip sees it."""
     (tmp_path / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text())
     (tmp_path / "README.md").write_text("x\n")
-    (tmp_path / "xscreen").mkdir()
-    (tmp_path / "xscreen" / "__init__.py").write_text('"""x"""\n')
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for package in setuptools["packages"]:  # an empty folder for each, where package-dir puts it
+        top = next(
+            (p for p in setuptools["package-dir"] if package == p or package.startswith(p + ".")), None
+        )
+        rest = package.removeprefix(top).lstrip(".").split(".") if top else package.split(".")
+        folder = tmp_path.joinpath(setuptools["package-dir"][top] if top else "", *rest)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "__init__.py").write_text('"""x"""\n')
     code = "from setuptools import build_meta; print(build_meta.prepare_metadata_for_build_wheel('out'))"
     (tmp_path / "out").mkdir()
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
@@ -94,6 +104,111 @@ def test_wheel_metadata_keeps_the_extras_optional(tmp_path):
     assert by_extra["gpu"] == {"onnx", "onnxruntime-gpu"} and "onnxruntime" not in by_extra["gpu"]
     assert by_extra["train"] == {"pycocotools", "matplotlib", "tensorboard"}
     assert "xscreen" in by_extra["dev"] and "pytest" in by_extra["dev"]
+
+
+# --- the wheel -------------------------------------------------------------------------------------------
+
+# source folder -> where its files go in the wheel (pyproject.toml [tool.setuptools] package-dir)
+WHEEL_PLACE = {
+    "xscreen": "xscreen",
+    "model": "xscreen/model",
+    "training": "xscreen/training",
+    "service": "xscreen/service",
+}
+
+
+@pytest.fixture(scope="module")
+def clone_wheel(tmp_path_factory) -> tuple[Path, Path]:
+    """(clone, wheel): HEAD cloned with core.symlinks=false, Git's default on Windows, and its wheel.
+
+    What is checked is the committed tree, as a user's clone gets it; the wheel is built the way the
+    image builds it (the environment's setuptools, no build isolation).
+    """
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    tmp = tmp_path_factory.mktemp("clone")
+    clone, wheels = tmp / "xscreen", tmp / "wheels"
+    git = ["git", "-c", "core.symlinks=false", "clone", "--quiet", str(REPO), str(clone)]
+    subprocess.run(git, check=True, capture_output=True, timeout=120)
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(clone)]
+    proc = subprocess.run([*build, "-w", str(wheels)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = wheels.glob("xscreen-*.whl")
+    return clone, wheel
+
+
+def test_a_clone_without_symlinks_builds_the_full_wheel(clone_wheel):
+    """Every module of the four folders and the bundled configs and weights, under xscreen/, nothing else."""
+    clone, wheel = clone_wheel
+    tracked = subprocess.run(["git", "ls-files"], cwd=clone, capture_output=True, text=True, check=True)
+    expected = set()
+    for path in tracked.stdout.splitlines():
+        folder, _, rest = path.partition("/")
+        if folder in WHEEL_PLACE and rest and rest.endswith(".py"):
+            expected.add(f"{WHEEL_PLACE[folder]}/{rest}")
+        if folder == "model" and rest.startswith(("configs/", "weights/")):
+            expected.add(f"xscreen/model/{rest}")
+    names = zipfile.ZipFile(wheel).namelist()
+    dist_info = f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"
+    assert {name.split("/")[0] for name in names} == {"xscreen", dist_info}
+    assert sorted(n for n in names if n.startswith("xscreen/")) == sorted(expected)
+    modules = [n for n in expected if n.endswith(".py")]
+    assert len([n for n in modules if n.startswith("xscreen/service/")]) > 20 and len(modules) > 100
+    assert "xscreen/model/weights/xscreen-small-lacls.safetensors" in expected
+    assert "xscreen/model/configs/small_lacls_release_demo.json" in expected
+
+
+def test_the_sdist_holds_the_sources_of_the_wheel_and_no_tests(clone_wheel, tmp_path):
+    """The suite runs from a checkout (it reads docs/, deploy/, tools/): an sdist ships none of it."""
+    clone, _ = clone_wheel
+    code = f"from setuptools import build_meta; print(build_meta.build_sdist({str(tmp_path)!r}))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=clone, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with tarfile.open(tmp_path / proc.stdout.split()[-1]) as sdist:
+        names = {m.name.split("/", 1)[1] for m in sdist.getmembers() if m.isfile()}
+    tracked = subprocess.run(["git", "ls-files"], cwd=clone, capture_output=True, text=True, check=True)
+    sources = {path for path in tracked.stdout.splitlines() if path.split("/")[0] in WHEEL_PLACE}
+    assert {name for name in names if name.split("/")[0] in WHEEL_PLACE} == sources
+    assert not [name for name in names if name.startswith("tests/")]
+    assert {"pyproject.toml", "README.md", "PKG-INFO"} <= names
+
+
+def test_a_fresh_install_has_xscreen_and_no_generic_names(clone_wheel, tmp_path):
+    """The wheel in a fresh venv, run outside the repo: xscreen.model imports, model does not."""
+    _, wheel = clone_wheel
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    site = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    # pip's own install of the wheel, without its dependencies: the namespace is what is checked here
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", str(wheel)],
+        capture_output=True,
+        text=True,
+    )
+    assert install.returncode == 0, install.stderr[-2000:]
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    probe = (
+        "import importlib, sys\n"
+        "import xscreen.cli, xscreen.model, xscreen.model.classes\n"
+        "assert 'torch' not in sys.modules\n"
+        "for name in ('model', 'training', 'service'):\n"
+        "    try:\n        importlib.import_module(name)\n    except ModuleNotFoundError:\n        continue\n"
+        "    raise SystemExit(f'{name} is importable')\n"
+        "print(xscreen.model.__file__)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # only the venv's own site-packages
+    proc = subprocess.run([str(py), "-c", probe], cwd=outside, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"{site}/xscreen/model/__init__.py"
 
 
 # --- commands and their extras ----------------------------------------------------------------------------
@@ -241,6 +356,13 @@ def test_service_lock_is_the_serving_set_and_agrees_with_ci():
     assert not differ
 
 
+def dockerfile_stages() -> list[tuple[str, str | None, str]]:
+    """(image, stage name, body) of each FROM of the Dockerfile, in order."""
+    text = (REPO / "Dockerfile").read_text()
+    parts = re.split(r"^FROM (\S+)(?: AS (\S+))?$", text, flags=re.M)
+    return [(parts[i], parts[i + 1], parts[i + 2]) for i in range(1, len(parts), 3)]
+
+
 def test_dockerfile_installs_the_lock_then_the_project_without_deps():
     text = (REPO / "Dockerfile").read_text()
     lock = re.search(r"pip install --require-hashes (--no-deps )?-r requirements/service\.txt", text).start()
@@ -250,15 +372,30 @@ def test_dockerfile_installs_the_lock_then_the_project_without_deps():
     assert text.index("COPY requirements/service.txt") < lock and "COPY pyproject.toml" not in text[:lock]
 
 
+def test_the_image_holds_the_project_once_from_a_wheel_stage():
+    """The sources (with the weights) are copied into the wheel stage only; the image installs the wheel
+    from a bind mount, so site-packages is the one place of the bundled weights."""
+    (_, deps, _), (wheel_from, wheel, build), (final_from, final, install) = dockerfile_stages()
+    assert (deps, wheel_from, wheel, final_from, final) == ("deps", "deps", "wheel", "deps", None)
+    # the wheel stage copies what the wheel is built from: pyproject.toml's folders, xscreen/ and README
+    copied = {src for line in re.findall(r"^COPY (.+)$", build, re.M) for src in line.split()[:-1]}
+    package_dir = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    assert copied == {"pyproject.toml", "README.md", "xscreen", *package_dir.values()}
+    assert "pip wheel --no-deps --no-build-isolation --wheel-dir /wheels ." in build
+    assert "COPY" not in install and "ADD" not in install
+    mount = r"^RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \\\n"
+    assert re.search(mount + r"\s+pip install --no-deps /wheels/xscreen-\S+\.whl$", install, re.M)
+
+
 # --- image digests ----------------------------------------------------------------------------------------
 
 PINNED = re.compile(r"[a-z0-9][a-z0-9./_-]*:[A-Za-z0-9._-]+@sha256:[0-9a-f]{64}")
 
 
 def test_every_pulled_image_is_pinned_by_digest():
-    text = (REPO / "Dockerfile").read_text()
-    (base,) = re.findall(r"^FROM (\S+)", text, re.M)
-    assert PINNED.fullmatch(base)
+    stages = dockerfile_stages()
+    pulled = [image for image, _, _ in stages if image not in {name for _, name, _ in stages}]
+    assert len(pulled) == 1 and PINNED.fullmatch(pulled[0])  # the rest build on the stages above
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
     for name, svc in compose.items():
         if "build" not in svc:  # the detector is built here

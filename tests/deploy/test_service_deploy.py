@@ -52,7 +52,7 @@ def test_dockerfile_passes_hadolint():
 def test_dockerfile_essentials():
     text = (REPO / "Dockerfile").read_text()
     # slim Python pinned by digest; torch's own wheels bring CUDA (docs/deploy.md)
-    assert re.search(r"^FROM python:3\.11[\d.]*-slim\S*@sha256:[0-9a-f]{64}$", text, re.M)
+    assert re.search(r"^FROM python:3\.11[\d.]*-slim\S*@sha256:[0-9a-f]{64} AS deps$", text, re.M)
     # the lock, which pins torch (tests/deploy/test_packaging.py)
     assert "-r requirements/service.txt" in text
     lock = (REPO / "requirements" / "service.txt").read_text()
