@@ -24,7 +24,8 @@ import numpy as np
 from xscreen.errors import XscreenError
 from xscreen.model.classes import CLASS_NAMES, CLCXRAY_CLASSES
 from xscreen.scans import convert_scan, quantise_converted
-from xscreen.scans.dicos import AtrIdentity, ThreatObject, write_dx_pair, write_tdr
+from xscreen.scans.dicos.dx import write_dx_pair
+from xscreen.scans.dicos.tdr import AtrIdentity, ThreatObject, write_tdr
 from xscreen.training.synth.scene import CHALLENGING_MIN_OVERLAP, MASK_DEPTH, make_scan
 
 SPLITS = ("train", "val", "test")
