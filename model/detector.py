@@ -12,7 +12,7 @@ from xscreen.model.anchors import anchor_strides, feature_sizes, generate_anchor
 from xscreen.model.assigner import atss_assign
 from xscreen.model.backbone import ResNetFPN
 from xscreen.model.box_coder import DistanceBinCoder
-from xscreen.model.config import DetectorConfig
+from xscreen.model.config import DetectorConfig, load_config
 from xscreen.model.head import ATSSHead, HeadOutputs
 from xscreen.model.label_aware import label_aware_forward
 from xscreen.model.losses import atss_losses
@@ -292,7 +292,4 @@ class ATSSDetector(nn.Module):
 
 def build_detector(cfg: DetectorConfig | str, **kwargs) -> ATSSDetector:
     """A randomly initialised detector for a config (name, path or DetectorConfig)."""
-    from xscreen.model.config import load_config
-
     return ATSSDetector(load_config(cfg), **kwargs)
-

@@ -26,6 +26,8 @@ from xscreen.model.config import ConfigError, DetectorConfig, config_from_json
 from xscreen.model.explicit_grad import ExplicitTower, la_cls_grads, la_reg_grad
 from xscreen.model.label_aware import reweight
 from xscreen.model.onnx_io import DEFAULT_OPSET, INPUT_NAME, MAX_OPSET, OUTPUT_NAMES, OnnxModelError
+from xscreen.model.onnx_quantize import network_inputs, quantize_int8
+from xscreen.model.weights import load_weights
 
 ONNX_FORMAT = "xscreen-onnx"
 ONNX_FORMAT_VERSION = 1
@@ -300,8 +302,6 @@ def _export(
         _state_channel_dims(proto, detector)
         precision = "fp32"
         if calibration is not None:
-            from xscreen.model.onnx_quantize import quantize_int8
-
             onnx.save(proto, str(tmp))
             proto = onnx.load(str(quantize_int8(tmp, tmp_int8, calibration)))
             precision = "int8"
@@ -403,13 +403,9 @@ def export_weights(
     ``calibration``: for an int8 export, a function config -> (converted [H, W, 3] images, a line
     saying where they came from), e.g. xscreen.training.calibration.synthetic_calibration_images.
     """
-    from xscreen.model.weights import load_weights
-
     detector, info = load_weights(weights, device="cpu")
     batches, source = None, None
     if calibration is not None:
-        from xscreen.model.onnx_quantize import network_inputs
-
         images, source = calibration(info.config)
         batches = network_inputs(images, info.config)
     path, meta = _export(

@@ -10,10 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from xscreen import __version__ as xscreen_version
 from xscreen.model.config import ConfigError, DetectorConfig, config_from_json, load_config
+from xscreen.model.detector import ATSSDetector
 from xscreen.model.errors import WeightsError
 
 log = logging.getLogger(__name__)
@@ -126,8 +129,6 @@ def save_weights(
 
 
 def _write(tensors: dict[str, Tensor], header: dict[str, str], path: Path) -> None:
-    from safetensors.torch import save_file
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=header)
@@ -137,8 +138,6 @@ def _write(tensors: dict[str, Tensor], header: dict[str, str], path: Path) -> No
 def set_operating_point(src: str | Path, dst: str | Path, operating_point: dict) -> dict:
     """Copy weights ``src`` to ``dst`` (may be the same file) with a new operating point; tensors, their
     dtype and sha256 unchanged (verified). Returns the stored operating point."""
-    from safetensors.torch import load_file
-
     src = Path(src)
     header = read_header(src)
     op = check_operating_point(operating_point)
@@ -154,8 +153,6 @@ def set_operating_point(src: str | Path, dst: str | Path, operating_point: dict)
 
 def read_header(path: str | Path) -> dict[str, str]:
     """The metadata dict of a safetensors file (WeightsError if it is not one)."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
@@ -181,8 +178,6 @@ def load_weights(
     that its architecture fields (depth, channels, class names, LA mode, ...) equal the stored ones.
     Test-time settings (thresholds, sizes) of ``expected_config`` then replace the stored ones.
     """
-    from xscreen.model.detector import ATSSDetector
-
     path = Path(path)
     meta = read_header(path)
     version, cfg = _stored_config(path, meta)
@@ -225,8 +220,6 @@ def _stored_config(path: Path, meta: dict[str, str]) -> tuple[int, DetectorConfi
 
 def _verified_tensors(path: Path, meta: dict[str, str]) -> tuple[dict[str, Tensor], str]:
     """The file's tensors and their sha256, which must equal the header's."""
-    from safetensors.torch import load_file
-
     try:
         tensors = load_file(str(path))
     except Exception as exc:

@@ -17,10 +17,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
+from xscreen.model import build_detector, load_backbone_weights
+from xscreen.model.config import load_config
+from xscreen.model.weights import load_weights
+from xscreen.training.checkpoint import read_training_state, restore_training_state
+from xscreen.training.dataset import CocoDetection, load_coco_json, match_categories
 from xscreen.training.distributed import (
     DistInfo,
     broadcast_from_main,
@@ -39,6 +45,7 @@ from xscreen.training.rundir import (
     prepare_run_dir,
     weights_digest,
 )
+from xscreen.training.schedule import WarmupStepSchedule, scaled_lr
 from xscreen.training.settings import TrainSettings
 
 log = logging.getLogger("xscreen.train")
@@ -48,8 +55,6 @@ log = logging.getLogger("xscreen.train")
 
 def train(s: TrainSettings) -> dict[str, Any]:
     """Run (or resume) one training run; returns a summary dict. Raises TrainError / XscreenError."""
-    from xscreen.model.config import load_config
-
     dist = dist_from_env()
     cfg = load_config(s.config)
     if s.epochs is None:
@@ -94,8 +99,6 @@ def check_dataset(
     category names are exactly the config's class names (compared with model.classes.normalise_name).
     Returns {split: number of images}.
     """
-    from xscreen.training.dataset import load_coco_json, match_categories
-
     root = Path(data_dir)
     if not root.is_dir():
         raise TrainError(f"data folder {root} does not exist or is not a folder")
@@ -114,8 +117,6 @@ def _run(
     s: TrainSettings, cfg, dist: DistInfo, device, out: Path, counts: dict[str, int], init=None
 ) -> dict[str, Any]:
     """Build everything the loop needs, run it, and check that the ranks agree at the end."""
-    from xscreen.training.schedule import scaled_lr
-
     t_start = time.time()
     _seed_everything(s.seed)
     model = _initial_model(s, cfg, device, init)
@@ -193,8 +194,6 @@ def _run(
 
 def _initial_model(s: TrainSettings, cfg, device, init):
     """The detector in train mode on ``device``: backbone weights, or ``init``'s tensors, loaded."""
-    from xscreen.model import build_detector
-
     model = build_detector(cfg).to(device)
     if s.backbone_weights:
         _load_backbone_weights(model, s.backbone_weights)
@@ -206,8 +205,6 @@ def _initial_model(s: TrainSettings, cfg, device, init):
 
 def _train_data(s: TrainSettings, cfg, dist: DistInfo):
     """The train split (augmented) and this rank's shuffling sampler of it."""
-    from xscreen.training.dataset import CocoDetection
-
     dataset = CocoDetection(
         s.data, "train", class_names=cfg.class_names, train=True, min_size=cfg.min_size, max_size=cfg.max_size
     )
@@ -238,8 +235,6 @@ def _run_info(s: TrainSettings, cfg, dist: DistInfo, base_lr: float, iters_per_e
 
 def _lr_schedule(s: TrainSettings, cfg, base_lr: float, iters_per_epoch: int):
     """Linear warm-up, then the config's step decay, stretched to ``s.epochs``."""
-    from xscreen.training.schedule import WarmupStepSchedule
-
     return WarmupStepSchedule(
         base_lr=base_lr,
         total_iters=iters_per_epoch * s.epochs,
@@ -278,8 +273,6 @@ def _resume(
     s: TrainSettings, out: Path, run_info: dict[str, Any], dist: DistInfo, model, optimizer, scaler
 ) -> Progress:
     """Model, optimiser, scaler and RNG state of the run in ``out``; refuses a run with other settings."""
-    from xscreen.training.checkpoint import read_training_state, restore_training_state
-
     tensors, meta = read_training_state(out / STATE_FILE)
     saved = meta["progress"]
     for key in ("config", "batch_size", "world_size", "iters_per_epoch"):
@@ -324,8 +317,6 @@ def _warn_swapped_energies(dataset) -> None:
 
 
 def _seed_everything(seed: int) -> None:
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -338,8 +329,6 @@ def _read_init_weights(path: str, cfg) -> tuple[dict[str, torch.Tensor], dict[st
     the architecture fields and raises WeightsError naming the difference); fp16 files load as fp32.
     The provenance (path, name, version, tensors sha256) goes into the run's metadata.
     """
-    from xscreen.model.weights import load_weights
-
     if not Path(path).is_file():
         raise TrainError(f"--init-weights: {path} does not exist")
     source, info = load_weights(path, expected_config=cfg)
@@ -350,8 +339,6 @@ def _read_init_weights(path: str, cfg) -> tuple[dict[str, torch.Tensor], dict[st
 
 def _load_backbone_weights(model, path: str) -> None:
     """ImageNet ResNet weights (torchvision key names, .pth or .safetensors) into the backbone."""
-    from xscreen.model import load_backbone_weights
-
     if not Path(path).is_file():
         raise TrainError(f"--backbone-weights: {path} does not exist")
     names = load_backbone_weights(model, path)  # WeightsError (an XscreenError) on a wrong file
