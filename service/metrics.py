@@ -22,8 +22,8 @@ from xscreen.model.classes import CLASS_NAMES
 LATENCY_SLO_SECONDS = 2.0
 # Latency buckets from 5 ms to 2 min (CPU inference of a full scan takes ~0.1-10 s), with an edge at every
 # alert threshold and 0.5 s steps around the SLO: the alert then counts answers slower than exactly 2 s
-# (bucket le="2.0") instead of interpolating inside a wide 1-2.5 s bucket, which put p99 at 2.485 s
-# when every request took 1.1 s and missed 2 % of requests at 2.4 s.
+# (bucket le="2.0") instead of interpolating inside a wide 1-2.5 s bucket, which would put p99 at 2.485 s
+# when every request takes 1.1 s and miss 2 % of requests at 2.4 s.
 LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0,
 )  # fmt: skip

@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib.util
 
 # Extra -> the modules it provides (import names). `onnx` and `gpu` both provide onnx + onnxruntime
-# (CPU or CUDA build); the hint names both. tests/deploy/test_packaging.py checks these against pyproject.toml.
+# (CPU or CUDA build); the hint names both. tests/deploy/test_packaging.py checks these against
+# pyproject.toml.
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "onnx": ("onnx", "onnxruntime"),
     "train": ("pycocotools", "matplotlib", "tensorboard"),

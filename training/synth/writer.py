@@ -197,7 +197,7 @@ def _render_all(jobs: list[tuple], workers: int, progress: bool) -> list[dict]:
     records: list[dict] = []
     if workers > 1:
         # forkserver, not fork: a fork copies whatever locks the caller's other threads hold (OpenMP, cv2,
-        # an in-process server), and a worker then waits on one forever; the test suite hung that way
+        # an in-process server), and a worker then waits on one forever
         ctx = mp.get_context("spawn" if os.name == "nt" else "forkserver")
         with ctx.Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
             for rec in pool.imap(_render_one, jobs, chunksize=4):  # imap keeps the order
