@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from xscreen.argtypes import positive_int
-from xscreen.scans.dicos import files
+from xscreen.scans.dicos import dx, files
 from xscreen.service.errors import ApiError
 from xscreen.service.scan_input import prepare_scan
 
@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     for high in highs:
         low = high.with_name(high.name.replace("_high", "_low"))
         rows["16-bit PNG"][_verdict(high.read_bytes(), low.read_bytes(), args.max_pixels)] += 1
-    dx = sorted((args.data / "dicos" / args.split).glob("*_high.dcm"))
-    for i, high in enumerate(dx):
+    dx_highs = sorted((args.data / "dicos" / args.split).glob("*_high.dcm"))
+    for i, high in enumerate(dx_highs):
         hb, lb = high.read_bytes(), high.with_name(high.name.replace("_high", "_low")).read_bytes()
         rows["DICOS DX as written"][_verdict(hb, lb, args.max_pixels)] += 1
         if i < args.reencode:
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, syntax in SYNTAXES.items():
                 a, b = dx.write_dx_pair(pair.high.pixels, pair.low.pixels, transfer_syntax=syntax)
                 rows[f"DICOS DX, {name}"][_verdict(a, b, args.max_pixels)] += 1
-    print(f"split {args.split} of {args.data}: {len(highs)} raw pairs, {len(dx)} DX pairs\n")
+    print(f"split {args.split} of {args.data}: {len(highs)} raw pairs, {len(dx_highs)} DX pairs\n")
     print("| input | pairs | accepted | refused (why) |")
     print("|---|---:|---:|---|")
     refused_any = False
