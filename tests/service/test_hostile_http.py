@@ -20,7 +20,7 @@ import requests
 import tifffile
 from pynetdicom import AE
 
-from tests.scans.test_scans_bounded import SMALL, deflated_bomb, dx, dx_with_frame, patch_sof, rle_frame
+from tests.scans.test_scans_bounded import SMALL, deflated_bomb, dx_file, dx_with_frame, patch_sof, rle_frame
 from tests.scans.test_scans_bounded import png_with_stream as png_stream
 from tests.support.hostile import PeakRss
 from tests.support.service_fixtures import API_KEY, ServiceProcess, free_port, post_scan
@@ -58,7 +58,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def low_half() -> bytes:
-    return dx(SMALL, files.EXPLICIT_LE, energy="LOW")
+    return dx_file(SMALL, files.EXPLICIT_LE, energy="LOW")
 
 
 def jpeg_bomb(syntax: str) -> bytes:
