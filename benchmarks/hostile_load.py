@@ -2,7 +2,7 @@
 
 Starts ``xscreen serve`` on a free loopback port with XSCREEN_REQUEST_TIMEOUT_S = --deadline and, for each
 N in --bombs (0 first: the scan alone), runs N threads that keep posting a 16-bit 64 x 64 PNG pair whose
-IDAT stream inflates --bomb-mib MiB past the image (issue #24 row 4), while one client posts --requests
+IDAT stream inflates --bomb-mib MiB past the image, while one client posts --requests
 valid synthetic scans one after another (at most --time-limit seconds per level). It prints the valid
 scans' p50 and p99 and their ratio to the run's own N = 0 level, and how the bombs were answered (the
 deadline should answer each with 504 at about --deadline seconds, whatever the decoder does).

@@ -13,7 +13,7 @@ This script measures, for one head convolution, what the two usual ways round th
 and then the whole small_lacls graph quantised to int8 (Conv only) against fp32 ORT: as
 ``xscreen export --int8`` does it (model/onnx_quantize.py), and without ORT's ``quant_pre_process``.
 Every row prints its largest difference from the fp32 result, because only an exact-enough
-alternative could replace the fp32 export (issue #6 asks for scores within 1e-3 of torch).
+alternative could replace the fp32 export (docs/onnx.md: scores within 1e-3 of torch).
 
     python benchmarks/onnx_conv_alternatives.py [--channels 256] [--size 100x167] [--threads 1,2]
         [--runs 5] [--full-model small_lacls@512x512 | --full-model none]

@@ -1,11 +1,14 @@
 """ONNX Runtime (CUDA provider when present) vs torch on one device: detections parity and speed.
 
-    python benchmarks/onnx_cuda_parity.py [--config atss_lacls_r50] [--size 800x1333] [--device cuda]
+    PYTHONPATH=. python benchmarks/onnx_cuda_parity.py [--config atss_lacls_r50] [--size 800x1333] \
+        [--device cuda]
 
-Random weights (a sharpened head, so there are detections), saved and exported with the repo's own
-code; both backends (xscreen.inference) run the same converted image. Prints max |score| and box
-differences of matched detections and the median predict seconds of each. Exit 1 when the requested
-device is refused by ONNX Runtime (e.g. a CPU-only onnxruntime wheel), with the reason.
+Run from the repository root (benchmarks/gpu_check.sh does): the sharpened head is the tests' own
+(tests/support/detectors.py). Random weights (a sharpened head, so there are detections), saved and
+exported with the repo's own code; both backends (xscreen.inference) run the same converted image.
+Prints max |score| and box differences of matched detections and the median predict seconds of each.
+Exit 1 when the requested device is refused by ONNX Runtime (e.g. a CPU-only onnxruntime wheel), with
+the reason.
 """
 
 from __future__ import annotations
@@ -30,11 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--runs", type=int_at_least(1), default=5)
     args = p.parse_args(argv)
+    from tests.support.detectors import sharpen_head
     from xscreen.errors import XscreenError
     from xscreen.inference.backend import TorchBackend
     from xscreen.inference.onnx_backend import OnnxBackend
     from xscreen.model import build_detector, load_config, save_weights
-    from xscreen.model.detector import sharpen_head
     from xscreen.model.onnx_export import export_weights
 
     h, w = args.size

@@ -1,15 +1,17 @@
 """Which engine is off when ONNX Runtime and torch disagree: both fp32 runs against torch in float64.
 
-Usage: python benchmarks/onnx_precision.py [--config small_lareg] [--seed 1] [--size 224x288]
+Usage, from the repository root (the sharpened head is the tests' own, tests/support/detectors.py):
+
+    PYTHONPATH=. python benchmarks/onnx_precision.py [--config small_lareg] [--seed 1] [--size 224x288]
 
 The LA loop's gradient is piecewise smooth: a ReLU whose pre-activation is within fp32 rounding of 0
 can fall on either side in two engines, and its LA weight then moves the outputs around it (and,
 through GroupNorm, a little everywhere on its level). This script builds the detector of
-tests/inference/test_onnx_export.py's LAreg parity test (small config, 64-channel FPN, a
-sharpened random head: conv weights std 0.05, class bias -2, level scales 1 + 0.1 i), exports it with the LA
-loop, runs one synthetic scan (seed 7, 256 x 320) through torch fp32, torch float64 and ONNX Runtime fp32,
-and prints the pairwise differences per output, then the first-pass ReLUs that torch fp32 and
-float64 put on different sides (docs/onnx.md, "Tests").
+tests/inference/test_onnx_export.py's LAreg parity test (small config, 64-channel FPN, a sharpened random
+head: conv weights std 0.05, class bias -2, level scales 1 + 0.1 i), exports it with the LA loop, runs one
+synthetic scan (seed 7, 256 x 320) through torch fp32, torch float64 and ONNX Runtime fp32, and prints
+the pairwise differences per output, then the first-pass ReLUs that torch fp32 and float64 put on
+different sides (docs/onnx.md, "Tests").
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from xscreen.tables import markdown_table
 
 
 def sharpened_detector(name: str, seed: int, min_size: int, max_size: int):
+    from tests.support.detectors import sharpen_head
     from xscreen.model import build_detector, load_config
-    from xscreen.model.detector import sharpen_head
 
     cfg = load_config(name).with_overrides(min_size=min_size, max_size=max_size, fpn_channels=64)
     torch.manual_seed(seed)

@@ -17,18 +17,18 @@ import sys
 from pathlib import Path
 
 from xscreen.argtypes import positive_int
-from xscreen.scans import dicos
+from xscreen.scans.dicos import dx, files
 from xscreen.service.errors import ApiError
 from xscreen.service.scan_input import prepare_scan
 
 SYNTAXES = {
-    "explicit LE": dicos.EXPLICIT_LE,
-    "implicit LE": dicos.IMPLICIT_LE,
-    "deflated LE": dicos.DEFLATED_LE,
-    "JPEG Lossless": dicos.JPEG_LOSSLESS,
-    "JPEG Lossless SV1": dicos.JPEG_LOSSLESS_SV1,
-    "JPEG-LS": dicos.JPEG_LS_LOSSLESS,
-    "RLE": dicos.RLE_LOSSLESS,
+    "explicit LE": files.EXPLICIT_LE,
+    "implicit LE": files.IMPLICIT_LE,
+    "deflated LE": files.DEFLATED_LE,
+    "JPEG Lossless": files.JPEG_LOSSLESS,
+    "JPEG Lossless SV1": files.JPEG_LOSSLESS_SV1,
+    "JPEG-LS": files.JPEG_LS_LOSSLESS,
+    "RLE": files.RLE_LOSSLESS,
 }
 
 
@@ -54,16 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     for high in highs:
         low = high.with_name(high.name.replace("_high", "_low"))
         rows["16-bit PNG"][_verdict(high.read_bytes(), low.read_bytes(), args.max_pixels)] += 1
-    dx = sorted((args.data / "dicos" / args.split).glob("*_high.dcm"))
-    for i, high in enumerate(dx):
+    dx_highs = sorted((args.data / "dicos" / args.split).glob("*_high.dcm"))
+    for i, high in enumerate(dx_highs):
         hb, lb = high.read_bytes(), high.with_name(high.name.replace("_high", "_low")).read_bytes()
         rows["DICOS DX as written"][_verdict(hb, lb, args.max_pixels)] += 1
         if i < args.reencode:
-            pair = dicos.read_dx_pair(hb, lb)
+            pair = dx.read_dx_pair(hb, lb)
             for name, syntax in SYNTAXES.items():
-                a, b = dicos.write_dx_pair(pair.high.pixels, pair.low.pixels, transfer_syntax=syntax)
+                a, b = dx.write_dx_pair(pair.high.pixels, pair.low.pixels, transfer_syntax=syntax)
                 rows[f"DICOS DX, {name}"][_verdict(a, b, args.max_pixels)] += 1
-    print(f"split {args.split} of {args.data}: {len(highs)} raw pairs, {len(dx)} DX pairs\n")
+    print(f"split {args.split} of {args.data}: {len(highs)} raw pairs, {len(dx_highs)} DX pairs\n")
     print("| input | pairs | accepted | refused (why) |")
     print("|---|---:|---:|---|")
     refused_any = False

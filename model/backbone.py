@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from torchvision.models import resnet18, resnet34, resnet50, resnet101
 from torchvision.models._utils import IntermediateLayerGetter
@@ -142,8 +143,6 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
         raise BackboneWeightsError(f"{path}: backbone weights file not found")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             return load_file(str(path))
         # weights_only=True: tensors and plain containers only, never arbitrary pickled objects
         sd = torch.load(str(path), map_location="cpu", weights_only=True)

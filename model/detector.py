@@ -12,7 +12,7 @@ from xscreen.model.anchors import anchor_strides, feature_sizes, generate_anchor
 from xscreen.model.assigner import atss_assign
 from xscreen.model.backbone import ResNetFPN
 from xscreen.model.box_coder import DistanceBinCoder
-from xscreen.model.config import DetectorConfig
+from xscreen.model.config import DetectorConfig, load_config
 from xscreen.model.head import ATSSHead, HeadOutputs
 from xscreen.model.label_aware import label_aware_forward
 from xscreen.model.losses import atss_losses
@@ -292,26 +292,4 @@ class ATSSDetector(nn.Module):
 
 def build_detector(cfg: DetectorConfig | str, **kwargs) -> ATSSDetector:
     """A randomly initialised detector for a config (name, path or DetectorConfig)."""
-    from xscreen.model.config import load_config
-
     return ATSSDetector(load_config(cfg), **kwargs)
-
-
-def sharpen_head(
-    det: ATSSDetector, std: float = 0.05, cls_bias: float = -2.0, scale_step: float = 0.0
-) -> None:
-    """Redraw a random detector's head convolutions from N(0, std) and set the class bias, in place.
-
-    Untrained weights then give confident, varied predictions (and LA weights away from 0.5), which
-    parity tests and benchmarks need when no trained weights exist. With ``scale_step``, level i's
-    Scale becomes 1 + scale_step * i (LAreg's softmax sees it). Draws from torch's global RNG, head
-    modules in order.
-    """
-    with torch.no_grad():
-        for m in det.head.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                torch.nn.init.normal_(m.weight, std=std)
-        det.head.atss_cls.bias.fill_(cls_bias)
-        if scale_step:
-            for i, s in enumerate(det.head.scales):
-                s.scale.fill_(1.0 + scale_step * i)

@@ -91,7 +91,7 @@ def label_aware_weights(
     LAreg [N, 4, H, W] bin or -1; None -> pseudo-labels. Works under no_grad / inference_mode:
     gradients are enabled locally on a copy of the features. Returned weights carry no graph.
     bf16: run the first prediction and the two gradient passes under bfloat16 autocast (opt-in speed
-    mode, issue #2: "bf16 autocast ... with outputs checked against fp32"); weights come back fp32.
+    mode, its outputs checked against fp32: docs/model.md); weights come back fp32.
     released: LAreg as the authors' released head (docs/method.md §7.6): y is a sigmoid per bin (not a
     softmax per side); in training, locations without a target use bin 0 and a level without any
     positive in the batch uses the arg-max bin everywhere. skip_label_grad (LAcls): the label

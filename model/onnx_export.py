@@ -26,6 +26,8 @@ from xscreen.model.config import ConfigError, DetectorConfig, config_from_json
 from xscreen.model.explicit_grad import ExplicitTower, la_cls_grads, la_reg_grad
 from xscreen.model.label_aware import reweight
 from xscreen.model.onnx_io import DEFAULT_OPSET, INPUT_NAME, MAX_OPSET, OUTPUT_NAMES, OnnxModelError
+from xscreen.model.onnx_quantize import network_inputs, quantize_int8
+from xscreen.model.weights import load_weights
 
 ONNX_FORMAT = "xscreen-onnx"
 ONNX_FORMAT_VERSION = 1
@@ -287,64 +289,19 @@ def _export(
     """``export_onnx``, also returning the metadata written into the file."""
     import onnx
 
-    if not DEFAULT_OPSET <= opset <= MAX_OPSET:
-        raise OnnxModelError(f"opset {opset} not supported: choose {DEFAULT_OPSET}..{MAX_OPSET}")
+    out_path = _checked_out_path(out_path, opset)
     cfg: DetectorConfig = detector.cfg
-    out_path = Path(out_path)
-    if not out_path.parent.is_dir():
-        raise OnnxModelError(f"output directory {out_path.parent} does not exist")
-    if out_path.is_dir():
-        raise OnnxModelError(f"output path {out_path} is a directory; give a file name such as model.onnx")
     param = next(detector.parameters())
     if param.device.type != "cpu" or param.dtype != torch.float32:
         detector = copy.deepcopy(detector).float().cpu()  # export in fp32 on CPU; leave the caller's model
-    wrapper = ExportableDetector(detector.eval(), debug_la=debug_la).eval()
-    outputs = output_names(cfg, debug_la)
-    dynamic = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
-    for o in outputs:
-        dynamic[o] = {0: "batch", 1 if o in OUTPUT_NAMES else 2: "anchors"}
     tmp = out_path.with_name(out_path.name + ".partial")
     tmp_int8 = out_path.with_name(out_path.name + ".int8.partial")
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # The tracer warns about Python ints taken from shapes (channel counts, fixed by the
-            # architecture) and the legacy exporter about its deprecation; neither concerns this graph,
-            # whose dynamic axes are checked by tests/inference/test_onnx_export.py on several input sizes.
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
-            warnings.filterwarnings(
-                "ignore", message=".*legacy TorchScript-based ONNX", category=DeprecationWarning
-            )
-            warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
-            torch.onnx.export(
-                wrapper,
-                (_example_batch(cfg),),
-                str(tmp),
-                input_names=[INPUT_NAME],
-                output_names=outputs,
-                dynamic_axes=dynamic,
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
+        _trace(detector, tmp, opset=opset, debug_la=debug_la)
         proto = onnx.load(str(tmp))
-        # Channel axes are fixed by the architecture; the tracer leaves them symbolic after the
-        # reshape, so state them (the ONNX backend checks them against the class list).
-        channels = {
-            "cls_logits": cfg.num_classes,
-            "bbox_reg": detector.head.atss_reg.out_channels,
-            "centerness": 1,
-        }
-        for out in proto.graph.output:
-            dims = out.type.tensor_type.shape.dim
-            if out.name in channels:
-                dims[2].dim_value = channels[out.name]
-            elif out.name in DEBUG_OUTPUT_NAMES:
-                dims[1].dim_value = cfg.fpn_channels
+        _state_channel_dims(proto, detector)
         precision = "fp32"
         if calibration is not None:
-            from xscreen.model.onnx_quantize import quantize_int8
-
             onnx.save(proto, str(tmp))
             proto = onnx.load(str(quantize_int8(tmp, tmp_int8, calibration)))
             precision = "int8"
@@ -370,6 +327,69 @@ def _export(
     return out_path, meta
 
 
+def _checked_out_path(out_path: str | Path, opset: int) -> Path:
+    """``out_path`` as a Path, after checking the opset and that the file can be written there."""
+    if not DEFAULT_OPSET <= opset <= MAX_OPSET:
+        raise OnnxModelError(f"opset {opset} not supported: choose {DEFAULT_OPSET}..{MAX_OPSET}")
+    out_path = Path(out_path)
+    if not out_path.parent.is_dir():
+        raise OnnxModelError(f"output directory {out_path.parent} does not exist")
+    if out_path.is_dir():
+        raise OnnxModelError(f"output path {out_path} is a directory; give a file name such as model.onnx")
+    return out_path
+
+
+def _trace(detector: nn.Module, path: Path, *, opset: int, debug_la: bool) -> None:
+    """Write the traced graph of ``detector`` (fp32, CPU) to ``path``, batch/height/width dynamic."""
+    cfg: DetectorConfig = detector.cfg
+    wrapper = ExportableDetector(detector.eval(), debug_la=debug_la).eval()
+    outputs = output_names(cfg, debug_la)
+    dynamic = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
+    for o in outputs:
+        dynamic[o] = {0: "batch", 1 if o in OUTPUT_NAMES else 2: "anchors"}
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer warns about Python ints taken from shapes (channel counts, fixed by the
+        # architecture) and the legacy exporter about its deprecation; neither concerns this graph,
+        # whose dynamic axes are checked by tests/inference/test_onnx_export.py on several input sizes.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        warnings.filterwarnings(
+            "ignore", message=".*legacy TorchScript-based ONNX", category=DeprecationWarning
+        )
+        warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
+        torch.onnx.export(
+            wrapper,
+            (_example_batch(cfg),),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=outputs,
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def _state_channel_dims(proto, detector: nn.Module) -> None:
+    """Write the fixed channel sizes into the graph outputs' shapes.
+
+    Channel axes are fixed by the architecture; the tracer leaves them symbolic after the reshape, so
+    state them (the ONNX backend checks them against the class list).
+    """
+    cfg: DetectorConfig = detector.cfg
+    channels = {
+        "cls_logits": cfg.num_classes,
+        "bbox_reg": detector.head.atss_reg.out_channels,
+        "centerness": 1,
+    }
+    for out in proto.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        if out.name in channels:
+            dims[2].dim_value = channels[out.name]
+        elif out.name in DEBUG_OUTPUT_NAMES:
+            dims[1].dim_value = cfg.fpn_channels
+
+
 def export_weights(
     weights: str | Path,
     out_path: str | Path,
@@ -383,13 +403,9 @@ def export_weights(
     ``calibration``: for an int8 export, a function config -> (converted [H, W, 3] images, a line
     saying where they came from), e.g. xscreen.training.calibration.synthetic_calibration_images.
     """
-    from xscreen.model.weights import load_weights
-
     detector, info = load_weights(weights, device="cpu")
     batches, source = None, None
     if calibration is not None:
-        from xscreen.model.onnx_quantize import network_inputs
-
         images, source = calibration(info.config)
         batches = network_inputs(images, info.config)
     path, meta = _export(

@@ -10,10 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from xscreen import __version__ as xscreen_version
 from xscreen.model.config import ConfigError, DetectorConfig, config_from_json, load_config
+from xscreen.model.detector import ATSSDetector
 from xscreen.model.errors import WeightsError
 
 log = logging.getLogger(__name__)
@@ -126,8 +129,6 @@ def save_weights(
 
 
 def _write(tensors: dict[str, Tensor], header: dict[str, str], path: Path) -> None:
-    from safetensors.torch import save_file
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=header)
@@ -137,8 +138,6 @@ def _write(tensors: dict[str, Tensor], header: dict[str, str], path: Path) -> No
 def set_operating_point(src: str | Path, dst: str | Path, operating_point: dict) -> dict:
     """Copy weights ``src`` to ``dst`` (may be the same file) with a new operating point; tensors, their
     dtype and sha256 unchanged (verified). Returns the stored operating point."""
-    from safetensors.torch import load_file
-
     src = Path(src)
     header = read_header(src)
     op = check_operating_point(operating_point)
@@ -154,8 +153,6 @@ def set_operating_point(src: str | Path, dst: str | Path, operating_point: dict)
 
 def read_header(path: str | Path) -> dict[str, str]:
     """The metadata dict of a safetensors file (WeightsError if it is not one)."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
@@ -181,60 +178,14 @@ def load_weights(
     that its architecture fields (depth, channels, class names, LA mode, ...) equal the stored ones.
     Test-time settings (thresholds, sizes) of ``expected_config`` then replace the stored ones.
     """
-    from safetensors.torch import load_file
-
-    from xscreen.model.detector import ATSSDetector
-
     path = Path(path)
     meta = read_header(path)
-    try:
-        version = int(meta.get("format_version", "0"))
-    except ValueError:
-        version = 0
-    if version != FORMAT_VERSION:
-        raise WeightsError(f"{path}: unsupported weights format version {meta.get('format_version')!r}")
-    try:
-        cfg = config_from_json(meta["config"], source=f"{path} (stored config)")
-    except (KeyError, ConfigError) as exc:
-        raise WeightsError(f"{path}: stored config is missing or invalid ({exc})") from None
-    try:
-        tensors = load_file(str(path))
-    except Exception as exc:
-        raise WeightsError(f"{path}: cannot read tensors, file truncated or corrupted ({exc})") from None
-    digest = tensors_sha256(tensors)
-    if digest != meta.get("sha256"):
-        raise WeightsError(
-            f"{path}: sha256 mismatch (header {meta.get('sha256', '?')[:12]}..., tensors {digest[:12]}...): "
-            "the file is corrupted or was modified"
-        )
+    version, cfg = _stored_config(path, meta)
+    tensors, digest = _verified_tensors(path, meta)
     if expected_config is not None:
-        try:
-            expected = load_config(expected_config)
-        except ConfigError as exc:
-            raise WeightsError(str(exc)) from None
-        diff = cfg.architecture_diff(expected)
-        if diff:
-            parts = "; ".join(f"{k}: weights have {a!r}, expected {b!r}" for k, (a, b) in diff.items())
-            raise WeightsError(f"{path}: weights do not match the expected config {expected.name!r}: {parts}")
-        if expected != cfg:
-            log.info("using test-time settings of config %s with weights %s", expected.name, path)
-        cfg = expected
+        cfg = _test_time_config(path, cfg, expected_config)
     model = ATSSDetector(cfg)
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
-    if missing or unexpected:
-        raise WeightsError(
-            f"{path}: tensors do not fit {cfg.name}: {len(missing)} missing {missing[:5]}, "
-            f"{len(unexpected)} unexpected {unexpected[:5]}"
-        )
-    bad = [
-        f"{k} {tuple(tensors[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if tensors[k].shape != v.shape
-    ]
-    if bad:
-        raise WeightsError(f"{path}: tensor shapes do not fit {cfg.name}: {bad[:3]}")
-    model.load_state_dict({k: tensors[k].to(own[k].dtype) for k in own}, strict=True)
+    _load_state(model, tensors, path)
     model.to(device).eval()
     try:
         extra = json.loads(meta.get("metadata", "{}"))
@@ -250,3 +201,70 @@ def load_weights(
         operating_point=operating_point_of(meta, str(path)),
     )
     return model, info
+
+
+def _stored_config(path: Path, meta: dict[str, str]) -> tuple[int, DetectorConfig]:
+    """The header's format version (only FORMAT_VERSION is read) and stored config."""
+    try:
+        version = int(meta.get("format_version", "0"))
+    except ValueError:
+        version = 0
+    if version != FORMAT_VERSION:
+        raise WeightsError(f"{path}: unsupported weights format version {meta.get('format_version')!r}")
+    try:
+        cfg = config_from_json(meta["config"], source=f"{path} (stored config)")
+    except (KeyError, ConfigError) as exc:
+        raise WeightsError(f"{path}: stored config is missing or invalid ({exc})") from None
+    return version, cfg
+
+
+def _verified_tensors(path: Path, meta: dict[str, str]) -> tuple[dict[str, Tensor], str]:
+    """The file's tensors and their sha256, which must equal the header's."""
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise WeightsError(f"{path}: cannot read tensors, file truncated or corrupted ({exc})") from None
+    digest = tensors_sha256(tensors)
+    if digest != meta.get("sha256"):
+        raise WeightsError(
+            f"{path}: sha256 mismatch (header {meta.get('sha256', '?')[:12]}..., tensors {digest[:12]}...): "
+            "the file is corrupted or was modified"
+        )
+    return tensors, digest
+
+
+def _test_time_config(
+    path: Path, cfg: DetectorConfig, expected_config: DetectorConfig | str
+) -> DetectorConfig:
+    """``expected_config``, after checking that its architecture equals the stored ``cfg``'s."""
+    try:
+        expected = load_config(expected_config)
+    except ConfigError as exc:
+        raise WeightsError(str(exc)) from None
+    diff = cfg.architecture_diff(expected)
+    if diff:
+        parts = "; ".join(f"{k}: weights have {a!r}, expected {b!r}" for k, (a, b) in diff.items())
+        raise WeightsError(f"{path}: weights do not match the expected config {expected.name!r}: {parts}")
+    if expected != cfg:
+        log.info("using test-time settings of config %s with weights %s", expected.name, path)
+    return expected
+
+
+def _load_state(model: torch.nn.Module, tensors: dict[str, Tensor], path: Path) -> None:
+    """Load ``tensors`` into ``model``, WeightsError naming missing, unexpected or misshapen ones."""
+    name = model.cfg.name
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        raise WeightsError(
+            f"{path}: tensors do not fit {name}: {len(missing)} missing {missing[:5]}, "
+            f"{len(unexpected)} unexpected {unexpected[:5]}"
+        )
+    bad = [
+        f"{k} {tuple(tensors[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if tensors[k].shape != v.shape
+    ]
+    if bad:
+        raise WeightsError(f"{path}: tensor shapes do not fit {name}: {bad[:3]}")
+    model.load_state_dict({k: tensors[k].to(own[k].dtype) for k in own}, strict=True)

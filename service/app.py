@@ -77,6 +77,44 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None) -> F
     file stops start-up with one clear line before the server binds); otherwise the lifespan loads it.
     An audit file that cannot be opened raises AuditError here (before binding, one line too)."""
     keys = settings.all_api_keys()
+    service = _service_state(settings, keys)
+    app = FastAPI(
+        title="xscreen",
+        version=__version__,
+        description="Threat detection on dual-energy X-ray scans: ATSS + Label-aware Mechanism.",
+        lifespan=_lifespan(service, backend, keys),
+        openapi_url=None,  # served below, behind the API key rule
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.service = service
+    app.state.api_keys = service.api_keys
+    app.state.admin_keys = service.admin_keys
+    install_error_handlers(app)
+    # The request guard holds the whole body (<= max_upload_bytes) in memory before the form is parsed,
+    # so spilling a part over Starlette's 1 MB default to a temporary file saves no memory; it only
+    # adds file writes and reads per scan at 1024 x 1024 pixels and up (docs/service.md, benchmark).
+    # Class-wide; never lowered, so several apps in one process keep the largest limit.
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, settings.max_upload_bytes)
+    app.include_router(detect.router)
+    app.include_router(model.router)
+    app.include_router(admin.router)
+    app.include_router(health.router)
+    _add_docs_routes(app)
+    # Added last = outermost: observability sees every answer, including the guard's refusals.
+    app.add_middleware(
+        RequestGuardMiddleware,
+        policy=guard_policy(settings),
+        api_keys=service.api_keys,
+        admin_keys=service.admin_keys,
+    )
+    known = UPLOAD_PATHS | SCAN_KEY_PATHS | {"/healthz", "/readyz", "/metrics", "/admin/model"}
+    app.add_middleware(ObservabilityMiddleware, metrics=service.metrics, known_paths=known)
+    return app
+
+
+def _service_state(settings: Settings, keys: list[str]) -> ServiceState:
+    """The app's state before start-up: keys, metrics, model manager, audit log, scan admission, spool."""
     metrics = ServiceMetrics()
     service = ServiceState(
         settings=settings,
@@ -92,45 +130,21 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None) -> F
     metrics.budget_in_use.set_function(lambda: service.admission.budget.in_use)
     if settings.dicos_port is not None and settings.dicos_spool_dir is not None:
         service.dicos_spool = Spool(settings.dicos_spool_dir)  # a locked spool: one line before binding
+    return service
+
+
+def _lifespan(service: ServiceState, backend: InferenceBackend | None, keys: list[str]):
+    """The app's lifespan: load the backend (unless given), start the batcher, audit log, SIGHUP
+    handler, DICOS listener and warm-up; on shutdown stop them in reverse, draining the batcher."""
+    settings = service.settings
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nonlocal backend
         if backend is None:
             backend = await asyncio.to_thread(make_backend, settings)
-        service.models.activate(backend)
-        info = backend.info
-        service.batcher = MicroBatcher(
-            backend,
-            max_batch_size=settings.max_batch_size,
-            max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
-            queue_size=settings.queue_size,
-            metrics=service.metrics,
-        )
-        await service.batcher.start()
-        if service.audit is not None:
-            service.audit.start()
-        hup = _install_sighup(service)
-        if not keys:
-            log.warning(
-                "no API keys configured: /detect, /render, /model and /docs are open (loopback host %s)",
-                settings.host,
-            )
-        log.info(
-            "model loaded",
-            extra={
-                "model": info.name,
-                "version": info.version,
-                "sha256": info.sha256,
-                "model_name": settings.model_name,
-                "device": backend.device,
-                "backend": settings.backend,
-                "api_keys": len(keys),
-                "admin_keys": len(service.admin_keys or ()),
-                "audit_path": str(settings.audit_path) if settings.audit_path else None,
-                "sighup_reload": hup,
-            },
-        )
+        hup = await _start_serving(service, backend)
+        _log_started(service, backend, keys, hup)
         dicos = None
         if settings.dicos_port is not None:  # the DICOS listener shares this batcher (docs/dicos.md)
             from xscreen.service.dicos_listener import DicosListener
@@ -160,39 +174,50 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None) -> F
             service.admission.shutdown()
             log.info("stopped")
 
-    app = FastAPI(
-        title="xscreen",
-        version=__version__,
-        description="Threat detection on dual-energy X-ray scans: ATSS + Label-aware Mechanism.",
-        lifespan=lifespan,
-        openapi_url=None,  # served below, behind the API key rule
-        docs_url=None,
-        redoc_url=None,
+    return lifespan
+
+
+async def _start_serving(service: ServiceState, backend: InferenceBackend) -> bool:
+    """Activate ``backend``, start the batcher and the audit log; True if SIGHUP reloads the model."""
+    settings = service.settings
+    service.models.activate(backend)
+    service.batcher = MicroBatcher(
+        backend,
+        max_batch_size=settings.max_batch_size,
+        max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
+        queue_size=settings.queue_size,
+        metrics=service.metrics,
     )
-    app.state.service = service
-    app.state.api_keys = service.api_keys
-    app.state.admin_keys = service.admin_keys
-    install_error_handlers(app)
-    # The request guard holds the whole body (<= max_upload_bytes) in memory before the form is parsed,
-    # so spilling a part over Starlette's 1 MB default to a temporary file saves no memory; it only
-    # adds file writes and reads per scan at 1024 x 1024 pixels and up (docs/service.md, benchmark).
-    # Class-wide; never lowered, so several apps in one process keep the largest limit.
-    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, settings.max_upload_bytes)
-    app.include_router(detect.router)
-    app.include_router(model.router)
-    app.include_router(admin.router)
-    app.include_router(health.router)
-    _add_docs_routes(app)
-    # Added last = outermost: observability sees every answer, including the guard's refusals.
-    app.add_middleware(
-        RequestGuardMiddleware,
-        policy=guard_policy(settings),
-        api_keys=service.api_keys,
-        admin_keys=service.admin_keys,
+    await service.batcher.start()
+    if service.audit is not None:
+        service.audit.start()
+    return _install_sighup(service)
+
+
+def _log_started(service: ServiceState, backend: InferenceBackend, keys: list[str], hup: bool) -> None:
+    """The start-up lines: a warning when no API keys are set, then what was loaded and how."""
+    settings = service.settings
+    if not keys:
+        log.warning(
+            "no API keys configured: /detect, /render, /model and /docs are open (loopback host %s)",
+            settings.host,
+        )
+    info = backend.info
+    log.info(
+        "model loaded",
+        extra={
+            "model": info.name,
+            "version": info.version,
+            "sha256": info.sha256,
+            "model_name": settings.model_name,
+            "device": backend.device,
+            "backend": settings.backend,
+            "api_keys": len(keys),
+            "admin_keys": len(service.admin_keys or ()),
+            "audit_path": str(settings.audit_path) if settings.audit_path else None,
+            "sighup_reload": hup,
+        },
     )
-    known = UPLOAD_PATHS | SCAN_KEY_PATHS | {"/healthz", "/readyz", "/metrics", "/admin/model"}
-    app.add_middleware(ObservabilityMiddleware, metrics=service.metrics, known_paths=known)
-    return app
 
 
 def guard_policy(settings: Settings) -> GuardPolicy:

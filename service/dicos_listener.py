@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xscreen.scans import ScanError, convert_scan
-from xscreen.scans.dicos import (
+from xscreen.scans.dicos.dx import DxImage, DxPair, dx_from_encoded, dx_pair
+from xscreen.scans.dicos.files import (
     DEFLATED_LE,
     DICOS_CT_SOP_CLASS,
     DX_FOR_PRESENTATION,
@@ -38,12 +39,8 @@ from xscreen.scans.dicos import (
     JPEG_LS_LOSSLESS,
     RLE_LOSSLESS,
     TDR_SOP_CLASS,
-    DxImage,
-    DxPair,
-    dx_from_encoded,
-    dx_pair,
-    read_tdr,
 )
+from xscreen.scans.dicos.tdr import read_tdr
 from xscreen.scans.energy import check_energy_order
 from xscreen.service.audit import AuditError, audit_record
 from xscreen.service.batching import BatcherStoppedError, DeadlineExceededError, QueueFullError

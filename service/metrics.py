@@ -22,8 +22,8 @@ from xscreen.model.classes import CLASS_NAMES
 LATENCY_SLO_SECONDS = 2.0
 # Latency buckets from 5 ms to 2 min (CPU inference of a full scan takes ~0.1-10 s), with an edge at every
 # alert threshold and 0.5 s steps around the SLO: the alert then counts answers slower than exactly 2 s
-# (bucket le="2.0") instead of interpolating inside a wide 1-2.5 s bucket, which put p99 at 2.485 s
-# when every request took 1.1 s and missed 2 % of requests at 2.4 s.
+# (bucket le="2.0") instead of interpolating inside a wide 1-2.5 s bucket, which would put p99 at 2.485 s
+# when every request takes 1.1 s and miss 2 % of requests at 2.4 s.
 LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0,
 )  # fmt: skip
@@ -53,6 +53,14 @@ class ServiceMetrics:
         # collectors: this registry is the service's own, so they are not there unless registered.
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             r.register(collector)
+        self._add_http_metrics(r)
+        self._add_pipeline_metrics(r)
+        self._add_dicos_metrics(r)
+        self._add_model_and_audit_metrics(r)
+        self._preinitialise()
+
+    def _add_http_metrics(self, r: CollectorRegistry) -> None:
+        """Request latency, counts and requests in flight, by route."""
         self.request_duration = Histogram(
             "xscreen_http_request_duration_seconds",
             "HTTP request latency by route template, method and status code",
@@ -64,6 +72,9 @@ class ServiceMetrics:
             "xscreen_http_requests", "HTTP requests answered", ("route", "method", "status"), registry=r
         )
         self.in_flight = Gauge("xscreen_in_flight_requests", "HTTP requests being handled", registry=r)
+
+    def _add_pipeline_metrics(self, r: CollectorRegistry) -> None:
+        """Queue, memory budget, batches, detections and the loaded model."""
         self.stage_seconds = Histogram(
             "xscreen_inference_stage_seconds",
             "Seconds per pipeline stage (decode, convert per scan; model stages per batch)",
@@ -111,7 +122,9 @@ class ServiceMetrics:
             registry=r,
         )
         self.ready = Gauge("xscreen_ready", "1 when weights are loaded and warm-up is done", registry=r)
-        # DICOS listener (service/dicos_listener.py, docs/dicos.md)
+
+    def _add_dicos_metrics(self, r: CollectorRegistry) -> None:
+        """The DICOS listener's (service/dicos_listener.py, docs/dicos.md)."""
         self.dicos_received = Counter(
             "xscreen_dicos_received", "DX images received over DICOS, by result", ("result",), registry=r
         )
@@ -158,7 +171,8 @@ class ServiceMetrics:
             registry=r,
         )
 
-        # model switching and the audit trail (docs/service.md "Models", "Audit trail")
+    def _add_model_and_audit_metrics(self, r: CollectorRegistry) -> None:
+        """Model switching and the audit trail (docs/service.md "Models", "Audit trail")."""
         self.model_reloads = Counter(
             "xscreen_model_reloads",
             "Model switch attempts by result (switched, unchanged, or why the old model was kept)",
@@ -177,8 +191,6 @@ class ServiceMetrics:
             ("reason",),
             registry=r,
         )
-
-        self._preinitialise()
 
     def _preinitialise(self) -> None:
         """Create the series of every known label value at 0 (``labels()`` alone exports them)."""

@@ -19,7 +19,7 @@ from xscreen.scans import (
     read_scan,
     sniff_format,
 )
-from xscreen.scans.dicos import DxPair, read_dx_pair
+from xscreen.scans.dicos.dx import DxPair, read_dx_pair
 from xscreen.scans.energy import EnergiesSwappedError, check_energy_order
 from xscreen.scans.errors import ScanDeadlineError
 from xscreen.service.errors import ApiError

@@ -5,8 +5,10 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import ipaddress
+import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -331,8 +333,6 @@ def available_models(models_dir: Path, backend: str) -> list[str]:
 
 def model_file(models_dir: Path, name: str, backend: str) -> Path:
     """``<models_dir>/<name><suffix>``; ValueError naming the models there when it does not exist."""
-    import re
-
     if not re.match(MODEL_NAME_PATTERN, name):
         raise ValueError(f"invalid model name {name!r} (letters, digits, '.', '_', '-')")
     path = models_dir / f"{name}{MODEL_SUFFIX.get(backend, '.safetensors')}"
@@ -347,9 +347,6 @@ def model_file(models_dir: Path, name: str, backend: str) -> Path:
 
 def read_selection(path: Path) -> tuple[str, str] | None:
     """(name, sha256) from a selection file ``{"name": ..., "sha256": ...}``; None when it does not exist."""
-    import json
-    import re
-
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from xscreen.scans.dicos import DX_FOR_PROCESSING, AtrIdentity, ThreatObject, new_uid, write_tdr
+from xscreen.scans.dicos.files import DX_FOR_PROCESSING, new_uid
+from xscreen.scans.dicos.tdr import AtrIdentity, ThreatObject, write_tdr
 from xscreen.service.scan_input import PreparedScan
 from xscreen.service.schemas import DetectResponse
 

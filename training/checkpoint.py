@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from xscreen.errors import XscreenError
@@ -116,8 +116,6 @@ def read_training_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
         raise CheckpointError(f"no training state to resume from: {path} does not exist")
     try:
         tensors = load_file(str(path))
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
         meta = json.loads(header[_META_KEY])

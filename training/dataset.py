@@ -16,7 +16,7 @@ from torch import Tensor
 
 from xscreen.errors import XscreenError
 from xscreen.model.classes import CLASS_NAMES, normalise_name
-from xscreen.model.transform import hflip, normalize, pad_batch, resize_to_fit
+from xscreen.model.transform import hflip, resize_to_fit
 from xscreen.scans import ScanError, read_converted
 from xscreen.scans.energy import energy_order
 
@@ -212,9 +212,3 @@ def collate(batch):
     """DataLoader collate: ``(list of images, list of targets)`` (images keep their own sizes)."""
     images, targets = zip(*batch, strict=True)
     return list(images), list(targets)
-
-
-def batch_for_model(images: list[Tensor], size_divisor: int = 32) -> Tensor:
-    """Normalised (ImageNet mean/std) images zero-padded into one [N, 3, H, W] batch (multiple of 32)."""
-    batch, _ = pad_batch([normalize(im) for im in images], size_divisor)
-    return batch

@@ -24,10 +24,12 @@ from tqdm import tqdm
 
 from xscreen.model.weights import save_weights
 from xscreen.training.checkpoint import save_training_state
-from xscreen.training.dataset import collate
+from xscreen.training.dataset import CocoDetection, collate
 from xscreen.training.distributed import DistInfo, SkipSampler, all_reduce_sum, barrier
 from xscreen.training.errors import TrainError
+from xscreen.training.evaluate import detect_dataset, evaluate_detections
 from xscreen.training.rundir import BEST_FILE, LAST_FILE, STATE_FILE, RunLog
+from xscreen.training.threshold import describe, pick_threshold
 
 if TYPE_CHECKING:
     from xscreen.training.schedule import WarmupStepSchedule
@@ -339,10 +341,6 @@ def evaluate(
     The metrics carry the ``operating_point`` that ``s.threshold_rule`` picks on the same detections
     (training.threshold); the checkpoints store it, and RUN/operating_point.png shows its PR curve.
     """
-    from xscreen.training.dataset import CocoDetection
-    from xscreen.training.evaluate import detect_dataset, evaluate_detections
-    from xscreen.training.threshold import describe, pick_threshold
-
     metrics: dict[str, Any] = {}
     if dist.is_main:
         model.eval()

@@ -33,7 +33,7 @@ log = logging.getLogger("xscreen.la_experiment")
 
 LABELS = {"none": "ATSS", "cls": "ATSS+LAcls", "reg": "ATSS+LAreg"}
 VARIANTS = {"small_atss": "ATSS", "small_lacls": "ATSS+LAcls", "small_lareg": "ATSS+LAreg"}
-# What the released code changed at once (issue #13, method.md §7): the head, then LA on it.
+# What the released code changed at once (docs/method.md §7): the head, then LA on it.
 RELEASE_STUDY = (
     "small_atss",  # plain ATSS: delta-xywh regression, centerness conv
     "small_lacls_release@la_coeffs=[1,0,0]",  # released bin head + reg_conf, LA off (x_new = x)

@@ -32,12 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from xscreen.argtypes import THRESHOLD_RULES
 from xscreen.errors import XscreenError
+from xscreen.training.threshold_rules import DEFAULT_MIN_PRECISION, DEFAULT_RULE, RULES
 
-RULES = THRESHOLD_RULES
-DEFAULT_RULE = "best-f1"
-DEFAULT_MIN_PRECISION = 0.9
 IOU = 0.5
 MAX_DETS = 100  # per image and class, as COCO's AP
 FALLBACK_THRESHOLD = 0.3  # the service's default before thresholds were recorded in weights files

@@ -17,10 +17,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
+from xscreen.model import build_detector, load_backbone_weights
+from xscreen.model.config import load_config
+from xscreen.model.weights import load_weights
+from xscreen.training.checkpoint import read_training_state, restore_training_state
+from xscreen.training.dataset import CocoDetection, load_coco_json, match_categories
 from xscreen.training.distributed import (
     DistInfo,
     broadcast_from_main,
@@ -39,6 +45,7 @@ from xscreen.training.rundir import (
     prepare_run_dir,
     weights_digest,
 )
+from xscreen.training.schedule import WarmupStepSchedule, scaled_lr
 from xscreen.training.settings import TrainSettings
 
 log = logging.getLogger("xscreen.train")
@@ -48,8 +55,6 @@ log = logging.getLogger("xscreen.train")
 
 def train(s: TrainSettings) -> dict[str, Any]:
     """Run (or resume) one training run; returns a summary dict. Raises TrainError / XscreenError."""
-    from xscreen.model.config import load_config
-
     dist = dist_from_env()
     cfg = load_config(s.config)
     if s.epochs is None:
@@ -94,8 +99,6 @@ def check_dataset(
     category names are exactly the config's class names (compared with model.classes.normalise_name).
     Returns {split: number of images}.
     """
-    from xscreen.training.dataset import load_coco_json, match_categories
-
     root = Path(data_dir)
     if not root.is_dir():
         raise TrainError(f"data folder {root} does not exist or is not a folder")
@@ -114,19 +117,9 @@ def _run(
     s: TrainSettings, cfg, dist: DistInfo, device, out: Path, counts: dict[str, int], init=None
 ) -> dict[str, Any]:
     """Build everything the loop needs, run it, and check that the ranks agree at the end."""
-    from xscreen.model import build_detector
-    from xscreen.training.dataset import CocoDetection
-    from xscreen.training.schedule import WarmupStepSchedule, scaled_lr
-
     t_start = time.time()
     _seed_everything(s.seed)
-    model = build_detector(cfg).to(device)
-    if s.backbone_weights:
-        _load_backbone_weights(model, s.backbone_weights)
-    if init is not None:
-        model.load_state_dict(init[0], strict=True)
-    model.train()
-
+    model = _initial_model(s, cfg, device, init)
     base_lr = scaled_lr(
         s.lr if s.lr is not None else cfg.lr, s.batch_size * dist.world_size, cfg.lr_batch_size
     )
@@ -134,58 +127,22 @@ def _run(
     optimizer = torch.optim.SGD(params, lr=base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-
-    dataset = CocoDetection(
-        s.data, "train", class_names=cfg.class_names, train=True, min_size=cfg.min_size, max_size=cfg.max_size
-    )
-    if dist.rank == 0:
-        _warn_swapped_energies(dataset)
-    sampler = DistributedSampler(
-        dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=s.seed
-    )
+    dataset, sampler = _train_data(s, cfg, dist)
     iters_per_epoch = math.ceil(len(sampler) / s.batch_size)
-    schedule = WarmupStepSchedule(
-        base_lr=base_lr,
-        total_iters=iters_per_epoch * s.epochs,
-        warmup_iters=cfg.warmup_iters if s.warmup_iters is None else s.warmup_iters,
-        warmup_ratio=cfg.warmup_ratio,
-        steps=tuple(cfg.lr_steps),
-        ref_epochs=cfg.epochs,
-    )
-    run_info = {
-        "config": cfg.name,
-        "data": str(s.data),
-        "epochs": s.epochs,
-        "batch_size": s.batch_size,
-        "world_size": dist.world_size,
-        "seed": s.seed,
-        "lr": base_lr,
-        "iters_per_epoch": iters_per_epoch,
-    }
-    if init is not None:  # provenance: the weights this run started from
-        run_info["init_weights"] = init[1]
-
+    schedule = _lr_schedule(s, cfg, base_lr, iters_per_epoch)
+    run_info = _run_info(s, cfg, dist, base_lr, iters_per_epoch, init)
     if s.resume:
         progress = _resume(s, out, run_info, dist, model, optimizer, scaler)
     else:
         progress = Progress()
         if dist.enabled:  # one data-augmentation stream per rank
             _seed_everything(s.seed + 1000 * dist.rank)
-
     ddp_model = (
         DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if dist.enabled
         else model
     )
-    run_log = None
-    if dist.is_main:
-        run_log = RunLog(
-            out,
-            config_json=cfg.to_json(),
-            run_json={**run_info, "settings": asdict(s)},
-            resume_at=progress.iteration if s.resume else None,
-        )
-
+    run_log = _open_run_log(s, cfg, dist, out, run_info, progress)
     with stop_on_signals() as stop:
         trainer = Trainer(
             settings=s,
@@ -215,11 +172,7 @@ def _run(
             if run_log is not None:
                 run_log.close()
 
-    digest = weights_digest(model)
-    log.info("rank %d final weights sha256 %s", dist.rank, digest)
-    digests = gather_from_all(dist, digest)
-    if len(set(digests)) != 1:
-        raise TrainError(f"DDP ranks ended with different weights: {digests}")
+    digest = _agreed_digest(model, dist)
     if dist.is_main:
         plot_curves(out)
     if stop.requested:
@@ -239,12 +192,87 @@ def _run(
     }
 
 
+def _initial_model(s: TrainSettings, cfg, device, init):
+    """The detector in train mode on ``device``: backbone weights, or ``init``'s tensors, loaded."""
+    model = build_detector(cfg).to(device)
+    if s.backbone_weights:
+        _load_backbone_weights(model, s.backbone_weights)
+    if init is not None:
+        model.load_state_dict(init[0], strict=True)
+    model.train()
+    return model
+
+
+def _train_data(s: TrainSettings, cfg, dist: DistInfo):
+    """The train split (augmented) and this rank's shuffling sampler of it."""
+    dataset = CocoDetection(
+        s.data, "train", class_names=cfg.class_names, train=True, min_size=cfg.min_size, max_size=cfg.max_size
+    )
+    if dist.rank == 0:
+        _warn_swapped_energies(dataset)
+    sampler = DistributedSampler(
+        dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=s.seed
+    )
+    return dataset, sampler
+
+
+def _run_info(s: TrainSettings, cfg, dist: DistInfo, base_lr: float, iters_per_epoch: int, init) -> dict:
+    """What identifies the run (run.json, the saved state; ``--resume`` checks it against the new one)."""
+    run_info = {
+        "config": cfg.name,
+        "data": str(s.data),
+        "epochs": s.epochs,
+        "batch_size": s.batch_size,
+        "world_size": dist.world_size,
+        "seed": s.seed,
+        "lr": base_lr,
+        "iters_per_epoch": iters_per_epoch,
+    }
+    if init is not None:  # provenance: the weights this run started from
+        run_info["init_weights"] = init[1]
+    return run_info
+
+
+def _lr_schedule(s: TrainSettings, cfg, base_lr: float, iters_per_epoch: int):
+    """Linear warm-up, then the config's step decay, stretched to ``s.epochs``."""
+    return WarmupStepSchedule(
+        base_lr=base_lr,
+        total_iters=iters_per_epoch * s.epochs,
+        warmup_iters=cfg.warmup_iters if s.warmup_iters is None else s.warmup_iters,
+        warmup_ratio=cfg.warmup_ratio,
+        steps=tuple(cfg.lr_steps),
+        ref_epochs=cfg.epochs,
+    )
+
+
+def _open_run_log(
+    s: TrainSettings, cfg, dist: DistInfo, out: Path, run_info: dict[str, Any], progress: Progress
+) -> RunLog | None:
+    """Rank 0's run log (config, run settings, metrics); None on the other ranks."""
+    if not dist.is_main:
+        return None
+    return RunLog(
+        out,
+        config_json=cfg.to_json(),
+        run_json={**run_info, "settings": asdict(s)},
+        resume_at=progress.iteration if s.resume else None,
+    )
+
+
+def _agreed_digest(model, dist: DistInfo) -> str:
+    """The final weights' sha256, the same on every rank (TrainError otherwise)."""
+    digest = weights_digest(model)
+    log.info("rank %d final weights sha256 %s", dist.rank, digest)
+    digests = gather_from_all(dist, digest)
+    if len(set(digests)) != 1:
+        raise TrainError(f"DDP ranks ended with different weights: {digests}")
+    return digest
+
+
 def _resume(
     s: TrainSettings, out: Path, run_info: dict[str, Any], dist: DistInfo, model, optimizer, scaler
 ) -> Progress:
     """Model, optimiser, scaler and RNG state of the run in ``out``; refuses a run with other settings."""
-    from xscreen.training.checkpoint import read_training_state, restore_training_state
-
     tensors, meta = read_training_state(out / STATE_FILE)
     saved = meta["progress"]
     for key in ("config", "batch_size", "world_size", "iters_per_epoch"):
@@ -289,8 +317,6 @@ def _warn_swapped_energies(dataset) -> None:
 
 
 def _seed_everything(seed: int) -> None:
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -303,8 +329,6 @@ def _read_init_weights(path: str, cfg) -> tuple[dict[str, torch.Tensor], dict[st
     the architecture fields and raises WeightsError naming the difference); fp16 files load as fp32.
     The provenance (path, name, version, tensors sha256) goes into the run's metadata.
     """
-    from xscreen.model.weights import load_weights
-
     if not Path(path).is_file():
         raise TrainError(f"--init-weights: {path} does not exist")
     source, info = load_weights(path, expected_config=cfg)
@@ -315,8 +339,6 @@ def _read_init_weights(path: str, cfg) -> tuple[dict[str, torch.Tensor], dict[st
 
 def _load_backbone_weights(model, path: str) -> None:
     """ImageNet ResNet weights (torchvision key names, .pth or .safetensors) into the backbone."""
-    from xscreen.model import load_backbone_weights
-
     if not Path(path).is_file():
         raise TrainError(f"--backbone-weights: {path} does not exist")
     names = load_backbone_weights(model, path)  # WeightsError (an XscreenError) on a wrong file

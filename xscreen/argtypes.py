@@ -71,11 +71,6 @@ def int_list(minimum: int) -> Callable[[str], list[int]]:
     return parse
 
 
-# Operating-threshold rules (xscreen.training.threshold); here so that every command's --help lists them
-# without importing numpy.
-THRESHOLD_RULES = ("best-f1", "best-f2", "precision")
-
-
 def choice_list(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
     """A comma-separated list of names, each one of ``choices``: 'png,raw' -> ['png', 'raw']."""
 

@@ -15,12 +15,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from tests.support.detectors import sharpen_head
 from xscreen.cli import main as xscreen_main
 from xscreen.inference.backend import BackendError, TorchBackend
 from xscreen.inference.onnx_backend import OnnxBackend, OnnxModelRefused
 from xscreen.model import build_detector, load_config, save_weights
 from xscreen.model.classes import CLASS_NAMES
-from xscreen.model.detector import sharpen_head
 from xscreen.model.label_aware import label_aware_weights
 from xscreen.model.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
 from xscreen.scans import convert_scan

@@ -22,7 +22,7 @@ from xscreen.scans import (
     read_scan,
     sniff_format,
 )
-from xscreen.scans import dicos as d
+from xscreen.scans.dicos import dx, files, tdr
 
 RNG = np.random.default_rng(7)
 HIGH = RNG.integers(0, 65535, (40, 56)).astype(np.uint16)
@@ -44,23 +44,23 @@ def edit(buf: bytes, syntax: str | None = None, **changes) -> bytes:
     return out.getvalue()
 
 
-@pytest.mark.parametrize("syntax", list(d.TRANSFER_SYNTAXES))
+@pytest.mark.parametrize("syntax", list(files.TRANSFER_SYNTAXES))
 def test_dx_pair_round_trip_in_every_transfer_syntax(syntax):
-    high, low = d.write_dx_pair(HIGH, LOW, transfer_syntax=syntax)
-    assert sniff_format(high) == "dicom" and d.is_dicom(low)
+    high, low = dx.write_dx_pair(HIGH, LOW, transfer_syntax=syntax)
+    assert sniff_format(high) == "dicom" and files.is_dicom(low)
     assert pydicom.dcmread(io.BytesIO(high)).file_meta.TransferSyntaxUID == syntax
-    pair = d.read_dx_pair(low, high)  # given the wrong way round: Image Type orders them
+    pair = dx.read_dx_pair(low, high)  # given the wrong way round: Image Type orders them
     assert pair.high.energy == "HIGH" and pair.low.energy == "LOW"
     np.testing.assert_array_equal(pair.high.pixels, HIGH)
     np.testing.assert_array_equal(pair.low.pixels, LOW)
     assert pair.high.transfer_syntax == syntax
-    assert pair.high.study_uid == pair.low.study_uid and pair.high.sop_class_uid == d.DX_FOR_PROCESSING
+    assert pair.high.study_uid == pair.low.study_uid and pair.high.sop_class_uid == files.DX_FOR_PROCESSING
 
 
 def test_jpeg_lossless_predictors():
     """.70 is selection value 1 (process 14 SV1); .57 is written with another predictor (6)."""
-    for syntax, predictor in ((d.JPEG_LOSSLESS_SV1, 1), (d.JPEG_LOSSLESS, 6)):
-        ds = pydicom.dcmread(io.BytesIO(d.write_dx(HIGH, energy="HIGH", study_uid="1.2", series_uid="1.3",
+    for syntax, predictor in ((files.JPEG_LOSSLESS_SV1, 1), (files.JPEG_LOSSLESS, 6)):
+        ds = pydicom.dcmread(io.BytesIO(dx.write_dx(HIGH, energy="HIGH", study_uid="1.2", series_uid="1.3",
                                                    transfer_syntax=syntax)))  # fmt: skip
         frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
         assert b"\xff\xc3" in frame  # SOF3: lossless Huffman
@@ -70,15 +70,15 @@ def test_jpeg_lossless_predictors():
 
 
 def test_dx_without_preamble_reads_with_force():
-    high, _ = d.write_dx_pair(HIGH, LOW)
+    high, _ = dx.write_dx_pair(HIGH, LOW)
     ds = pydicom.dcmread(io.BytesIO(high))
     ds.preamble = None
     del ds.file_meta
     out = io.BytesIO()
     pydicom.dcmwrite(out, ds, implicit_vr=False, little_endian=True)
     bare = out.getvalue()
-    assert not d.is_dicom(bare)
-    np.testing.assert_array_equal(d.read_dx(bare, force=True).pixels, HIGH)
+    assert not files.is_dicom(bare)
+    np.testing.assert_array_equal(dx.read_dx(bare, force=True).pixels, HIGH)
 
 
 def jpeg2000(buf: bytes) -> bytes:
@@ -95,13 +95,13 @@ def jpeg2000(buf: bytes) -> bytes:
 
 
 def _bad_cases() -> dict[str, tuple[bytes, bytes, type, str]]:
-    high, low = d.write_dx_pair(HIGH, LOW)
-    other_high, _ = d.write_dx_pair(HIGH, LOW)
-    tdr = d.write_tdr([], atr=d.AtrIdentity("m", "1", ""), references=[], study_uid="1.2.3")
+    high, low = dx.write_dx_pair(HIGH, LOW)
+    other_high, _ = dx.write_dx_pair(HIGH, LOW)
+    tdr_file = tdr.write_tdr([], atr=tdr.AtrIdentity("m", "1", ""), references=[], study_uid="1.2.3")
     big = edit(high, Rows=50000, Columns=50000)
     return {
-        "ct": (edit(high, SOPClassUID=d.DICOS_CT_SOP_CLASS, Modality="CT"), low, ScanError, "DICOS CT"),
-        "tdr": (tdr, low, ScanError, "DICOS TDR"),
+        "ct": (edit(high, SOPClassUID=files.DICOS_CT_SOP_CLASS, Modality="CT"), low, ScanError, "DICOS CT"),
+        "tdr": (tdr_file, low, ScanError, "DICOS TDR"),
         "no pixel data": (edit(high, PixelData=None), low, ScanError, "no pixel data"),
         "8-bit": (edit(high, BitsAllocated=8, BitsStored=8, HighBit=7), low, ScanError, "8-bit unsigned"),
         "signed": (edit(high, PixelRepresentation=1), low, ScanError, "16-bit signed"),
@@ -123,40 +123,40 @@ def _bad_cases() -> dict[str, tuple[bytes, bytes, type, str]]:
 def test_bad_dx_is_one_clear_error(case):
     high, low, kind, text = _bad_cases()[case]
     with pytest.raises(kind, match=text) as info:
-        d.read_dx_pair(high, low, max_pixels=10_000_000)
+        dx.read_dx_pair(high, low, max_pixels=10_000_000)
     assert "\n" not in str(info.value)
 
 
 def test_size_mismatch_within_one_study():
-    high, low = d.write_dx_pair(HIGH, LOW)
+    high, low = dx.write_dx_pair(HIGH, LOW)
     study = pydicom.dcmread(io.BytesIO(high)).StudyInstanceUID
-    small = edit(d.write_dx_pair(HIGH[:20], LOW[:20])[1], StudyInstanceUID=study)
+    small = edit(dx.write_dx_pair(HIGH[:20], LOW[:20])[1], StudyInstanceUID=study)
     with pytest.raises(ScanSizeMismatchError, match="56x40 pixels but low DX is 56x20"):
-        d.read_dx_pair(high, small)
+        dx.read_dx_pair(high, small)
 
 
 def test_huge_dx_is_refused_before_decoding():
     """50000 x 50000 declared with a few bytes of pixels: the limit is checked from the header."""
-    high, _ = d.write_dx_pair(HIGH, LOW)
+    high, _ = dx.write_dx_pair(HIGH, LOW)
     with pytest.raises(ScanTooLargeError, match="2500000000 pixels"):
-        d.read_dx(edit(high, Rows=50000, Columns=50000), max_pixels=50_000_000)
+        dx.read_dx(edit(high, Rows=50000, Columns=50000), max_pixels=50_000_000)
 
 
 def test_tdr_round_trip_with_pydicom():
     objects = [
-        d.ThreatObject((10.5, 20.25, 40.0, 60.75), "knife", "cutter", 0.875),
-        d.ThreatObject((1.0, 2.0, 3.0, 4.0), "spray cans", "liquid container", 0.3125),
+        tdr.ThreatObject((10.5, 20.25, 40.0, 60.75), "knife", "cutter", 0.875),
+        tdr.ThreatObject((1.0, 2.0, 3.0, 4.0), "spray cans", "liquid container", 0.3125),
     ]
-    refs = [(d.DX_FOR_PROCESSING, "1.2.3.1"), (d.DX_FOR_PROCESSING, "1.2.3.2")]
-    atr = d.AtrIdentity("xscreen-small-lacls", "1.0", "ab" * 32)
-    buf = d.write_tdr(objects, atr=atr, references=refs, study_uid="1.2.3", scan_id="scan-1")
-    report = d.read_tdr(buf)
+    refs = [(files.DX_FOR_PROCESSING, "1.2.3.1"), (files.DX_FOR_PROCESSING, "1.2.3.2")]
+    atr = tdr.AtrIdentity("xscreen-small-lacls", "1.0", "ab" * 32)
+    buf = tdr.write_tdr(objects, atr=atr, references=refs, study_uid="1.2.3", scan_id="scan-1")
+    report = tdr.read_tdr(buf)
     assert report.objects == objects  # exact: these values are representable in float32
     assert report.alarm == "ALARM" and report.tdr_type == "MACHINE"
     assert report.algorithm == ["xscreen-small-lacls", "1.0", "ab" * 32]
     assert report.references == refs and report.study_uid == "1.2.3" and report.scan_id == "scan-1"
     ds = pydicom.dcmread(io.BytesIO(buf))
-    assert ds.SOPClassUID == d.TDR_SOP_CLASS and ds.Modality == "TDR"
+    assert ds.SOPClassUID == files.TDR_SOP_CLASS and ds.Modality == "TDR"
     assert ds.file_meta[0x00020004].value == "V03"
     assert ds[0x40101075].VR == "FD" and ds.NumberOfTotalObjects == 2 == ds.NumberOfAlarmObjects
     pto = ds.ThreatSequence[0]
@@ -170,7 +170,7 @@ def test_tdr_round_trip_with_pydicom():
     for key in ("IssuerOfPatientID", "InstitutionName", "InstitutionAddress", "DeviceSerialNumber",
                 "SoftwareVersions", "DateOfLastCalibration", "TimeOfLastCalibration"):  # fmt: skip
         assert str(ds.get(key, "")).strip(), key
-    clear = d.read_tdr(d.write_tdr([], atr=atr, references=refs, study_uid="1.2.3"))
+    clear = tdr.read_tdr(tdr.write_tdr([], atr=atr, references=refs, study_uid="1.2.3"))
     assert clear.alarm == "CLEAR" and clear.objects == []
 
 
@@ -208,12 +208,12 @@ def test_synth_format_dicos(tmp_path):
     coco = json.loads((out / "annotations" / "train.json").read_text())
     names = {c["id"]: c["name"] for c in coco["categories"]}
     for image in coco["images"]:
-        pair = d.read_dx_pair(
+        pair = dx.read_dx_pair(
             (out / image["dicos_high"]).read_bytes(), (out / image["dicos_low"]).read_bytes()
         )
         np.testing.assert_array_equal(pair.high.pixels, cv2.imread(str(out / image["raw_high"]), -1))
         np.testing.assert_array_equal(pair.low.pixels, cv2.imread(str(out / image["raw_low"]), -1))
-        report = d.read_tdr((out / image["dicos_tdr"]).read_bytes())
+        report = tdr.read_tdr((out / image["dicos_tdr"]).read_bytes())
         assert report.tdr_type == "GROUND_TRUTH" and report.references == pair.references()
         anns = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
         assert [o.class_name for o in report.objects] == [names[a["category_id"]] for a in anns]
@@ -224,7 +224,7 @@ def test_synth_format_dicos(tmp_path):
 
 def test_cli_detect_on_dx_pair_writes_tdr_equal_to_json(tmp_path):
     scan = synthetic_scans([3], 128)[0]
-    high, low = d.write_dx_pair(scan.high, scan.low, transfer_syntax=d.JPEG_LS_LOSSLESS)
+    high, low = dx.write_dx_pair(scan.high, scan.low, transfer_syntax=files.JPEG_LS_LOSSLESS)
     (tmp_path / "h.dcm").write_bytes(high)
     (tmp_path / "l.dcm").write_bytes(low)
     tdr_path = tmp_path / "out.dcm"
@@ -234,10 +234,10 @@ def test_cli_detect_on_dx_pair_writes_tdr_equal_to_json(tmp_path):
                        capture_output=True, text=True, timeout=300)  # fmt: skip
     assert r.returncode == 0, r.stderr
     response = json.loads(r.stdout)
-    report = d.read_tdr(tdr_path.read_bytes())
+    report = tdr.read_tdr(tdr_path.read_bytes())
     assert response["detections"], "the bundled model finds something at 0.05"
     assert_tdr_matches(report, response)
-    assert report.references == d.read_dx_pair(high, low).references()
+    assert report.references == dx.read_dx_pair(high, low).references()
     bad = subprocess.run(
         [XSCREEN, "detect", "--high", h, "--low", h], capture_output=True, text=True, timeout=300
     )
@@ -245,7 +245,7 @@ def test_cli_detect_on_dx_pair_writes_tdr_equal_to_json(tmp_path):
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
-def assert_tdr_matches(report: d.TdrReport, response: dict) -> None:
+def assert_tdr_matches(report: tdr.TdrReport, response: dict) -> None:
     """TDR objects == the JSON response's detections: boxes, classes, groups and scores (float32 exact)."""
     dets = response["detections"]
     assert len(report.objects) == len(dets)
@@ -260,6 +260,6 @@ def assert_tdr_matches(report: d.TdrReport, response: dict) -> None:
 
 
 def test_read_scan_points_dicom_to_the_pair_reader():
-    high, _ = d.write_dx_pair(HIGH, LOW)
+    high, _ = dx.write_dx_pair(HIGH, LOW)
     with pytest.raises(UnsupportedScanFormatError, match="DICOS DX"):
         read_scan(high)

@@ -30,8 +30,8 @@ from xscreen.scans import (
     UnsupportedScanFormatError,
     read_scan,
 )
-from xscreen.scans import dicos as d
 from xscreen.scans.bounded import METADATA_ALLOWANCE, deflate_cap, png_rows_size
+from xscreen.scans.dicos import dx, files
 
 REPO = Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(24)
@@ -46,7 +46,7 @@ import json, os, sys, time
 import cv2, imagecodecs, pydicom, pydicom.encaps, pydicom.filereader, tifffile
 from tests.support.hostile import PeakRss
 from xscreen.scans import read_scan
-from xscreen.scans.dicos import dx_from_encoded, read_dx
+from xscreen.scans.dicos.dx import dx_from_encoded, read_dx
 data = open(sys.argv[1], "rb").read()
 call = {call}
 out = {{"error": None, "message": ""}}
@@ -85,15 +85,15 @@ def assert_refused(result: dict, error: type, words: str, seconds: float = 2.0, 
 # Builders of DX files and bombs.
 
 
-def dx(pixels: np.ndarray, syntax: str, energy: str = "HIGH") -> bytes:
-    return d.write_dx(
+def dx_file(pixels: np.ndarray, syntax: str, energy: str = "HIGH") -> bytes:
+    return dx.write_dx(
         pixels, energy=energy, study_uid="1.2.3.4", series_uid="1.2.3.5", transfer_syntax=syntax
     )
 
 
 def dx_with_frame(syntax: str, frame: bytes, rows: int = 16, cols: int = 16) -> bytes:
     """A DX file of ``rows`` x ``cols`` whose encapsulated pixel data is the one ``frame`` given."""
-    ds = pydicom.dcmread(io.BytesIO(dx(np.zeros((rows, cols), np.uint16), syntax)))
+    ds = pydicom.dcmread(io.BytesIO(dx_file(np.zeros((rows, cols), np.uint16), syntax)))
     ds.PixelData = encapsulate([frame])
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
@@ -124,7 +124,7 @@ def rle_frame(high_bytes: bytes, low_bytes: bytes, count: int = 2) -> bytes:
 def deflated_bomb(extra: int) -> tuple[bytes, bytes]:
     """A 16x16 deflated DX whose dataset inflates to ``extra`` bytes more (a private OB element of zeros)
     -> (the Part-10 file, the raw deflated dataset a C-STORE would carry)."""
-    meta, body = split_meta(dx(SMALL, d.DEFLATED_LE))
+    meta, body = split_meta(dx_file(SMALL, files.DEFLATED_LE))
     plain = zlib.decompress(body, -zlib.MAX_WBITS)
     z = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     parts = [z.compress(plain), z.compress(struct.pack("<HH2sHI", 0x7FE1, 0x1010, b"OB", 0, extra))]
@@ -174,12 +174,12 @@ def adam7_rows(img: np.ndarray) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("syntax", "kind"), [(d.JPEG_LS_LOSSLESS, "JPEG-LS"), (d.JPEG_LOSSLESS, "JPEG Lossless")]
+    ("syntax", "kind"), [(files.JPEG_LS_LOSSLESS, "JPEG-LS"), (files.JPEG_LOSSLESS, "JPEG Lossless")]
 )
 def test_jpeg_frame_declaring_40000_square_in_a_16_square_dx_is_refused_before_decoding(
     tmp_path, syntax, kind
 ):
-    if syntax == d.JPEG_LS_LOSSLESS:
+    if syntax == files.JPEG_LS_LOSSLESS:
         frame = patch_sof(imagecodecs.jpegls_encode(SMALL, level=0), b"\xff\xf7", 40000, 40000)
     else:
         small = imagecodecs.jpeg8_encode(SMALL, lossless=True, predictor=1, bitspersample=16)
@@ -199,39 +199,39 @@ def test_jpeg_frame_precision_components_and_frame_kind_must_match():
     bad_bits = bytearray(ls)
     bad_bits[bad_bits.index(b"\xff\xf7") + 4] = 12
     with pytest.raises(ScanHeaderMismatchError, match="declares 16x16 pixels, 12 bits, 1 component"):
-        d.read_dx(dx_with_frame(d.JPEG_LS_LOSSLESS, bytes(bad_bits)))
+        dx.read_dx(dx_with_frame(files.JPEG_LS_LOSSLESS, bytes(bad_bits)))
     baseline = imagecodecs.jpeg8_encode(SMALL.astype(np.uint8))  # SOF0: lossy, 8-bit
     with pytest.raises(
         ScanHeaderMismatchError, match=r"has frame header 0xFFC0; .* one 0xFFC3 \(SOF3\) frame"
     ):
-        d.read_dx(dx_with_frame(d.JPEG_LOSSLESS, bytes(baseline)))
+        dx.read_dx(dx_with_frame(files.JPEG_LOSSLESS, bytes(baseline)))
     with pytest.raises(ScanHeaderMismatchError, match=r"JPEG-LS codestream has frame header 0xFFC3"):
-        d.read_dx(
+        dx.read_dx(
             dx_with_frame(
-                d.JPEG_LS_LOSSLESS, imagecodecs.jpeg8_encode(SMALL, lossless=True, bitspersample=16)
+                files.JPEG_LS_LOSSLESS, imagecodecs.jpeg8_encode(SMALL, lossless=True, bitspersample=16)
             )
         )
     with pytest.raises(ScanError, match="corrupt JPEG-LS pixel data \\(no start-of-image marker\\)"):
-        d.read_dx(dx_with_frame(d.JPEG_LS_LOSSLESS, b"\x00" * 64))
+        dx.read_dx(dx_with_frame(files.JPEG_LS_LOSSLESS, b"\x00" * 64))
 
 
 def test_multi_frame_and_fragment_structure_are_checked():
-    good = dx(SMALL, d.JPEG_LS_LOSSLESS)
+    good = dx_file(SMALL, files.JPEG_LS_LOSSLESS)
     ds = pydicom.dcmread(io.BytesIO(good))
     frame = imagecodecs.jpegls_encode(SMALL, level=0)
     ds.PixelData = encapsulate([bytes(frame), bytes(frame)], has_bot=True)
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     with pytest.raises(ScanError, match="lists 2 frame offsets; a DX image is one frame"):
-        d.read_dx(out.getvalue())
+        dx.read_dx(out.getvalue())
     with pytest.raises(ScanError, match="holds 2 frames; one energy image is one frame"):
-        d.read_dx(_edit(good, NumberOfFrames=2))
+        dx.read_dx(_edit(good, NumberOfFrames=2))
     ds = pydicom.dcmread(io.BytesIO(good))
     ds.PixelData = ds.PixelData[:-8]  # no sequence delimiter, last item cut
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     with pytest.raises(ScanError, match="truncated or corrupt"):
-        d.read_dx(out.getvalue())
+        dx.read_dx(out.getvalue())
 
 
 def _edit(buf: bytes, **changes) -> bytes:
@@ -249,19 +249,19 @@ def test_rle_frame_needs_exactly_two_segments(tmp_path):
         with pytest.raises(
             ScanHeaderMismatchError, match=f"RLE frame has {count} segment\\(s\\); .* exactly 2"
         ):
-            d.read_dx(dx_with_frame(d.RLE_LOSSLESS, rle_frame(seg, seg, count)))
+            dx.read_dx(dx_with_frame(files.RLE_LOSSLESS, rle_frame(seg, seg, count)))
     bad = bytearray(rle_frame(seg, seg))
     struct.pack_into("<I", bad, 8, 10_000)
     with pytest.raises(ScanError, match="corrupt RLE pixel data \\(segment offsets 64, 10000"):
-        d.read_dx(dx_with_frame(d.RLE_LOSSLESS, bytes(bad)))
+        dx.read_dx(dx_with_frame(files.RLE_LOSSLESS, bytes(bad)))
     with pytest.raises(ScanError, match="truncated RLE pixel data \\(255 of 256 bytes"):
-        d.read_dx(dx_with_frame(d.RLE_LOSSLESS, rle_frame(seg, imagecodecs.packbits_encode(bytes(255)))))
+        dx.read_dx(dx_with_frame(files.RLE_LOSSLESS, rle_frame(seg, imagecodecs.packbits_encode(bytes(255)))))
 
 
 def test_rle_segment_expanding_past_rows_times_columns_is_refused(tmp_path):
     # 2-byte replicate runs of 128 bytes: 8 MB of segment would expand to 512 MiB in pydicom's decoder.
     bomb = dx_with_frame(
-        d.RLE_LOSSLESS, rle_frame(b"\x81\x00" * (4 << 20), imagecodecs.packbits_encode(bytes(256)))
+        files.RLE_LOSSLESS, rle_frame(b"\x81\x00" * (4 << 20), imagecodecs.packbits_encode(bytes(256)))
     )
     result = probe(tmp_path, bomb, "lambda b: read_dx(b, name='low')")
     assert_refused(result, ScanHeaderMismatchError, "low: RLE segment decodes to more than the 256 bytes")
@@ -282,20 +282,20 @@ def test_deflated_dx_inflating_to_512_mib_is_refused_at_the_cap(tmp_path):
     cap = deflate_cap(50_000_000)
     words = f"deflated DICOM dataset inflates to more than {cap} bytes"
     assert_refused(probe(tmp_path, bomb, "lambda b: read_dx(b, name='high')"), ScanTooLargeError, words)
-    call = f"lambda b: dx_from_encoded(b, {d.DEFLATED_LE!r}, name='c-store')"
+    call = f"lambda b: dx_from_encoded(b, {files.DEFLATED_LE!r}, name='c-store')"
     assert_refused(probe(tmp_path, raw, call), ScanTooLargeError, "c-store: " + words)
     small = probe(tmp_path, bomb, "lambda b: read_dx(b, max_pixels=1_000_000)")
     assert_refused(small, ScanTooLargeError, f"more than {deflate_cap(1_000_000)} bytes", mb=30.0)
 
 
 def test_deflated_dx_truncated_or_corrupt():
-    meta, body = split_meta(dx(SMALL, d.DEFLATED_LE))
+    meta, body = split_meta(dx_file(SMALL, files.DEFLATED_LE))
     with pytest.raises(
         ScanError, match="truncated deflated DICOM dataset \\(its zlib stream does not end\\)"
     ):
-        d.read_dx(meta + body[: len(body) // 2])
+        dx.read_dx(meta + body[: len(body) // 2])
     with pytest.raises(ScanError, match="truncated or corrupt deflated DICOM dataset"):
-        d.dx_from_encoded(b"\xff" * 64, d.DEFLATED_LE)
+        dx.dx_from_encoded(b"\xff" * 64, files.DEFLATED_LE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,20 +431,20 @@ def test_npy_header_is_checked_before_the_array_is_read(tmp_path):
 # Valid DICOS in every transfer syntax, as files and as C-STORE datasets.
 
 
-@pytest.mark.parametrize("syntax", list(d.TRANSFER_SYNTAXES))
+@pytest.mark.parametrize("syntax", list(files.TRANSFER_SYNTAXES))
 def test_every_transfer_syntax_decodes_bit_exactly_as_file_and_as_encoded_dataset(syntax):
-    high, low = d.write_dx_pair(HIGH, LOW, transfer_syntax=syntax)
-    pair = d.read_dx_pair(high, low, deadline=time.monotonic() + 30)
+    high, low = dx.write_dx_pair(HIGH, LOW, transfer_syntax=syntax)
+    pair = dx.read_dx_pair(high, low, deadline=time.monotonic() + 30)
     np.testing.assert_array_equal(pair.high.pixels, HIGH)
     np.testing.assert_array_equal(pair.low.pixels, LOW)
     for buf, img in ((high, HIGH), (low, LOW)):
         meta, raw = split_meta(buf)
-        wire = d.IMPLICIT_LE if syntax == d.IMPLICIT_LE else syntax
-        got = d.dx_from_encoded(raw, wire, name="c-store", deadline=time.monotonic() + 30)
+        wire = files.IMPLICIT_LE if syntax == files.IMPLICIT_LE else syntax
+        got = dx.dx_from_encoded(raw, wire, name="c-store", deadline=time.monotonic() + 30)
         np.testing.assert_array_equal(got.pixels, img)
         assert got.transfer_syntax == syntax
-        if d.TRANSFER_SYNTAXES[syntax] == "native":  # without file meta, only the encoding tells
-            bare = d.read_dx(raw if syntax != d.DEFLATED_LE else buf, force=True)
+        if files.TRANSFER_SYNTAXES[syntax] == "native":  # without file meta, only the encoding tells
+            bare = dx.read_dx(raw if syntax != files.DEFLATED_LE else buf, force=True)
             np.testing.assert_array_equal(bare.pixels, img)
 
 
@@ -460,12 +460,12 @@ def test_a_passed_deadline_stops_every_reader():
     for source in (png, tiff.getvalue()):
         with pytest.raises(ScanDeadlineError, match="x: decoding ran past its deadline and was stopped"):
             read_scan(source, name="x", deadline=past)
-    for syntax in d.TRANSFER_SYNTAXES:
-        high, low = d.write_dx_pair(HIGH, LOW, transfer_syntax=syntax)
+    for syntax in files.TRANSFER_SYNTAXES:
+        high, low = dx.write_dx_pair(HIGH, LOW, transfer_syntax=syntax)
         with pytest.raises(ScanDeadlineError, match="high: decoding ran past its deadline"):
-            d.read_dx_pair(high, low, deadline=past)
+            dx.read_dx_pair(high, low, deadline=past)
         with pytest.raises(ScanDeadlineError):
-            d.dx_from_encoded(split_meta(high)[1], syntax, deadline=past)
+            dx.dx_from_encoded(split_meta(high)[1], syntax, deadline=past)
     assert issubclass(ScanDeadlineError, ScanError)
 
 
@@ -473,7 +473,7 @@ def test_deadline_is_checked_between_inflation_steps():
     bomb, raw = deflated_bomb(90 << 20)  # under the cap: inflating it all would take many steps
     t0 = time.monotonic()
     with pytest.raises(ScanDeadlineError):
-        d.dx_from_encoded(raw, d.DEFLATED_LE, deadline=t0 + 0.005)
+        dx.dx_from_encoded(raw, files.DEFLATED_LE, deadline=t0 + 0.005)
     assert time.monotonic() - t0 < 0.25  # inflating and parsing it all takes about 1 s here
     # Without a deadline it inflates (90 MiB is within the cap) and the pixels are read.
-    np.testing.assert_array_equal(d.read_dx(bomb).pixels, SMALL)
+    np.testing.assert_array_equal(dx.read_dx(bomb).pixels, SMALL)

@@ -338,7 +338,7 @@ def test_declared_sizes_come_from_the_headers_alone():
 
     import tifffile
 
-    from xscreen.scans.dicos import write_dx_pair
+    from xscreen.scans.dicos.dx import write_dx_pair
     from xscreen.scans.peek import declared_pixels, declared_size
 
     img = np.arange(7 * 11, dtype=np.uint16).reshape(7, 11)

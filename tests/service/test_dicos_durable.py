@@ -31,7 +31,7 @@ from tests.support.service_fixtures import (
     post_scan,
     synthetic_scans,
 )
-from xscreen.scans import dicos as d
+from xscreen.scans.dicos import dx, files, tdr
 from xscreen.service.dicos_listener import register_dicos_uids
 from xscreen.service.dicos_spool import Spool, SpoolError
 
@@ -64,7 +64,7 @@ def dicos_port(srv: ServiceProcess) -> int:
 def associate(srv: ServiceProcess):
     register_dicos_uids()
     ae = AE(ae_title=SCANNER)
-    ae.add_requested_context(d.DX_FOR_PROCESSING, d.EXPLICIT_LE)
+    ae.add_requested_context(files.DX_FOR_PROCESSING, files.EXPLICIT_LE)
     assoc = ae.associate("127.0.0.1", dicos_port(srv), ae_title="XSCREEN")
     assert assoc.is_established
     return assoc
@@ -86,7 +86,7 @@ def received_tdrs(dest: Destination, count: int, timeout: float) -> list:
     reports, end = [], time.monotonic() + timeout
     while len(reports) < count and time.monotonic() < end:
         try:
-            reports.append(d.read_tdr(dest.received.get(timeout=max(0.01, end - time.monotonic()))))
+            reports.append(tdr.read_tdr(dest.received.get(timeout=max(0.01, end - time.monotonic()))))
         except Exception:  # queue.Empty at the deadline
             break
     return reports
@@ -123,8 +123,8 @@ def test_full_queue_every_acknowledged_pair_gets_its_tdr(tmp_path, dest):
         time.sleep(1.0)
         pairs, statuses = [], []
         for scan in synthetic_scans(range(20, 28), 128):
-            high, low = d.write_dx_pair(scan.high, scan.low)
-            pairs.append(d.read_dx_pair(high, low))
+            high, low = dx.write_dx_pair(scan.high, scan.low)
+            pairs.append(dx.read_dx_pair(high, low))
             statuses.append(send_pair(srv, high, low))
         acknowledged = time.monotonic()
         time.sleep(5.0)  # the load goes on after the last acknowledgement
@@ -164,8 +164,8 @@ def test_kill_9_after_the_acknowledgement_then_restart_delivers(tmp_path):
     )
     first = serve(tmp_path, "first", **settings)
     pair_scan, half_scan = synthetic_scans([30, 31], 128)
-    high, low = d.write_dx_pair(pair_scan.high, pair_scan.low)
-    lone_high, lone_low = d.write_dx_pair(half_scan.high, half_scan.low)
+    high, low = dx.write_dx_pair(pair_scan.high, pair_scan.low)
+    lone_high, lone_low = dx.write_dx_pair(half_scan.high, half_scan.low)
     try:
         assert send_pair(first, high, low) == [0, 0]
         assoc = associate(first)
@@ -185,12 +185,14 @@ def test_kill_9_after_the_acknowledgement_then_restart_delivers(tmp_path):
         second = serve(tmp_path, "second", **settings)
         try:
             reports = received_tdrs(dest, 1, timeout=60)
-            assert len(reports) == 1 and reports[0].references == d.read_dx_pair(high, low).references()
+            assert len(reports) == 1 and reports[0].references == dx.read_dx_pair(high, low).references()
             assoc = associate(second)
             assert store(assoc, lone_low) == 0  # the second energy of the first spooled before the kill
             assoc.release()
             reports = received_tdrs(dest, 1, timeout=60)
-            assert len(reports) == 1 and reports[0].study_uid == d.read_dx_pair(lone_high, lone_low).study_uid
+            assert (
+                len(reports) == 1 and reports[0].study_uid == dx.read_dx_pair(lone_high, lone_low).study_uid
+            )
             assert received_tdrs(dest, 1, timeout=2) == []  # exactly one TDR each, none for the bad pair
             (reason,) = [
                 r.read_text() for r in (spool / "rejected").glob("*/reason.txt") if bad_study in r.parent.name
@@ -209,14 +211,14 @@ def spool_bad_pair(spool: Path) -> str:
     from pynetdicom.dsutils import encode
 
     scan = synthetic_scans([32], 128)[0]
-    high, low = (pydicom.dcmread(io.BytesIO(b)) for b in d.write_dx_pair(scan.high, scan.low))
+    high, low = (pydicom.dcmread(io.BytesIO(b)) for b in dx.write_dx_pair(scan.high, scan.low))
     high.Rows = 200  # 128 x 128 pixels stored
     folder = Spool(spool)
     try:
         for ds in (high, low):
             raw = encode(ds, False, True)
             folder.put_half(
-                ds.StudyInstanceUID, ds.SOPClassUID, ds.SOPInstanceUID, raw, d.EXPLICIT_LE, SCANNER
+                ds.StudyInstanceUID, ds.SOPClassUID, ds.SOPInstanceUID, raw, files.EXPLICIT_LE, SCANNER
             )
         return folder.study_dir(high.StudyInstanceUID).name
     finally:
@@ -245,7 +247,7 @@ def test_300_mib_dataset_is_refused_with_bounded_memory(limited):
     """Row 6: a 16x16 DX carrying a 300 MiB private element: association aborted, server RSS +<= 200 MB."""
     srv, _ = limited
     scan = synthetic_scans([40], 16)[0]
-    ds = with_private_element(d.write_dx_pair(scan.high, scan.low)[0], 300 * 1024 * 1024)
+    ds = with_private_element(dx.write_dx_pair(scan.high, scan.low)[0], 300 * 1024 * 1024)
     before = metric(srv, "xscreen_dicos_aborted_total", reason="dataset_bytes")
     assoc = associate(srv)
     with PeakRss(srv.proc.pid) as peak:
@@ -258,13 +260,13 @@ def test_300_mib_dataset_is_refused_with_bounded_memory(limited):
     assert peak.growth_mb <= 200
     assert metric(srv, "xscreen_dicos_aborted_total", reason="dataset_bytes") == before + 1
     good = synthetic_scans([41], 64)[0]
-    assert send_pair(srv, *d.write_dx_pair(good.high, good.low)) == [0, 0]  # the listener keeps serving
+    assert send_pair(srv, *dx.write_dx_pair(good.high, good.low)) == [0, 0]  # the listener keeps serving
 
 
 def test_association_byte_limit_aborts_and_acknowledged_pairs_are_delivered(limited):
     srv, tmp = limited
     scans = synthetic_scans(range(50, 56), 512)
-    halves = [h for s in scans for h in d.write_dx_pair(s.high, s.low)]
+    halves = [h for s in scans for h in dx.write_dx_pair(s.high, s.low)]
     fits = ASSOCIATION_LIMIT // len(halves[0])  # whole datasets within the limit (plus command sets)
     before_aborted = metric(srv, "xscreen_dicos_aborted_total", reason="association_bytes")
     before_sent = metric(srv, "xscreen_dicos_tdr_sent_total", to="folder")
@@ -308,13 +310,13 @@ def test_pdu_announcing_300_mib_is_not_read(limited):
 def test_lone_first_energy_moves_to_rejected_and_a_resend_is_kept_once(limited):
     srv, tmp = limited
     scan = synthetic_scans([60], 64)[0]
-    high, _ = d.write_dx_pair(scan.high, scan.low)
+    high, _ = dx.write_dx_pair(scan.high, scan.low)
     before = metric(srv, "xscreen_dicos_received_total", result="duplicate")
     assoc = associate(srv)
     assert [store(assoc, high), store(assoc, high)] == [0, 0]  # the same SOP instance again: kept once
     assoc.release()
     assert metric(srv, "xscreen_dicos_received_total", result="duplicate") == before + 1
-    study = d.read_dx(high).study_uid
+    study = dx.read_dx(high).study_uid
 
     def moved() -> list[Path]:  # rejected/ folders holding this study's image
         return [
@@ -333,8 +335,8 @@ def test_a_pair_whose_pixels_contradict_image_type_is_rejected_not_answered(limi
     """docs/method.md 1a on the network: the file labelled HIGH ENERGY holds the darker pixels."""
     srv, tmp = limited
     scan = synthetic_scans([61], 128)[0]
-    wrong = d.write_dx_pair(scan.low, scan.high)  # Image Type says HIGH on the low-energy pixels
-    study = d.read_dx(wrong[0]).study_uid
+    wrong = dx.write_dx_pair(scan.low, scan.high)  # Image Type says HIGH on the low-energy pixels
+    study = dx.read_dx(wrong[0]).study_uid
     assert send_pair(srv, *wrong) == [0, 0]  # both halves are on disk before the answer
 
     def moved() -> list[Path]:
@@ -349,7 +351,7 @@ def test_a_pair_whose_pixels_contradict_image_type_is_rejected_not_answered(limi
     reason = (folder / "reason.txt").read_text()
     assert reason.startswith("scan: ") and "Image Type (0008,0008) labels HIGH and LOW" in reason
     assert len(list(folder.glob("*.dcm"))) == 2
-    written = [d.read_tdr(p.read_bytes()) for p in (tmp / "tdr").glob("*.dcm")]
+    written = [tdr.read_tdr(p.read_bytes()) for p in (tmp / "tdr").glob("*.dcm")]
     assert study not in [r.study_uid for r in written], "no TDR for the rejected pair"
 
 
@@ -380,7 +382,7 @@ def test_a_second_server_on_a_spool_in_use_stops_with_one_line(tmp_path):
 def test_concurrent_associations_each_get_their_tdr(limited):
     """Four scanners at once (spool writes run outside the listener's lock): every pair is delivered."""
     srv, tmp = limited
-    pairs = [d.write_dx_pair(s.high, s.low) for s in synthetic_scans(range(70, 74), 256)]
+    pairs = [dx.write_dx_pair(s.high, s.low) for s in synthetic_scans(range(70, 74), 256)]
     before = metric(srv, "xscreen_dicos_tdr_sent_total", to="folder")
     statuses: dict[int, list[int]] = {}
     threads = [
@@ -393,6 +395,6 @@ def test_concurrent_associations_each_get_their_tdr(limited):
         t.join()
     assert [statuses[i] for i in range(4)] == [[0, 0]] * 4
     wait_for(lambda: metric(srv, "xscreen_dicos_tdr_sent_total", to="folder") == before + 4)
-    studies = {d.read_dx_pair(*p).study_uid for p in pairs}
-    written = {d.read_tdr((tmp / "tdr" / f).read_bytes()).study_uid for f in os.listdir(tmp / "tdr")}
+    studies = {dx.read_dx_pair(*p).study_uid for p in pairs}
+    written = {tdr.read_tdr((tmp / "tdr" / f).read_bytes()).study_uid for f in os.listdir(tmp / "tdr")}
     assert studies <= written

@@ -22,7 +22,7 @@ from tests.support.service_fixtures import (
     metric_value,
     synthetic_scans,
 )
-from xscreen.scans import dicos as d
+from xscreen.scans.dicos import dx, files, tdr
 from xscreen.service.dicos_listener import register_dicos_uids
 
 pytestmark = pytest.mark.timeout(600)
@@ -36,7 +36,7 @@ class Destination:
         register_dicos_uids()
         self.port, self.received = port, queue.Queue()
         self.ae = AE(ae_title="DEST")
-        self.ae.add_supported_context(d.TDR_SOP_CLASS, d.EXPLICIT_LE)
+        self.ae.add_supported_context(files.TDR_SOP_CLASS, files.EXPLICIT_LE)
         self.server = None
 
     def _store(self, event) -> int:
@@ -88,11 +88,11 @@ def metrics(server) -> str:
     return requests.get(server.url + "/metrics", timeout=10).text
 
 
-def associate(server, calling: str = SCANNER, contexts=(d.DX_FOR_PROCESSING,)):
+def associate(server, calling: str = SCANNER, contexts=(files.DX_FOR_PROCESSING,)):
     register_dicos_uids()
     ae = AE(ae_title=calling)
     for uid in contexts:
-        ae.add_requested_context(uid, d.EXPLICIT_LE)
+        ae.add_requested_context(uid, files.EXPLICIT_LE)
     ae.add_requested_context(Verification)
     return ae.associate("127.0.0.1", server.settings.dicos_port, ae_title="XSCREEN")
 
@@ -110,7 +110,7 @@ def wait_for(predicate, timeout: float = 60.0) -> None:
     raise AssertionError("condition not met in time")
 
 
-@pytest.mark.parametrize("context", [d.DICOS_APPLICATION_CONTEXT, d.DICOM_APPLICATION_CONTEXT])
+@pytest.mark.parametrize("context", [files.DICOS_APPLICATION_CONTEXT, files.DICOM_APPLICATION_CONTEXT])
 def test_echo_under_dicos_and_dicom_application_contexts(server, monkeypatch, context):
     monkeypatch.setattr(pynetdicom.acse, "APPLICATION_CONTEXT_NAME", context)  # what the peer requests
     assoc = associate(server)
@@ -121,13 +121,13 @@ def test_echo_under_dicos_and_dicom_application_contexts(server, monkeypatch, co
 
 def test_pair_in_tdr_out(server, dest):
     scan = synthetic_scans([3], 128)[0]
-    high, low = d.write_dx_pair(scan.high, scan.low, transfer_syntax=d.EXPLICIT_LE)
+    high, low = dx.write_dx_pair(scan.high, scan.low, transfer_syntax=files.EXPLICIT_LE)
     before = metric_value(metrics(server), "xscreen_dicos_tdr_sent_total", to="scp")
     assoc = associate(server)
     assert store(assoc, low) == 0 and store(assoc, high) == 0
     assoc.release()
-    report = d.read_tdr(dest.received.get(timeout=120))
-    pair = d.read_dx_pair(high, low)
+    report = tdr.read_tdr(dest.received.get(timeout=120))
+    pair = dx.read_dx_pair(high, low)
     assert report.references == pair.references() and report.study_uid == pair.study_uid
     assert report.tdr_type == "MACHINE" and report.alarm == ("ALARM" if report.objects else "CLEAR")
     wait_for(lambda: metric_value(metrics(server), "xscreen_dicos_tdr_sent_total", to="scp") == before + 1)
@@ -143,7 +143,7 @@ def test_unknown_calling_ae_is_refused(server):
 
 def test_bad_halves_get_failure_statuses(server):
     scan = synthetic_scans([4], 128)[0]
-    high, low = d.write_dx_pair(scan.high, scan.low)
+    high, low = dx.write_dx_pair(scan.high, scan.low)
     ds = pydicom.dcmread(io.BytesIO(high))
     ds.PixelRepresentation = 1  # signed
     out = io.BytesIO()
@@ -152,14 +152,16 @@ def test_bad_halves_get_failure_statuses(server):
     assert store(assoc, out.getvalue()) == 0xA900
     assert store(assoc, high) == 0
     two_high = pydicom.dcmread(io.BytesIO(high))
-    two_high.SOPInstanceUID = d.new_uid()
+    two_high.SOPInstanceUID = files.new_uid()
     out = io.BytesIO()
     two_high.save_as(out, enforce_file_format=True)
     assert store(assoc, out.getvalue()) == 0xC000  # a second HIGH for the study: refused, first keeps waiting
     assoc.release()
-    ct = associate(server, contexts=(d.DICOS_CT_SOP_CLASS,))  # a CT is not even given a presentation context
+    ct = associate(
+        server, contexts=(files.DICOS_CT_SOP_CLASS,)
+    )  # a CT is not even given a presentation context
     assert ct.is_established and not [
-        c for c in ct.accepted_contexts if c.abstract_syntax == d.DICOS_CT_SOP_CLASS
+        c for c in ct.accepted_contexts if c.abstract_syntax == files.DICOS_CT_SOP_CLASS
     ]
     ct.release()
     wait_for(lambda: metric_value(metrics(server), "xscreen_dicos_pending") == 0, timeout=10)  # timed out
@@ -169,7 +171,7 @@ def test_missing_second_energy_times_out_and_pending_is_bounded(server):
     wait_for(lambda: metric_value(metrics(server), "xscreen_dicos_pending") == 0, timeout=10)
     before = metric_value(metrics(server), "xscreen_dicos_timed_out_total")
     scan = synthetic_scans([5], 128)[0]
-    halves = [d.write_dx_pair(scan.high, scan.low)[0] for _ in range(3)]  # three studies, high only
+    halves = [dx.write_dx_pair(scan.high, scan.low)[0] for _ in range(3)]  # three studies, high only
     assoc = associate(server)
     assert [store(assoc, h) for h in halves] == [0, 0, 0xA700]  # dicos_max_pending = 2
     assoc.release()
@@ -181,7 +183,7 @@ def test_destination_down_is_retried_then_counted_and_logged(server, dest, caplo
     dest.stop()
     try:
         scan = synthetic_scans([6], 128)[0]
-        high, low = d.write_dx_pair(scan.high, scan.low)
+        high, low = dx.write_dx_pair(scan.high, scan.low)
         before = metric_value(metrics(server), "xscreen_dicos_tdr_failed_total", reason="destination")
         with caplog.at_level(logging.WARNING, logger="xscreen.service.dicos"):
             assoc = associate(server)
@@ -197,6 +199,6 @@ def test_destination_down_is_retried_then_counted_and_logged(server, dest, caplo
         final = [r for r in caplog.records if r.getMessage() == "DICOS: TDR not delivered after retries"]
         assert len(attempts) == 3 and len(final) == 1  # 1 + dicos_retries
         assert final[0].scan_id and {r.scan_id for r in attempts} == {final[0].scan_id}
-        assert final[0].study_uid == d.read_dx_pair(high, low).study_uid
+        assert final[0].study_uid == dx.read_dx_pair(high, low).study_uid
     finally:
         dest.start()

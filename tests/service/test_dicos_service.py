@@ -7,7 +7,7 @@ import requests
 
 from tests.scans.test_dicos import _bad_cases, assert_tdr_matches
 from tests.support.service_fixtures import InThreadServer, bundled_weights, synthetic_scans
-from xscreen.scans import dicos as d
+from xscreen.scans.dicos import dx, files, tdr
 
 pytestmark = pytest.mark.timeout(600)
 THRESHOLD = 0.05  # low, so that the TDRs carry many of the bundled demo model's detections
@@ -41,12 +41,14 @@ def png_answer(server, scan):
     return r.json()
 
 
-@pytest.mark.parametrize("syntax", list(d.TRANSFER_SYNTAXES))
+@pytest.mark.parametrize("syntax", list(files.TRANSFER_SYNTAXES))
 def test_dx_pair_in_every_syntax_answers_as_the_png_pair(server, scan, png_answer, syntax):
-    high, low = d.write_dx_pair(scan.high, scan.low, transfer_syntax=syntax)
+    high, low = dx.write_dx_pair(scan.high, scan.low, transfer_syntax=syntax)
     # declared application/dicom for some, sniffed from the DICM preamble for the others
     content_type = (
-        "application/dicom" if syntax in (d.EXPLICIT_LE, d.JPEG_LS_LOSSLESS) else "application/octet-stream"
+        "application/dicom"
+        if syntax in (files.EXPLICIT_LE, files.JPEG_LS_LOSSLESS)
+        else "application/octet-stream"
     )
     r = post(server.url, low, high, content_type=content_type)  # swapped: Image Type orders them
     assert r.status_code == 200, r.text
@@ -56,13 +58,13 @@ def test_dx_pair_in_every_syntax_answers_as_the_png_pair(server, scan, png_answe
 
 
 def test_accept_dicom_answers_a_tdr_equal_to_the_json(server, scan, png_answer):
-    high, low = d.write_dx_pair(scan.high, scan.low, transfer_syntax=d.JPEG_LOSSLESS_SV1)
+    high, low = dx.write_dx_pair(scan.high, scan.low, transfer_syntax=files.JPEG_LOSSLESS_SV1)
     r = post(server.url, high, low, accept="application/dicom")
     assert r.status_code == 200 and r.headers["content-type"] == "application/dicom"
-    report = d.read_tdr(r.content)
+    report = tdr.read_tdr(r.content)
     assert_tdr_matches(report, png_answer)
-    assert report.references == d.read_dx_pair(high, low).references()
-    assert report.study_uid == d.read_dx_pair(high, low).study_uid
+    assert report.references == dx.read_dx_pair(high, low).references()
+    assert report.study_uid == dx.read_dx_pair(high, low).study_uid
     assert report.scan_id == r.headers["x-scan-id"]
     # JSON stays the default, and wins when both are equally acceptable
     both = post(server.url, high, low, accept="application/json, application/dicom")
@@ -73,13 +75,13 @@ def test_tdr_for_a_png_scan_references_generated_uids(server, scan, png_answer):
     high, low = scan.png()
     r = post(server.url, high, low, content_type="image/png", accept="application/dicom")
     assert r.status_code == 200
-    report = d.read_tdr(r.content)
+    report = tdr.read_tdr(r.content)
     assert_tdr_matches(report, png_answer)
-    assert len(report.references) == 2 and all(c == d.DX_FOR_PROCESSING for c, _ in report.references)
+    assert len(report.references) == 2 and all(c == files.DX_FOR_PROCESSING for c, _ in report.references)
 
 
 def test_render_accepts_a_dx_pair(server, scan):
-    high, low = d.write_dx_pair(scan.high, scan.low, transfer_syntax=d.RLE_LOSSLESS)
+    high, low = dx.write_dx_pair(scan.high, scan.low, transfer_syntax=files.RLE_LOSSLESS)
     r = post(server.url, high, low, path="/render")
     assert r.status_code == 200 and r.content.startswith(b"\x89PNG")
 
@@ -106,11 +108,11 @@ def test_bad_dx_is_a_4xx_json_error(server, scan, case):
     assert (r.status_code, r.json()["error"]) == (status, code), r.text
     assert text in r.json()["detail"]
     # nothing crashed: the next good pair is answered
-    good = post(server.url, *d.write_dx_pair(scan.high, scan.low))
+    good = post(server.url, *dx.write_dx_pair(scan.high, scan.low))
     assert good.status_code == 200
 
 
 def test_half_dx_half_png_is_refused(server, scan):
-    high, _ = d.write_dx_pair(scan.high, scan.low)
+    high, _ = dx.write_dx_pair(scan.high, scan.low)
     r = post(server.url, high, scan.png()[1], content_type="application/octet-stream")
     assert r.status_code == 400 and "high is a DICOS file but low is not" in r.json()["detail"]

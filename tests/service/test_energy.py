@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.service_fixtures import API_KEY, XSCREEN, ServiceProcess, post_scan
-from xscreen.scans.dicos import EXPLICIT_LE, JPEG_LS_LOSSLESS, RLE_LOSSLESS, write_dx_pair
+from xscreen.scans.dicos.dx import write_dx_pair
+from xscreen.scans.dicos.files import EXPLICIT_LE, JPEG_LS_LOSSLESS, RLE_LOSSLESS
 
 pytestmark = pytest.mark.timeout(600)
 FORMATS = ["png", "tiff", "npy", "raw"]

@@ -20,11 +20,11 @@ import requests
 import tifffile
 from pynetdicom import AE
 
-from tests.scans.test_scans_bounded import SMALL, deflated_bomb, dx, dx_with_frame, patch_sof, rle_frame
+from tests.scans.test_scans_bounded import SMALL, deflated_bomb, dx_file, dx_with_frame, patch_sof, rle_frame
 from tests.scans.test_scans_bounded import png_with_stream as png_stream
 from tests.support.hostile import PeakRss
 from tests.support.service_fixtures import API_KEY, ServiceProcess, free_port, post_scan
-from xscreen.scans import dicos as d
+from xscreen.scans.dicos import files
 from xscreen.service.dicos_listener import register_dicos_uids
 
 pytestmark = pytest.mark.timeout(600)
@@ -58,11 +58,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 def low_half() -> bytes:
-    return dx(SMALL, d.EXPLICIT_LE, energy="LOW")
+    return dx_file(SMALL, files.EXPLICIT_LE, energy="LOW")
 
 
 def jpeg_bomb(syntax: str) -> bytes:
-    if syntax == d.JPEG_LS_LOSSLESS:
+    if syntax == files.JPEG_LS_LOSSLESS:
         return dx_with_frame(
             syntax, patch_sof(imagecodecs.jpegls_encode(SMALL, level=0), b"\xff\xf7", 40000, 40000)
         )
@@ -93,12 +93,15 @@ def tiff_tile_bomb() -> bytes:
 def rle_bomb() -> bytes:
     """An RLE frame whose first segment expands to 512 MiB (PackBits runs of 128 zeros)."""
     run = b"\x81\x00" * ((512 << 20) // 128)
-    return dx_with_frame(d.RLE_LOSSLESS, rle_frame(run, b"\x81\x00" * 2))
+    return dx_with_frame(files.RLE_LOSSLESS, rle_frame(run, b"\x81\x00" * 2))
 
 
 BOMBS = {
-    "jpeg-ls frame 40000x40000 in a 16x16 DX": (lambda: (jpeg_bomb(d.JPEG_LS_LOSSLESS), low_half()), 400),
-    "jpeg lossless frame 40000x40000 in a 16x16 DX": (lambda: (jpeg_bomb(d.JPEG_LOSSLESS), low_half()), 400),
+    "jpeg-ls frame 40000x40000 in a 16x16 DX": (lambda: (jpeg_bomb(files.JPEG_LS_LOSSLESS), low_half()), 400),
+    "jpeg lossless frame 40000x40000 in a 16x16 DX": (
+        lambda: (jpeg_bomb(files.JPEG_LOSSLESS), low_half()),
+        400,
+    ),
     "rle segment expanding to 512 MiB": (lambda: (rle_bomb(), low_half()), 400),
     "deflated DX inflating to 512 MiB": (lambda: (deflated_bomb(512 << 20)[0], low_half()), 413),
     "png idat inflating 1 GiB extra": (lambda: (png_idat_bomb(), png_idat_bomb()), 400),
@@ -138,14 +141,14 @@ def test_too_many_multipart_fields_is_a_json_4xx(server):
     assert peak.growth_mb <= 100
 
 
-@pytest.mark.parametrize("syntax", [d.JPEG_LS_LOSSLESS, d.DEFLATED_LE])
+@pytest.mark.parametrize("syntax", [files.JPEG_LS_LOSSLESS, files.DEFLATED_LE])
 def test_dicos_network_bomb_is_refused_with_bounded_memory(server, syntax, tmp_path):
     register_dicos_uids()
-    bomb = jpeg_bomb(syntax) if syntax == d.JPEG_LS_LOSSLESS else deflated_bomb(512 << 20)[0]
+    bomb = jpeg_bomb(syntax) if syntax == files.JPEG_LS_LOSSLESS else deflated_bomb(512 << 20)[0]
     path = tmp_path / "bomb.dcm"  # sent from the file as it is: the SCU does not re-encode (or inflate) it
     path.write_bytes(bomb)
     ae = AE(ae_title="SCANNER")
-    ae.add_requested_context(d.DX_FOR_PROCESSING, syntax)
+    ae.add_requested_context(files.DX_FOR_PROCESSING, syntax)
     cpu0 = cpu_seconds(server.proc.pid)
     with PeakRss(server.proc.pid) as peak:
         assoc = ae.associate("127.0.0.1", int(server.env["XSCREEN_DICOS_PORT"]), ae_title="XSCREEN")

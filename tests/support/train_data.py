@@ -7,9 +7,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from torch import Tensor
 
 from xscreen.model.classes import CLCXRAY_CLASSES
 from xscreen.model.config import load_config
+from xscreen.model.transform import normalize, pad_batch
 
 
 def tiny_config(path: Path, base: str = "small_lacls") -> Path:
@@ -58,3 +60,9 @@ def write_tiny_set(root: Path, n_train: int = 8, n_val: int = 2, size: int = 96,
         coco = {"images": images, "annotations": anns, "categories": categories}
         (root / "annotations" / f"{split}.json").write_text(json.dumps(coco))
     return root
+
+
+def batch_for_model(images: list[Tensor], size_divisor: int = 32) -> Tensor:
+    """Normalised (ImageNet mean/std) images zero-padded into one [N, 3, H, W] batch (multiple of 32)."""
+    batch, _ = pad_batch([normalize(im) for im in images], size_divisor)
+    return batch

@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from tests.support.train_data import batch_for_model
 from xscreen.model.classes import CLASS_NAMES
 from xscreen.model.transform import PIXEL_MEAN, PIXEL_STD
 from xscreen.scans import convert_scan, write_converted
-from xscreen.training.dataset import CocoDetection, DatasetError, DatasetWarning, batch_for_model, collate
+from xscreen.training.dataset import CocoDetection, DatasetError, DatasetWarning, collate
 
 RNG = np.random.default_rng(5)
 # The dataset's own ids and spellings, deliberately different from model.classes (matched by name).

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from tests.support.detectors import sharpen_head
 from xscreen.cli import main as xscreen_main
 from xscreen.model import WeightsError, build_detector, load_config, load_weights, save_weights
-from xscreen.model.detector import sharpen_head
 from xscreen.model.onnx_export import onnx_metadata, parse_onnx_metadata
 from xscreen.model.weights import LEGACY_SCORE_THRESHOLD, read_header, set_operating_point
 from xscreen.training.threshold import (

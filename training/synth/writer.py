@@ -24,7 +24,8 @@ import numpy as np
 from xscreen.errors import XscreenError
 from xscreen.model.classes import CLASS_NAMES, CLCXRAY_CLASSES
 from xscreen.scans import convert_scan, quantise_converted
-from xscreen.scans.dicos import AtrIdentity, ThreatObject, write_dx_pair, write_tdr
+from xscreen.scans.dicos.dx import write_dx_pair
+from xscreen.scans.dicos.tdr import AtrIdentity, ThreatObject, write_tdr
 from xscreen.training.synth.scene import CHALLENGING_MIN_OVERLAP, MASK_DEPTH, make_scan
 
 SPLITS = ("train", "val", "test")
@@ -164,20 +165,39 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
 
 def write_dataset(cfg: SynthConfig, out: str | Path, *, workers: int = 1, progress: bool = True) -> dict:
     """Simulate ``cfg.images`` scans into ``out``; return counts (images, boxes, challenging) per split."""
-    from tqdm import tqdm
-
     out = Path(out)
     splits = split_of_images(cfg.images, cfg.splits, cfg.seed)
     for sub in ("raw", "images", "dicos") if cfg.dicos else ("raw", "images"):
         for split in SPLITS:
             (out / sub / split).mkdir(parents=True, exist_ok=True)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
-    jobs = [(cfg, out, i, splits[i]) for i in range(cfg.images)]
+    records = _render_all([(cfg, out, i, splits[i]) for i in range(cfg.images)], workers, progress)
+    summary = {}
+    ann_id = 0
+    for split in SPLITS:
+        coco, ann_id = _coco_split(cfg, split, records, ann_id)
+        (out / "annotations" / f"{split}.json").write_text(json.dumps(coco))
+        summary[split] = {
+            "images": len(coco["images"]),
+            "boxes": len(coco["annotations"]),
+            "challenging": sum(im["challenging"] for im in coco["images"]),
+        }
+    summary["classes"] = {n: 0 for n in CLASS_NAMES}
+    for rec in records:
+        for o in rec["objects"]:
+            summary["classes"][o["name"]] += 1
+    return summary
+
+
+def _render_all(jobs: list[tuple], workers: int, progress: bool) -> list[dict]:
+    """``_render_one`` of every job, in job order, in ``workers`` processes (1: in this one)."""
+    from tqdm import tqdm
+
     bar = tqdm(total=len(jobs), desc="synth", unit="img", disable=not progress)
     records: list[dict] = []
     if workers > 1:
         # forkserver, not fork: a fork copies whatever locks the caller's other threads hold (OpenMP, cv2,
-        # an in-process server), and a worker then waits on one forever; the test suite hung that way
+        # an in-process server), and a worker then waits on one forever
         ctx = mp.get_context("spawn" if os.name == "nt" else "forkserver")
         with ctx.Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
             for rec in pool.imap(_render_one, jobs, chunksize=4):  # imap keeps the order
@@ -188,71 +208,63 @@ def write_dataset(cfg: SynthConfig, out: str | Path, *, workers: int = 1, progre
             records.append(_render_one(job))
             bar.update()
     bar.close()
+    return records
 
-    summary = {}
-    categories = [{"id": c.category_id, "name": c.name, "supercategory": c.group} for c in CLCXRAY_CLASSES]
+
+def _coco_split(cfg: SynthConfig, split: str, records: list[dict], ann_id: int) -> tuple[dict, int]:
+    """The COCO json of ``split``'s records, its annotation ids counting on from ``ann_id``; the last id."""
     cat_id = {c.name: c.category_id for c in CLCXRAY_CLASSES}
-    ann_id = 0
-    for split in SPLITS:
-        images, anns = [], []
-        for rec in records:
-            if rec["split"] != split:
-                continue
-            image_id = rec["index"] + 1
-            images.append(
+    images, anns = [], []
+    for rec in records:
+        if rec["split"] != split:
+            continue
+        image_id = rec["index"] + 1
+        images.append(
+            {
+                "id": image_id,
+                "file_name": f"{rec['stem']}.png",
+                "height": cfg.height,
+                "width": cfg.width,
+                "challenging": rec["challenging"],
+                "raw_high": f"raw/{split}/{rec['stem']}_high.png",
+                "raw_low": f"raw/{split}/{rec['stem']}_low.png",
+            }
+        )
+        if cfg.dicos:
+            for part in ("high", "low", "tdr"):
+                images[-1][f"dicos_{part}"] = f"dicos/{split}/{rec['stem']}_{part}.dcm"
+        for o in rec["objects"]:
+            ann_id += 1
+            x1, y1, x2, y2 = o["box"]
+            anns.append(
                 {
-                    "id": image_id,
-                    "file_name": f"{rec['stem']}.png",
-                    "height": cfg.height,
-                    "width": cfg.width,
-                    "challenging": rec["challenging"],
-                    "raw_high": f"raw/{split}/{rec['stem']}_high.png",
-                    "raw_low": f"raw/{split}/{rec['stem']}_low.png",
+                    "id": ann_id,
+                    "image_id": image_id,
+                    "category_id": cat_id[o["name"]],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": o["area"],
+                    "iscrowd": 0,
+                    "overlap": round(o["overlap"], 4),
+                    "overlap_objects": round(o["overlap_objects"], 4),
+                    "overlap_similar": round(o["overlap_similar"], 4),
                 }
             )
-            if cfg.dicos:
-                for part in ("high", "low", "tdr"):
-                    images[-1][f"dicos_{part}"] = f"dicos/{split}/{rec['stem']}_{part}.dcm"
-            for o in rec["objects"]:
-                ann_id += 1
-                x1, y1, x2, y2 = o["box"]
-                anns.append(
-                    {
-                        "id": ann_id,
-                        "image_id": image_id,
-                        "category_id": cat_id[o["name"]],
-                        "bbox": [x1, y1, x2 - x1, y2 - y1],
-                        "area": o["area"],
-                        "iscrowd": 0,
-                        "overlap": round(o["overlap"], 4),
-                        "overlap_objects": round(o["overlap_objects"], 4),
-                        "overlap_similar": round(o["overlap_similar"], 4),
-                    }
-                )
-        coco = {
-            "info": {
-                "description": "xscreen synthetic dual-energy scans",
-                "seed": cfg.seed,
-                "size": [cfg.height, cfg.width],
-                "overlap_rate": cfg.overlap_rate,
-                "similar_rate": cfg.similar_rate,
-                "mask_optical_depth": MASK_DEPTH,
-                "challenging_rule": f"an object with >= {CHALLENGING_MIN_OVERLAP:.0%} of its mask covered by "
-                "another threat object or by similar-looking clutter",
-                "channel_order": "images/*.png: RGB = (high/256, low/256, 510*sigmoid(high/low)-255)",
-            },
-            "images": images,
-            "annotations": anns,
-            "categories": categories,
-        }
-        (out / "annotations" / f"{split}.json").write_text(json.dumps(coco))
-        summary[split] = {
-            "images": len(images),
-            "boxes": len(anns),
-            "challenging": sum(im["challenging"] for im in images),
-        }
-    summary["classes"] = {n: 0 for n in CLASS_NAMES}
-    for rec in records:
-        for o in rec["objects"]:
-            summary["classes"][o["name"]] += 1
-    return summary
+    coco = {
+        "info": {
+            "description": "xscreen synthetic dual-energy scans",
+            "seed": cfg.seed,
+            "size": [cfg.height, cfg.width],
+            "overlap_rate": cfg.overlap_rate,
+            "similar_rate": cfg.similar_rate,
+            "mask_optical_depth": MASK_DEPTH,
+            "challenging_rule": f"an object with >= {CHALLENGING_MIN_OVERLAP:.0%} of its mask covered by "
+            "another threat object or by similar-looking clutter",
+            "channel_order": "images/*.png: RGB = (high/256, low/256, 510*sigmoid(high/low)-255)",
+        },
+        "images": images,
+        "annotations": anns,
+        "categories": [
+            {"id": c.category_id, "name": c.name, "supercategory": c.group} for c in CLCXRAY_CLASSES
+        ],
+    }
+    return coco, ann_id

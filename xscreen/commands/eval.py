@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from xscreen.argtypes import THRESHOLD_RULES
+from xscreen.training.threshold_rules import RULES
 
 
 def add_arguments(parser) -> None:
@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument(
         "--threshold-rule",
-        choices=THRESHOLD_RULES,
+        choices=RULES,
         default="best-f1",
         help="also report the operating threshold this rule picks on the split (training.threshold)",
     )

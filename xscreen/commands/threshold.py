@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 
-from xscreen.argtypes import THRESHOLD_RULES, unit_float
+from xscreen.argtypes import unit_float
 from xscreen.errors import XscreenError
+from xscreen.training.threshold_rules import RULES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--split", default="val", help="--data: split to pick on (default val)")
     a(
         "--rule",
-        choices=THRESHOLD_RULES,
+        choices=RULES,
         default="best-f1",
         help="--data: rule (default best-f1; best-f2 weighs recall higher)",
     )

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 
 from xscreen.argtypes import (
-    THRESHOLD_RULES,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
 )
+from xscreen.training.threshold_rules import RULES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--threshold-rule",
-        choices=THRESHOLD_RULES,
+        choices=RULES,
         default="best-f1",
         help="how validation picks the weights' operating score threshold: best F1 of all classes' "
         "detections (default), best F2 (recall weighs 4x precision) or the lowest threshold reaching "

@@ -72,8 +72,7 @@ class TorchBackend:
         t0 = time.perf_counter()
         # A [3, H, W] view of each [H, W, 3] array, not a host copy (12 bytes per pixel saved per scan): on
         # the CPU the model's resize reads the strided view with bit-identical results
-        # (tests/service/test_budget.py); a GPU's copy is made contiguous on the device, the tensor it had
-        # before.
+        # (tests/service/test_budget.py); on a GPU the copy is made contiguous on the device.
         views = [torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1) for im in images]
         tensors = views if self.device == "cpu" else [v.to(self.device).contiguous() for v in views]
         timings: dict[str, float] = {}

@@ -14,9 +14,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from xscreen.inference.base import BackendError, ModelInfo, groups_for, resolve_device
+from xscreen.model.anchors import feature_sizes, generate_anchors
+from xscreen.model.head import HeadOutputs
 from xscreen.model.onnx_export import INPUT_NAME, OUTPUT_NAMES, OnnxModelError, parse_onnx_metadata
+from xscreen.model.postprocess import postprocess_detections
+from xscreen.model.transform import group_by_padded_size, network_image, pad_batch
 from xscreen.model.weights import LEGACY_SCORE_THRESHOLD
 
 log = logging.getLogger(__name__)
@@ -197,8 +202,6 @@ class OnnxBackend:
         Same steps as ``ATSSDetector.predict``: resize_to_fit, normalize, sub-batches of equal padded
         size (a scan's result must not depend on its batch neighbours), pad_batch.
         """
-        from xscreen.model.transform import group_by_padded_size, network_image, pad_batch
-
         originals, resized = [], []
         for i, im in enumerate(images):
             if not isinstance(im, np.ndarray) or im.ndim != 3 or im.shape[2] != 3:
@@ -217,12 +220,6 @@ class OnnxBackend:
         return self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(batch, np.float32)})
 
     def predict(self, images: list[np.ndarray]) -> tuple[list[dict[str, np.ndarray]], dict[str, float]]:
-        import torch
-
-        from xscreen.model.anchors import feature_sizes, generate_anchors
-        from xscreen.model.head import HeadOutputs
-        from xscreen.model.postprocess import postprocess_detections
-
         timings = {"preprocess": 0.0, "network": 0.0, "postprocess": 0.0}
         t0 = time.perf_counter()
         batches, originals = self.preprocess(images)

@@ -216,7 +216,8 @@ def read_scan(
     kind = sniff_format(buf)
     if kind == "dicom":
         raise UnsupportedScanFormatError(
-            f"{_label(name)}a DICOS DX image is read with its other energy (xscreen.scans.dicos.read_dx_pair)"
+            f"{_label(name)}a DICOS DX image is read with its other energy "
+            "(xscreen.scans.dicos.dx.read_dx_pair)"
         )
     if kind is not None:
         return readers[kind](buf, max_pixels, name, deadline)

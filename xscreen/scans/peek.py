@@ -14,7 +14,7 @@ import struct
 
 import numpy as np
 
-from xscreen.scans.dicos import DEFLATED_LE
+from xscreen.scans.dicos.files import DEFLATED_LE
 from xscreen.scans.formats import NPY_MAGIC, PNG_MAGIC, TIFF_MAGICS, sniff_format
 
 # DICOS image pixel module tags: Rows (0028,0010), Columns (0028,0011)

@@ -1,0 +1,172 @@
+"""DICOS Threat Detection Reports (TDR): the detections of one DX scan written as a report, and read back."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from xscreen.scans.dicos.files import (
+    EXPLICIT_LE,
+    TDR_SOP_CLASS,
+    add_equipment,
+    base_dataset,
+    new_uid,
+    parse_dicom,
+    to_bytes,
+    utc_now,
+)
+from xscreen.scans.formats import ScanError
+
+# DICOS tags that pydicom's dictionary lacks or types differently (docs/dicos.md, "Facts").
+TAG_IMAGE_SCALE_REPRESENTATION = 0x40101075  # FD, though pydicom's dictionary says DS
+TAG_PTO_PROCESSING_START = 0x40101080  # DT
+TAG_PTO_PROCESSING_END = 0x40101081  # DT
+TAG_PTO_PROCESSING_TIME = 0x40101082  # FL, milliseconds
+
+
+@dataclass(frozen=True)
+class ThreatObject:
+    """One potential threat object (PTO): a box in the scan's pixels, its class and score."""
+
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2
+    class_name: str
+    group: str
+    score: float
+
+
+@dataclass(frozen=True)
+class AtrIdentity:
+    """The algorithm named in a TDR (4010,1029): the model's name, version and weights sha256."""
+
+    name: str
+    version: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class TdrReport:
+    """What ``read_tdr`` gives back of a TDR."""
+
+    objects: list[ThreatObject]
+    alarm: str  # ALARM / CLEAR
+    tdr_type: str
+    algorithm: list[str]
+    references: list[tuple[str, str]]  # (SOP class, SOP instance) of the scan's images
+    study_uid: str
+    scan_id: str
+
+
+def write_tdr(
+    objects: Sequence[ThreatObject],
+    *,
+    atr: AtrIdentity,
+    references: Sequence[tuple[str, str]],
+    study_uid: str,
+    scan_id: str = "",
+    tdr_type: str = "MACHINE",
+    started: dt.datetime | None = None,
+    finished: dt.datetime | None = None,
+) -> bytes:
+    """A DICOS TDR (bytes) with one threat object per entry of ``objects``.
+
+    The alarm decision is ALARM when any object is reported (the caller passes only those at or above
+    its threshold), CLEAR otherwise. ``references`` are the DX instances the boxes are drawn on.
+    """
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    finished = finished or utc_now()
+    started = started or finished
+    ms = max(0.0, (finished - started).total_seconds() * 1000.0)
+    t0, t1 = started.strftime("%Y%m%d%H%M%S.%f"), finished.strftime("%Y%m%d%H%M%S.%f")
+
+    def referenced() -> DicomSequence:
+        items = []
+        for sop_class, sop_instance in references:
+            item = Dataset()
+            item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
+            items.append(item)
+        return DicomSequence(items)
+
+    ds = base_dataset(TDR_SOP_CLASS, new_uid(), EXPLICIT_LE)
+    ds.Modality = "TDR"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, new_uid()
+    ds.PatientID = scan_id or study_uid[-16:]
+    ds.PatientName = ""
+    ds.SeriesNumber, ds.InstanceNumber = 2, 1
+    software = f"{atr.name} {atr.version}"
+    add_equipment(ds, software)
+    ds.TDRType = tdr_type
+    ds.ThreatDetectionAlgorithmAndVersion = [atr.name[:64], atr.version[:64], atr.sha256[:64]]
+    ds.AlarmDecision = "ALARM" if objects else "CLEAR"
+    ds.NumberOfTotalObjects = len(objects)
+    ds.NumberOfAlarmObjects = len(objects)
+    ds.add_new(TAG_IMAGE_SCALE_REPRESENTATION, "FD", 1.0)
+    ds.ReferencedInstanceSequence = referenced()
+    ds.TotalProcessingTime = ms
+    threats = []
+    for i, obj in enumerate(objects):
+        x1, y1, x2, y2 = (float(v) for v in obj.box)
+        voxel = Dataset()
+        voxel.ThreatROIBase = [x1, y1, 0.0]
+        voxel.ThreatROIExtents = [x2 - x1, y2 - y1, 1.0]
+        rep = Dataset()
+        rep.ReferencedInstanceSequence = referenced()
+        rep.ThreatROIVoxelSequence = DicomSequence([voxel])
+        assessment = Dataset()
+        assessment.ThreatCategory = "PI"  # prohibited item
+        assessment.ThreatCategoryDescription = f"{obj.class_name} ({obj.group})"
+        assessment.ATDAbilityAssessment = "NO_INTERFERENCE"
+        assessment.ATDAssessmentFlag = "THREAT"
+        assessment.ATDAssessmentProbability = float(obj.score)
+        pto = Dataset()
+        pto.PotentialThreatObjectID = i
+        pto.PTORepresentationSequence = DicomSequence([rep])
+        pto.ATDAssessmentSequence = DicomSequence([assessment])
+        pto.add_new(TAG_PTO_PROCESSING_START, "DT", t0)
+        pto.add_new(TAG_PTO_PROCESSING_END, "DT", t1)
+        pto.add_new(TAG_PTO_PROCESSING_TIME, "FL", ms)
+        threats.append(pto)
+    ds.ThreatSequence = DicomSequence(threats)
+    return to_bytes(ds)
+
+
+_DESCRIPTION = re.compile(r"^(?P<name>.*?)(?: \((?P<group>[^()]*)\))?$")
+
+
+def read_tdr(buf: bytes) -> TdrReport:
+    """The threat objects, alarm decision and references of a TDR written by ``write_tdr``."""
+    ds = parse_dicom(buf, "TDR", False)
+    if str(ds.get("SOPClassUID", "")) != TDR_SOP_CLASS:
+        raise ScanError(f"not a DICOS TDR (SOP class {ds.get('SOPClassUID', 'missing')})")
+    objects = []
+    for pto in ds.get("ThreatSequence", []):
+        voxel = pto.PTORepresentationSequence[0].ThreatROIVoxelSequence[0]
+        x0, y0, _ = (float(v) for v in voxel.ThreatROIBase)
+        w, h, _ = (float(v) for v in voxel.ThreatROIExtents)
+        assessment = pto.ATDAssessmentSequence[0]
+        match = _DESCRIPTION.match(str(assessment.get("ThreatCategoryDescription", "")))
+        assert match is not None  # the pattern matches any string
+        objects.append(
+            ThreatObject(
+                box=(x0, y0, x0 + w, y0 + h),
+                class_name=match["name"],
+                group=match["group"] or "",
+                score=float(assessment.ATDAssessmentProbability),
+            )
+        )
+    algorithm = ds.get("ThreatDetectionAlgorithmAndVersion") or []
+    return TdrReport(
+        objects=objects,
+        alarm=str(ds.get("AlarmDecision", "")),
+        tdr_type=str(ds.get("TDRType", "")),
+        algorithm=[algorithm] if isinstance(algorithm, str) else [str(a) for a in algorithm],
+        references=[
+            (str(r.ReferencedSOPClassUID), str(r.ReferencedSOPInstanceUID))
+            for r in ds.get("ReferencedInstanceSequence", [])
+        ],
+        study_uid=str(ds.get("StudyInstanceUID", "")),
+        scan_id=str(ds.get("PatientID", "")),
+    )
