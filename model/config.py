@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,6 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from xscreen.errors import XscreenError
 from xscreen.model.classes import CLASS_NAMES
 
+log = logging.getLogger(__name__)
+
+# Operating score threshold of weights and exports that record none (made before training picked one on
+# validation data), and of a model that the threshold pick or an import cannot base on data: the
+# service's long-standing default. Not the candidate filter (DetectorConfig.candidate_score_thresh).
+LEGACY_SCORE_THRESHOLD = 0.3
 REG_CONF_TOPK = 4  # earliest released reg_conf: top-4 bin probabilities per side (docs/method.md §7.2)
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -87,7 +94,9 @@ class DetectorConfig(BaseModel):
     min_size: int = Field(800, ge=32)
     max_size: int = Field(1333, ge=32)
     # --- test (docs/method.md §2) ---
-    score_thresh: float = Field(0.05, ge=0.0, lt=1.0)
+    # candidate filter before NMS: class scores at or below it never reach NMS. Not the operating
+    # threshold of the answers (``score_threshold`` in weights, the service and the CLI).
+    candidate_score_thresh: float = Field(0.05, ge=0.0, lt=1.0)
     nms_pre: int = Field(1000, ge=1)
     nms_iou: float = Field(0.6, gt=0.0, le=1.0)
     max_dets: int = Field(100, ge=1)
@@ -202,9 +211,30 @@ def _format_errors(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+# Keys renamed since files were written with them: old name -> current name. A file with an old key
+# loads, with one log line naming the new key.
+RENAMED_KEYS = {"score_thresh": "candidate_score_thresh"}
+
+
+def _renamed(data: dict, source: str) -> dict:
+    """``data`` with renamed keys under their current names (a ConfigError when both are present)."""
+    old = [k for k in RENAMED_KEYS if k in data]
+    if not old:
+        return data
+    data = dict(data)
+    for key in old:
+        new = RENAMED_KEYS[key]
+        if new in data:
+            raise ConfigError(f"{source}: both {key!r} and its new name {new!r} are set; keep {new!r}")
+        data[new] = data.pop(key)
+        log.warning("%s: config key %r is deprecated, read as %r (its new name)", source, key, new)
+    return data
+
+
 def _validate(data: Any, source: str) -> DetectorConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a detector config must be a JSON object, got {type(data).__name__}")
+    data = _renamed(data, source)
     try:
         return DetectorConfig.model_validate(data)
     except ValidationError as exc:

@@ -68,7 +68,7 @@ def postprocess_detections(
             1,
         )
         scores, ctr = scores_all[idx], ctr_all[idx]  # [K, C], [K]
-        cand, labels = torch.nonzero(scores > cfg.score_thresh, as_tuple=True)
+        cand, labels = torch.nonzero(scores > cfg.candidate_score_thresh, as_tuple=True)
         # mmdet: the centerness factor is applied after the score threshold
         final = scores[cand, labels] * ctr[cand]
         det_boxes = boxes[cand]

@@ -15,7 +15,13 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from xscreen import __version__ as xscreen_version
-from xscreen.model.config import ConfigError, DetectorConfig, config_from_json, load_config
+from xscreen.model.config import (
+    LEGACY_SCORE_THRESHOLD,
+    ConfigError,
+    DetectorConfig,
+    config_from_json,
+    load_config,
+)
 from xscreen.model.detector import ATSSDetector
 from xscreen.model.errors import WeightsError
 
@@ -23,9 +29,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "xscreen-detector"
 FORMAT_VERSION = 1
-# Score threshold of files that record no operating point (made before training picked one): the
-# service's default until then. New files carry ``operating_point`` in their header (training.threshold).
-LEGACY_SCORE_THRESHOLD = 0.3
+# Files that record no operating point get LEGACY_SCORE_THRESHOLD (model.config). New files carry
+# ``operating_point`` in their header (training.threshold).
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ Three rules choose among the candidates (``RULES``):
   most recall at that false-alarm budget. A weak model may never reach it; then the rule falls back
   to ``best-f1`` and the operating point says so.
 
-A model with no correct detection on the split keeps the old default (``FALLBACK_THRESHOLD``), with
+A model with no correct detection on the split keeps the old default (``LEGACY_SCORE_THRESHOLD``), with
 the reason in the operating point. The chosen threshold is rounded down to the fewest decimals (3 to
 6) that keep exactly the same detections.
 """
@@ -33,11 +33,11 @@ from pathlib import Path
 import numpy as np
 
 from xscreen.errors import XscreenError
+from xscreen.model.config import LEGACY_SCORE_THRESHOLD
 from xscreen.training.threshold_rules import DEFAULT_MIN_PRECISION, DEFAULT_RULE, RULES
 
 IOU = 0.5
 MAX_DETS = 100  # per image and class, as COCO's AP
-FALLBACK_THRESHOLD = 0.3  # the service's default before thresholds were recorded in weights files
 
 
 class ThresholdError(XscreenError):
@@ -154,12 +154,12 @@ def select_threshold(
     if not points.thresholds.size or f1.max() <= 0:
         return {
             **base,
-            "score_threshold": FALLBACK_THRESHOLD,
+            "score_threshold": LEGACY_SCORE_THRESHOLD,
             "rule": rule_name,
             "precision": None,
             "recall": None,
             "f1": None,
-            "note": f"no correct detection on the split: kept the default {FALLBACK_THRESHOLD}",
+            "note": f"no correct detection on the split: kept the default {LEGACY_SCORE_THRESHOLD}",
         }
     note = None
     if rule == "precision":
@@ -245,7 +245,7 @@ def plot_operating_point(points: PRPoints, op: dict, path: str | Path, title: st
 def describe(op: dict | None) -> str:
     """One line for logs and the CLI."""
     if not op:
-        return f"no operating point recorded (default {FALLBACK_THRESHOLD})"
+        return f"no operating point recorded (default {LEGACY_SCORE_THRESHOLD})"
     if op.get("precision") is None:
         # a rule of RULES found no correct detection; any other rule (manual, import-default) saw no data
         stats = (

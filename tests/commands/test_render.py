@@ -218,7 +218,9 @@ def test_render_cli_with_weights(dataset, tmp_path, capsys):
     from xscreen.model.config import load_config
     from xscreen.model.weights import save_weights
 
-    cfg = load_config("small_atss").with_overrides(min_size=160, max_size=192, score_thresh=0.0, max_dets=5)
+    cfg = load_config("small_atss").with_overrides(
+        min_size=160, max_size=192, candidate_score_thresh=0.0, max_dets=5
+    )
     save_weights(build_detector(cfg), tmp_path / "w.safetensors")
     im = json.loads((dataset / "annotations" / "test.json").read_text())["images"][0]
     args = ["render", "--high", str(dataset / im["raw_high"]), "--low", str(dataset / im["raw_low"])]

@@ -71,7 +71,7 @@ def lacls(tmp_path_factory):
         with torch.no_grad():
             cls, _, _ = det.forward_raw(_batch(det, image))
         top.append(float(torch.sigmoid(cls[0]).amax(dim=1).topk(40).values[-1]))
-    det.cfg = det.cfg.with_overrides(score_thresh=round(min(top), 4))
+    det.cfg = det.cfg.with_overrides(candidate_score_thresh=round(min(top), 4))
     weights = tmp / "lacls.safetensors"
     sha = save_weights(det, weights, metadata={"name": "onnx-test-lacls", "version": "7.1"})
     out = tmp / "lacls.onnx"

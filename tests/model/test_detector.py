@@ -37,7 +37,14 @@ def test_bundled_configs_load_with_paper_numbers():
     }
     r50 = load_config("atss_lacls_r50")
     assert (r50.depth, r50.fpn_channels, r50.stacked_convs, r50.la_mode) == (50, 256, 4, "cls")
-    assert (r50.min_size, r50.max_size, r50.score_thresh, r50.nms_pre, r50.nms_iou, r50.max_dets) == (
+    assert (
+        r50.min_size,
+        r50.max_size,
+        r50.candidate_score_thresh,
+        r50.nms_pre,
+        r50.nms_iou,
+        r50.max_dets,
+    ) == (
         800,
         1333,
         0.05,
@@ -80,7 +87,7 @@ def test_config_errors_name_the_key(tmp_path):
 
 
 def test_postprocess_maps_boxes_to_input_pixels_and_applies_thresholds():
-    cfg = _tiny("small_atss", score_thresh=0.05, nms_iou=0.6, max_dets=100)
+    cfg = _tiny("small_atss", candidate_score_thresh=0.05, nms_iou=0.6, max_dets=100)
     model = build_detector(cfg)
     anchors, per_level = model.anchors_for((64, 96))
     a = anchors.shape[0]
@@ -132,7 +139,7 @@ def test_train_forward_returns_finite_scalar_losses_and_backpropagates():
 
 def test_eval_contract_timings_and_inference_mode():
     torch.manual_seed(0)
-    model = _spread_head(build_detector(_tiny("small_lacls", score_thresh=0.02))).eval()
+    model = _spread_head(build_detector(_tiny("small_lacls", candidate_score_thresh=0.02))).eval()
     images = [torch.rand(3, 150, 200) * 255]
     timings = {}
     with torch.inference_mode():
@@ -149,7 +156,7 @@ def test_eval_contract_timings_and_inference_mode():
 
 def test_detections_do_not_depend_on_the_batch():
     torch.manual_seed(0)
-    model = _spread_head(build_detector(_tiny("small_lacls", score_thresh=0.02)), seed=1).eval()
+    model = _spread_head(build_detector(_tiny("small_lacls", candidate_score_thresh=0.02)), seed=1).eval()
     g = torch.Generator().manual_seed(2)
     # (100, 160) and (110, 176) both resize to 100x160 -> one padded sub-batch; (90, 100) -> its own
     scans = [torch.rand(3, *s, generator=g) * 255 for s in [(100, 160), (90, 100), (110, 176)]]

@@ -21,9 +21,10 @@ import torch
 import tests.support.release_reference as ref
 from tests.model.test_release import H, W, _images, _reference_outputs, mmdet_state_dict
 from xscreen.cli import main
-from xscreen.commands.import_mmdet import DEFAULT_SCORE_THRESHOLD, ImportCheckError, build_imported
+from xscreen.commands.import_mmdet import ImportCheckError, build_imported
 from xscreen.model import load_config
 from xscreen.model.classes import CLASS_NAMES
+from xscreen.model.config import LEGACY_SCORE_THRESHOLD
 from xscreen.model.mmdet_checkpoint import MmdetCheckpoint, class_permutation
 from xscreen.model.mmdet_keys import mmdet_to_xscreen_state_dict
 from xscreen.model.transform import pad_batch
@@ -60,7 +61,9 @@ def ckpt_dir(tmp_path_factory, small_sd):
 
 def parity_config(tmp: Path, name: str) -> Path:
     """The bundled small release config at the reference tests' scan size (no resizing)."""
-    cfg = load_config(name).with_overrides(name=f"{name}_parity", min_size=H, max_size=W, score_thresh=0.05)
+    cfg = load_config(name).with_overrides(
+        name=f"{name}_parity", min_size=H, max_size=W, candidate_score_thresh=0.05
+    )
     path = tmp / f"{name}_parity.json"
     path.write_text(cfg.to_json())
     return path
@@ -109,7 +112,7 @@ def test_import_maps_permutes_and_reproduces_the_released_detections(
     assert "meta CLASSES" in meta["class_order"]["assumed"]
     assert meta["class_order"]["checkpoint_rows"] == list(FORK_CLASSES)
     assert meta["class_order"]["row_of_each_class"]["scissors"] == 1
-    assert info.operating_point["score_threshold"] == DEFAULT_SCORE_THRESHOLD == 0.3
+    assert info.operating_point["score_threshold"] == LEGACY_SCORE_THRESHOLD == 0.3
     assert info.operating_point["rule"] == "import-default"
     assert "xscreen threshold" in info.operating_point["note"]
     assert info.config.name == f"{config}_parity" and info.config.released

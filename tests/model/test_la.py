@@ -123,7 +123,13 @@ def test_la_under_inference_mode_and_no_grad():
 
 def _tiny(name: str, **kw):
     return load_config(name).with_overrides(
-        depth=18, fpn_channels=64, stacked_convs=1, min_size=96, max_size=128, score_thresh=0.001, **kw
+        depth=18,
+        fpn_channels=64,
+        stacked_convs=1,
+        min_size=96,
+        max_size=128,
+        candidate_score_thresh=0.001,
+        **kw,
     )
 
 

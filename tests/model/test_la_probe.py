@@ -19,7 +19,12 @@ def _model(coeffs, la_mode="cls"):
     torch.manual_seed(0)
     base = "small_lacls" if la_mode == "cls" else "small_atss"
     cfg = load_config(base).with_overrides(
-        min_size=96, max_size=96, fpn_channels=64, stacked_convs=1, la_coeffs=coeffs, score_thresh=0.0
+        min_size=96,
+        max_size=96,
+        fpn_channels=64,
+        stacked_convs=1,
+        la_coeffs=coeffs,
+        candidate_score_thresh=0.0,
     )
     model = build_detector(cfg).eval()
     with torch.no_grad():  # a head whose gradients are far from zero, so labels visibly matter

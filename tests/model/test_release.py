@@ -87,7 +87,13 @@ VARIANTS = {  # config -> (mmdet head, reg_conf (inputs, hidden))
 
 def _build(name: str, seed: int = 0):
     kind, conf = VARIANTS[name]
-    over = {"fpn_channels": C, "stacked_convs": STACKED, "min_size": H, "max_size": W, "score_thresh": 0.05}
+    over = {
+        "fpn_channels": C,
+        "stacked_convs": STACKED,
+        "min_size": H,
+        "max_size": W,
+        "candidate_score_thresh": 0.05,
+    }
     if name == "small_atss":
         over["fpn_p7_relu"] = False  # mmdetection's ATSS FPN (docs/method.md §7.7)
     sd = mmdet_state_dict(kind, conf=conf or (4, 16), seed=seed)

@@ -8,6 +8,7 @@ import torchvision
 from safetensors.torch import save_file
 
 from xscreen.model import (
+    ConfigError,
     WeightsError,
     build_detector,
     load_backbone_weights,
@@ -20,7 +21,7 @@ from xscreen.model.weights import read_header, tensors_sha256
 
 def _cfg(name="small_lacls", **kw):
     base = {"depth": 18, "fpn_channels": 64, "stacked_convs": 1, "min_size": 96, "max_size": 128}
-    return load_config(name).with_overrides(**{**base, **kw, "score_thresh": 0.02})
+    return load_config(name).with_overrides(**{**base, **kw, "candidate_score_thresh": 0.02})
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,9 @@ def test_expected_config_mismatch_names_the_difference(saved):
     with pytest.raises(WeightsError, match="class_names"):
         load_weights(path, expected_config=_cfg(class_names=("knife", "gun")))
     # test-time settings may differ: the caller's thresholds apply
-    loaded, info = load_weights(path, expected_config=_cfg(score_thresh=0.3).with_overrides(max_dets=5))
+    loaded, info = load_weights(
+        path, expected_config=_cfg(candidate_score_thresh=0.3).with_overrides(max_dets=5)
+    )
     assert info.config.max_dets == 5 and loaded.cfg.max_dets == 5
 
 
@@ -187,3 +190,48 @@ def test_group_norm_backbone_trains_round_trips_and_refuses_imagenet_weights(tmp
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), pth)
     with pytest.raises(WeightsError, match="BatchNorm statistics.*'group_norm'"):
         load_backbone_weights(model, pth)
+
+
+def _deprecation_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+
+
+def test_config_file_with_the_old_candidate_key_loads_with_one_deprecation_line(tmp_path, caplog):
+    data = json.loads(_cfg().to_json())
+    del data["candidate_score_thresh"]
+    data["score_thresh"] = 0.125  # the key's name in older files
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    with caplog.at_level("WARNING", logger="xscreen.model.config"):
+        cfg = load_config(old)
+    assert cfg.candidate_score_thresh == 0.125 and cfg == _cfg().with_overrides(candidate_score_thresh=0.125)
+    (line,) = _deprecation_lines(caplog)
+    assert str(old) in line and "'score_thresh'" in line and "'candidate_score_thresh'" in line
+    data["candidate_score_thresh"] = 0.5  # both names: which one is meant is unclear
+    old.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="both 'score_thresh' and its new name 'candidate_score_thresh'"):
+        load_config(old)
+
+
+def test_weights_file_with_the_old_candidate_key_loads_with_one_deprecation_line(saved, tmp_path, caplog):
+    """A file saved before the rename: its stored config says score_thresh. Same tensors, same sha256."""
+    from safetensors.torch import load_file
+
+    model, path, digest = saved
+    header = read_header(path)
+    stored = json.loads(header["config"])
+    stored["score_thresh"] = stored.pop("candidate_score_thresh")
+    old = tmp_path / "old.safetensors"
+    save_file(
+        load_file(str(path)), str(old), metadata={**header, "config": json.dumps(stored, sort_keys=True)}
+    )
+    with caplog.at_level("INFO"):
+        loaded, info = load_weights(old, expected_config=model.cfg)
+    assert info.sha256 == digest and info.config == model.cfg
+    assert loaded.cfg.candidate_score_thresh == model.cfg.candidate_score_thresh == 0.02
+    (line,) = _deprecation_lines(caplog)
+    assert str(old) in line and "'candidate_score_thresh'" in line
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        load_weights(path)  # a file with the current name: no such line
+    assert _deprecation_lines(caplog) == []

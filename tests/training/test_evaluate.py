@@ -159,7 +159,9 @@ def small_weights(tmp_path_factory):
     from xscreen.model.weights import save_weights
 
     root = tmp_path_factory.mktemp("w")
-    cfg = load_config("small_atss").with_overrides(min_size=160, max_size=192, score_thresh=0.0, max_dets=20)
+    cfg = load_config("small_atss").with_overrides(
+        min_size=160, max_size=192, candidate_score_thresh=0.0, max_dets=20
+    )
     save_weights(build_detector(cfg), root / "w.safetensors")
     return root / "w.safetensors"
 

@@ -12,10 +12,10 @@ import torch
 from tests.support.detectors import sharpen_head
 from xscreen.cli import main as xscreen_main
 from xscreen.model import WeightsError, build_detector, load_config, load_weights, save_weights
+from xscreen.model.config import LEGACY_SCORE_THRESHOLD
 from xscreen.model.onnx_export import onnx_metadata, parse_onnx_metadata
-from xscreen.model.weights import LEGACY_SCORE_THRESHOLD, read_header, set_operating_point
+from xscreen.model.weights import read_header, set_operating_point
 from xscreen.training.threshold import (
-    FALLBACK_THRESHOLD,
     ThresholdError,
     pick_threshold,
     plot_operating_point,
@@ -87,7 +87,7 @@ def test_threshold_is_rounded_down_without_changing_the_kept_detections():
 def test_no_correct_detection_keeps_the_old_default():
     for pts in (pr_points([0.9, 0.2], [False, False], 3), pr_points([], [], 3)):
         op = select_threshold(pts)
-        assert op["score_threshold"] == FALLBACK_THRESHOLD == 0.3 and op["precision"] is None
+        assert op["score_threshold"] == LEGACY_SCORE_THRESHOLD == 0.3 and op["precision"] is None
         assert "no correct detection" in op["note"]
 
 
@@ -154,7 +154,12 @@ def test_plot_without_any_correct_detection_still_writes(tmp_path):
 def _detector(seed: int = 0):
     """A tiny small_lacls (ResNet-18, 64-channel FPN) with a sharpened random head: many detections."""
     cfg = load_config("small_lacls").with_overrides(
-        name="threshold_test", fpn_channels=64, stacked_convs=1, min_size=128, max_size=128, score_thresh=0.02
+        name="threshold_test",
+        fpn_channels=64,
+        stacked_convs=1,
+        min_size=128,
+        max_size=128,
+        candidate_score_thresh=0.02,
     )
     torch.manual_seed(seed)
     det = build_detector(cfg).eval()

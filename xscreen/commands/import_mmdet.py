@@ -17,7 +17,7 @@ Steps (docs/model.md "Serving the authors' released checkpoint"; docs/method.md 
    error nothing is written, and an existing ``--out`` is replaced only with ``--force``.
 
 The imported model comes with no validation split, so its operating threshold is not picked on data:
-it is ``DEFAULT_SCORE_THRESHOLD`` (or ``--score-threshold``) until ``xscreen threshold --data`` re-picks
+it is ``LEGACY_SCORE_THRESHOLD`` (or ``--score-threshold``) until ``xscreen threshold --data`` re-picks
 it on the site's own validation scans.
 """
 
@@ -29,10 +29,8 @@ from pathlib import Path
 
 from xscreen.argtypes import unit_float
 from xscreen.errors import XscreenError
+from xscreen.model.config import LEGACY_SCORE_THRESHOLD  # an import's threshold until re-picked on data
 
-# Operating threshold of an imported model until it is re-picked on validation data: the service's
-# long-standing default (model.weights.LEGACY_SCORE_THRESHOLD, training.threshold.FALLBACK_THRESHOLD).
-DEFAULT_SCORE_THRESHOLD = 0.3
 DEFAULT_RULE = "import-default"
 
 # What each released head needs from a config (docs/method.md §7.2, §7.5, §7.6): the fields that
@@ -81,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--score-threshold",
         type=unit_float,
         metavar="T",
-        help=f"operating threshold to record (default {DEFAULT_SCORE_THRESHOLD}, not picked on data)",
+        help=f"operating threshold to record (default {LEGACY_SCORE_THRESHOLD}, not picked on data)",
     )
     a("--name", help="model name in the weights and the service's answers (default: the checkpoint's stem)")
     a("--force", action="store_true", help="replace --out if it exists")
@@ -293,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
         source_names = ckpt.meta_classes or ()
     model = build_imported(ckpt, cfg, perm)
 
-    threshold = DEFAULT_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold
+    threshold = LEGACY_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold
     note = (
         "imported model: no validation split here, so this threshold was not picked on data; "
         "re-pick it on the site's validation scans with `xscreen threshold W --data DATA --out W`"

@@ -8,6 +8,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from xscreen.errors import XscreenError
+from xscreen.model.config import LEGACY_SCORE_THRESHOLD
 from xscreen.model.timing import MODEL_STAGES as MODEL_STAGES  # the stage names backends report
 
 
@@ -25,7 +26,7 @@ class ModelInfo:
     class_names: tuple[str, ...]
     groups: tuple[str, ...]  # group (cutter / liquid container) of each class, same order
     precision: str = "fp32"  # numeric precision of the network: fp32, or int8 for a quantised ONNX export
-    score_threshold: float = 0.3  # the model's own operating threshold (weights / export metadata)
+    score_threshold: float = LEGACY_SCORE_THRESHOLD  # the model's own operating threshold (its metadata)
 
 
 @runtime_checkable

@@ -18,11 +18,11 @@ import torch
 
 from xscreen.inference.base import BackendError, ModelInfo, groups_for, resolve_device
 from xscreen.model.anchors import feature_sizes, generate_anchors
+from xscreen.model.config import LEGACY_SCORE_THRESHOLD
 from xscreen.model.head import HeadOutputs
 from xscreen.model.onnx_export import INPUT_NAME, OUTPUT_NAMES, OnnxModelError, parse_onnx_metadata
 from xscreen.model.postprocess import postprocess_detections
 from xscreen.model.transform import group_by_padded_size, network_image, pad_batch
-from xscreen.model.weights import LEGACY_SCORE_THRESHOLD
 
 log = logging.getLogger(__name__)
 
