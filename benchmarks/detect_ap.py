@@ -178,7 +178,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from xscreen.service.settings import bundled_weights_path
+    from xscreen.inference.settings import bundled_weights_path
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(

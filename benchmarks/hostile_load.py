@@ -128,7 +128,7 @@ def _settle(url: str, valid: tuple, alone_p50: float, limit_s: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from xscreen.service.settings import bundled_weights_path
+    from xscreen.inference.settings import bundled_weights_path
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", type=Path, default=bundled_weights_path())

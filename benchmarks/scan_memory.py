@@ -117,7 +117,7 @@ def measure(url: str, pid: int, side: int, repeats: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from xscreen.service.settings import bundled_weights_path
+    from xscreen.inference.settings import bundled_weights_path
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", type=Path, default=bundled_weights_path())

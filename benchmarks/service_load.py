@@ -230,7 +230,7 @@ def setting_value(name: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from xscreen.service.settings import bundled_weights_path
+    from xscreen.inference.settings import bundled_weights_path
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", type=Path, default=bundled_weights_path())

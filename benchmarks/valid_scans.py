@@ -17,9 +17,10 @@ import sys
 from pathlib import Path
 
 from xscreen.argtypes import positive_int
+from xscreen.inference.pipeline import prepare_scan
+from xscreen.scans import ScanError
 from xscreen.scans.dicos import dx, files
-from xscreen.service.errors import ApiError
-from xscreen.service.scan_input import prepare_scan
+from xscreen.service.errors import scan_error_to_api
 
 SYNTAXES = {
     "explicit LE": files.EXPLICIT_LE,
@@ -35,8 +36,8 @@ SYNTAXES = {
 def _verdict(high: bytes, low: bytes, max_pixels: int) -> str:
     try:
         prepare_scan(high, low, width=None, height=None, max_pixels=max_pixels)
-    except ApiError as exc:
-        return exc.code
+    except ScanError as exc:  # the code POST /detect answers with
+        return scan_error_to_api(exc).code
     return "accepted"
 
 

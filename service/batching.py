@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xscreen.inference.backend import InferenceBackend
+from xscreen.inference.pipeline import ModelRun, run_model
 from xscreen.service.metrics import ServiceMetrics
 
 log = logging.getLogger("xscreen.service.batching")
@@ -37,18 +39,6 @@ class BatchFailedError(Exception):
 
 class BatcherStoppedError(Exception):
     """The service is shutting down and takes no new scans (503)."""
-
-
-@dataclass
-class BatchResult:
-    """One scan's share of a batch."""
-
-    output: dict[str, np.ndarray]
-    stage_seconds: dict[str, float]  # for the whole batch
-    queue_wait: float
-    batch_size: int
-    inference_seconds: float
-    backend: InferenceBackend  # the model that produced it (the served one may change between batches)
 
 
 @dataclass
@@ -126,7 +116,7 @@ class MicroBatcher:
         finally:
             self._incoming -= 1
 
-    async def submit(self, image: np.ndarray, deadline: float) -> BatchResult:
+    async def submit(self, image: np.ndarray, deadline: float) -> ModelRun:
         """Queue one converted scan and wait for its result until ``deadline`` (time.monotonic())."""
         if self._queue is None or self._stopping:
             raise BatcherStoppedError("service is not accepting scans")
@@ -195,13 +185,8 @@ class MicroBatcher:
             return
         waits = [now - job.enqueued for job in live]
         backend = self.backend  # a model switch assigns self.backend; this batch keeps its own
-        t0 = time.perf_counter()
         try:
-            outputs, stages = await loop.run_in_executor(
-                self._executor, backend.predict, [job.image for job in live]
-            )
-            if len(outputs) != len(live):
-                raise RuntimeError(f"backend returned {len(outputs)} results for {len(live)} scans")
+            runs = await loop.run_in_executor(self._executor, run_model, backend, [job.image for job in live])
         except asyncio.CancelledError:
             for job in live:
                 if not job.future.done():
@@ -215,23 +200,13 @@ class MicroBatcher:
                 if not job.future.done():
                     job.future.set_exception(BatchFailedError(f"inference failed: {type(exc).__name__}"))
             return
-        elapsed = time.perf_counter() - t0
         self.batches_run += 1
         if self.metrics:
             self.metrics.batch_size.observe(len(live))
             for wait in waits:
                 self.metrics.queue_wait.observe(wait)
-            for stage, seconds in stages.items():
+            for stage, seconds in runs[0].stage_seconds.items():
                 self.metrics.stage_seconds.labels(stage=stage).observe(seconds)
-        for job, out, wait in zip(live, outputs, waits, strict=True):
+        for job, run, wait in zip(live, runs, waits, strict=True):
             if not job.future.done():
-                job.future.set_result(
-                    BatchResult(
-                        output=out,
-                        stage_seconds=dict(stages),
-                        queue_wait=wait,
-                        batch_size=len(live),
-                        inference_seconds=elapsed,
-                        backend=backend,
-                    )
-                )
+                job.future.set_result(dataclasses.replace(run, queue_wait=wait))

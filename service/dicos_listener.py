@@ -24,7 +24,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xscreen.scans import ScanError, convert_scan
+from xscreen.inference.pipeline import detection_result, prepare_dx_pair, tdr_from_response
+from xscreen.inference.response import DetectResponse
+from xscreen.scans import ScanError
 from xscreen.scans.dicos.dx import DxImage, DxPair, dx_from_encoded, dx_pair
 from xscreen.scans.dicos.files import (
     DEFLATED_LE,
@@ -46,12 +48,7 @@ from xscreen.service.audit import AuditError, audit_record
 from xscreen.service.batching import BatcherStoppedError, DeadlineExceededError, QueueFullError
 from xscreen.service.dicos_limits import MAX_PDU_BYTES, ByteLimits, bounded_request_handler
 from xscreen.service.dicos_spool import TDR_PREFIX, Spool, SpoolError, read_half, write_durably
-from xscreen.service.models import class_ids
-from xscreen.service.response import detections_from_output, effective_threshold, model_summary
-from xscreen.service.scan_input import PreparedScan
-from xscreen.service.schemas import DetectResponse, ImageSize
 from xscreen.service.state import ServiceState
-from xscreen.service.tdr import tdr_from_response
 
 log = logging.getLogger("xscreen.service.dicos")
 
@@ -590,35 +587,18 @@ class DicosListener:
         if batcher is None or backend is None:
             raise _ModelNotLoaded("the model is not loaded")
         t0 = time.perf_counter()
-        image = convert_scan(pair.high.pixels, pair.low.pixels)
-        t1 = time.perf_counter()
+        prepared = prepare_dx_pair(pair)
         future = asyncio.run_coroutine_threadsafe(
-            batcher.submit(image, time.monotonic() + s.request_timeout_s), self.loop
+            batcher.submit(prepared.image, time.monotonic() + s.request_timeout_s), self.loop
         )
-        result = future.result(timeout=s.request_timeout_s + 5)
-        backend = result.backend  # the model that ran this pair's batch (a switch may have happened since)
-        info = backend.info
-        threshold = effective_threshold(None, s.score_threshold, info)  # the model's own unless overridden
-        detections = detections_from_output(result.output, info, class_ids(info.class_names), threshold)
-        for d in detections:
+        run = future.result(timeout=s.request_timeout_s + 5)
+        prepared.drop_image()
+        result = detection_result(
+            prepared, run, backend_name=s.backend, threshold_setting=s.score_threshold, started=t0
+        )
+        for d in result.detections:
             self.metrics.detections.labels(class_name=d.class_name).inc()
-        height, width = pair.high.pixels.shape
-        timings = {
-            "convert": t1 - t0,
-            "queue_wait": result.queue_wait,
-            **result.stage_seconds,
-            "inference": result.inference_seconds,
-            "total": time.perf_counter() - t0,
-        }
-        response = DetectResponse(
-            scan_id=scan_id,
-            model=model_summary(info, s.backend, backend.device),
-            image=ImageSize(width=width, height=height),
-            score_threshold=threshold,
-            detections=detections,
-            batch_size=result.batch_size,
-            timings={k: round(v, 6) for k, v in timings.items()},
-        )
+        response = result.response(scan_id)
         if (
             service.audit is not None
         ):  # no TDR leaves without its audit record (docs/service.md "Audit trail")
@@ -629,7 +609,6 @@ class DicosListener:
                 self.metrics.audit_failures.labels(reason=exc.reason).inc()
                 raise
             self.metrics.audit_records.inc()
-        prepared = PreparedScan(pair.high.pixels, pair.low.pixels, image, 0.0, t1 - t0, dicos=pair)
         return tdr_from_response(prepared, response), response
 
     def _send(self, tdr: bytes, scan_id: str, study_uid: str) -> bool:

@@ -10,6 +10,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from xscreen.scans import ScanError, ScanSizeMismatchError, ScanTooLargeError, UnsupportedScanFormatError
+from xscreen.scans.energy import EnergiesSwappedError
+from xscreen.scans.errors import ScanParameterError
+
 log = logging.getLogger("xscreen.service")
 
 
@@ -83,6 +87,22 @@ class ApiError(Exception):
         self.code = str(code)  # one of ErrorCode (tests/service/test_contract.py checks every use)
         self.detail = detail
         self.headers = headers
+
+
+def scan_error_to_api(exc: ScanError) -> ApiError:
+    """A scan the pipeline refused -> 413 (pixel limit), 415 (not an accepted format), 400 (the rest)."""
+    msg = str(exc)
+    if isinstance(exc, ScanTooLargeError):
+        return ApiError(413, "too_many_pixels", msg)
+    if isinstance(exc, UnsupportedScanFormatError):
+        return ApiError(415, "unsupported_format", msg)
+    if isinstance(exc, ScanSizeMismatchError):
+        return ApiError(400, "scan_size_mismatch", msg)
+    if isinstance(exc, EnergiesSwappedError):
+        return ApiError(400, "energies_swapped", msg)
+    if isinstance(exc, ScanParameterError):
+        return ApiError(400, "invalid_parameter", msg)
+    return ApiError(400, "invalid_scan", msg)
 
 
 def error_response(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -57,14 +56,6 @@ def warmup_scan(size: int = 256) -> np.ndarray:
     high[size // 4 : size // 2, size // 4 : 3 * size // 4] = 20000
     low[size // 4 : size // 2, size // 4 : 3 * size // 4] = 9000
     return convert_scan(high, low)
-
-
-@functools.lru_cache(maxsize=16)
-def class_ids(class_names: tuple[str, ...]) -> tuple[int, ...]:
-    """The dataset category id of each class (cached per class list)."""
-    from xscreen.service.response import class_ids_for
-
-    return class_ids_for(class_names)
 
 
 def model_config(backend: InferenceBackend) -> dict:

@@ -1,9 +1,11 @@
-"""Service configuration: one pydantic-settings ``Settings`` read from ``XSCREEN_*`` variables and flags."""
+"""Service configuration: one pydantic-settings ``Settings`` read from ``XSCREEN_*`` variables and flags.
+
+It extends ``xscreen.inference.settings.InferenceSettings`` (model file, backend, device, scan limits,
+threshold), the part ``xscreen detect`` reads too."""
 
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import ipaddress
 import json
 import logging
@@ -13,31 +15,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
-from xscreen.errors import XscreenError
+from xscreen.inference.settings import (
+    BUNDLED_WEIGHTS_NAME,
+    InferenceSettings,
+    SettingsError,
+    describe_validation,
+)
 
-BUNDLED_WEIGHTS_NAME = "xscreen-small-lacls.safetensors"
 MIN_API_KEY_LENGTH = 16
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 MODEL_SUFFIX = {"torch": ".safetensors", "onnxruntime": ".onnx"}
 
 log = logging.getLogger("xscreen.service.settings")
-
-
-class SettingsError(XscreenError):
-    """A setting (flag or XSCREEN_* variable) has a value the service cannot run with."""
-
-
-def bundled_weights_path() -> Path:
-    """The demo weights shipped inside the installed ``xscreen.model`` package (small_lacls, synthetic scans).
-
-    Located through the import system without importing ``model`` (which would pull in torch).
-    """
-    spec = importlib.util.find_spec("xscreen.model")
-    if spec is None or not spec.submodule_search_locations:
-        return Path("model") / "weights" / BUNDLED_WEIGHTS_NAME
-    return Path(next(iter(spec.submodule_search_locations))) / "weights" / BUNDLED_WEIGHTS_NAME
 
 
 def is_loopback(host: str) -> bool:
@@ -78,35 +69,18 @@ def _check_key_characters(keys: list[str], what: str) -> None:
         )
 
 
-class Settings(BaseSettings):
+class Settings(InferenceSettings):
     """Everything the service reads at start. Each field is also ``XSCREEN_<FIELD>`` in the environment."""
 
     model_config = SettingsConfigDict(env_prefix="XSCREEN_", extra="forbid", validate_default=True)
 
     host: str = Field("127.0.0.1", min_length=1, description="bind address; non-loopback needs API keys")
     port: int = Field(8000, ge=1, le=65535)
-    weights: Path = Field(default_factory=bundled_weights_path, description="safetensors weights file")
-    weights_sha256: str | None = Field(
-        None, pattern=r"^[0-9a-fA-F]{64}$", description="if set, the weights' sha256 must equal this"
-    )
-    device: Literal["auto", "cuda", "cpu"] = "auto"
-    backend: Literal["torch", "onnxruntime"] = "torch"
-    onnx_path: Path | None = Field(None, description="ONNX model file for backend=onnxruntime")
-    la_bf16: bool = Field(
-        False,
-        description="backend=torch: run LA's gradient passes under bf16 autocast (faster on CPUs with "
-        "bf16 units; scores differ from fp32 by rounding only, see docs/model.md)",
-    )
-    ort_graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
-        "all", description="ONNX Runtime graph optimisation level (backend=onnxruntime)"
-    )
-    ort_intra_op_threads: int = Field(0, ge=0, le=1024, description="ONNX Runtime threads, 0 = one per core")
     max_batch_size: int = Field(4, ge=1, le=64)
     max_queue_delay_ms: float = Field(5.0, ge=0, le=10_000)
     queue_size: int = Field(64, ge=1, le=100_000, description="scans waiting for the model; full -> 503")
     request_timeout_s: float = Field(30.0, gt=0, le=3600, description="per-request deadline -> 504")
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="whole request body limit")
-    max_pixels: int = Field(25_000_000, ge=4, description="per image (width x height) limit")
     # -- memory budget, decode pool (docs/service.md "Memory budget and deadlines") ----------------------
     max_inflight_mpixels: float = Field(
         100.0,
@@ -121,11 +95,6 @@ class Settings(BaseSettings):
     decode_workers: int = Field(
         2, ge=1, le=256, description="scans decoded and converted at once (each may use a second thread)"
     )
-    check_energy_order: bool = Field(
-        True,
-        description="refuse a pair whose high-energy image is darker than its low-energy one where objects "
-        "attenuate (400 energies_swapped; docs/method.md 1a); off for a scanner with another convention",
-    )
     formats: Annotated[list[Literal["png", "tiff", "npy", "raw", "dicom"]], NoDecode] = Field(
         default_factory=lambda: ["png", "tiff", "npy", "raw", "dicom"],
         description="accepted scan encodings (comma-separated); others are answered 415",
@@ -135,13 +104,6 @@ class Settings(BaseSettings):
     )
     api_keys_file: Path | None = Field(None, description="one key per line ('#' comments)")
     protect_metrics: bool = Field(False, description="require an API key for /metrics")
-    score_threshold: float | None = Field(
-        None,
-        ge=0.0,
-        le=1.0,
-        description="minimum score returned when a request sends none; unset: the model's own threshold "
-        "(recorded in its weights or export, 0.3 for files made before)",
-    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     warmup: bool = Field(True, description="run one inference before /readyz says ready")
     graceful_timeout_s: float = Field(30.0, gt=0, le=3600, description="wait for in-flight requests on stop")
@@ -253,7 +215,7 @@ class Settings(BaseSettings):
                 raise ValueError("at least one format must be accepted (png, tiff, npy, raw, dicom)")
         return value
 
-    @field_validator("log_level", "device", "backend", mode="before")
+    @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
@@ -421,15 +383,6 @@ def settings_table(flags: dict[str, tuple[str, str]]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
-        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-        parts.append(f"XSCREEN_{loc.upper()}: {msg}" if loc else msg)
-    return "; ".join(parts)
-
-
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment with ``overrides`` (CLI flags) on top; one clear error on bad values."""
     for warning in unknown_environment_variables():
@@ -437,4 +390,4 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        raise SettingsError(f"invalid settings: {_describe(exc)}") from None
+        raise SettingsError(f"invalid settings: {describe_validation(exc)}") from None

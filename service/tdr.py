@@ -1,40 +1,9 @@
-"""A detection response as a DICOS Threat Detection Report (HTTP ``Accept: application/dicom``, the DICOS
-listener and ``xscreen detect --tdr``): one threat object per detection, referencing the scan's DX."""
+"""Content negotiation for a TDR answer: ``Accept: application/dicom`` on ``POST /detect`` gets the
+detections as a DICOS Threat Detection Report (``xscreen.inference.pipeline.tdr_from_response``)."""
 
 from __future__ import annotations
 
-import datetime as dt
-
-from xscreen.scans.dicos.files import DX_FOR_PROCESSING, new_uid
-from xscreen.scans.dicos.tdr import AtrIdentity, ThreatObject, write_tdr
-from xscreen.service.scan_input import PreparedScan
-from xscreen.service.schemas import DetectResponse
-
 DICOM_MEDIA_TYPE = "application/dicom"
-
-
-def tdr_from_response(prepared: PreparedScan, response: DetectResponse) -> bytes:
-    """The TDR of ``response``; a scan that did not come as DX references freshly generated UIDs."""
-    if prepared.dicos is not None:
-        references, study = prepared.dicos.references(), prepared.dicos.study_uid
-    else:
-        references, study = [(DX_FOR_PROCESSING, new_uid()), (DX_FOR_PROCESSING, new_uid())], new_uid()
-    finished = dt.datetime.now(dt.UTC)
-    started = finished - dt.timedelta(seconds=float(response.timings.get("total", 0.0)))
-    objects = [
-        ThreatObject((d.box.x1, d.box.y1, d.box.x2, d.box.y2), d.class_name, d.group, d.score)
-        for d in response.detections
-    ]
-    model = response.model
-    return write_tdr(
-        objects,
-        atr=AtrIdentity(model.name, model.version, model.sha256),
-        references=references,
-        study_uid=study,
-        scan_id=response.scan_id,
-        started=started,
-        finished=finished,
-    )
 
 
 def wants_dicom(accept: str | None) -> bool:

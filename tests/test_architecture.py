@@ -62,6 +62,9 @@ def test_contracts_hold_on_every_module_of_the_installed_layout(tmp_path):
     assert (tree / "model" / "anchors.py").is_file() and (tree / "service" / "routes" / "detect.py").is_file()
 
 
+DETECT_CONTRACT = "xscreen detect runs without the service"
+
+
 @pytest.mark.parametrize(
     ("module", "line", "broken"),
     [
@@ -71,6 +74,8 @@ def test_contracts_hold_on_every_module_of_the_installed_layout(tmp_path):
         ("service/routes/health.py", "import xscreen.commands.serve", "One-way layers"),
         ("xscreen/scans/formats.py", "import xscreen.model.classes", "One-way layers"),
         ("model/backbone.py", "from xscreen.model import weights", "No import cycles"),
+        ("xscreen/commands/detect.py", "import xscreen.service.tdr", DETECT_CONTRACT),
+        ("xscreen/inference/pipeline.py", "import xscreen.service.errors", DETECT_CONTRACT),
     ],
 )
 def test_a_backward_import_or_a_cycle_breaks_a_contract(repo_copy, module, line, broken):

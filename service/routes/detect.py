@@ -8,11 +8,23 @@ import functools
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 
+from xscreen.inference.pipeline import (
+    ModelRun,
+    PreparedScan,
+    detection_result,
+    prepare_scan,
+    render_response_png,
+    tdr_from_response,
+)
+from xscreen.inference.response import DetectResponse
+from xscreen.scans import ScanError
+from xscreen.scans.errors import ScanDeadlineError
 from xscreen.scans.peek import declared_pixels
 from xscreen.service.audit import AuditError, audit_record
 from xscreen.service.auth import require_api_key
@@ -20,26 +32,14 @@ from xscreen.service.batching import (
     BatcherStoppedError,
     BatchFailedError,
     DeadlineExceededError,
+    MicroBatcher,
     QueueFullError,
 )
 from xscreen.service.budget import BudgetExhaustedError, Lease, ScanAdmission
-from xscreen.service.errors import ApiError
-from xscreen.service.models import class_ids
-from xscreen.service.response import (
-    detections_from_output,
-    effective_threshold,
-    model_summary,
-    render_response_png,
-)
-from xscreen.service.scan_input import PreparedScan, ScanExpiredError, prepare_scan
-from xscreen.service.schemas import (
-    SCAN_ID_PATTERN,
-    DetectResponse,
-    ErrorResponse,
-    ImageSize,
-)
+from xscreen.service.errors import ApiError, scan_error_to_api
+from xscreen.service.schemas import SCAN_ID_PATTERN, ErrorResponse
 from xscreen.service.state import ServiceDep, ServiceState
-from xscreen.service.tdr import DICOM_MEDIA_TYPE, tdr_from_response, wants_dicom
+from xscreen.service.tdr import DICOM_MEDIA_TYPE, wants_dicom
 
 log = logging.getLogger("xscreen.service")
 
@@ -158,7 +158,8 @@ def _abandon(work: concurrent.futures.Future, wrapped: asyncio.Future, lease: Le
 async def _decode_within(
     service: ServiceState, admission: ScanAdmission, lease: Lease, deadline: float, job: functools.partial
 ) -> PreparedScan:
-    """Run ``job`` (prepare_scan) in the bounded decode pool and wait for it until the deadline: 504 after."""
+    """Run ``job`` (prepare_scan) in the bounded decode pool and wait for it until the deadline: 504 after;
+    a scan the pipeline refuses is answered 4xx (service.errors.scan_error_to_api)."""
     work = admission.decode_pool.submit(job)
     wrapped = asyncio.wrap_future(work)
     try:
@@ -166,35 +167,42 @@ async def _decode_within(
     except TimeoutError:
         _abandon(work, wrapped, lease)
         raise _timeout_error(service, "scan not decoded before the request deadline") from None
-    except ScanExpiredError:
+    except ScanDeadlineError:
         raise _timeout_error(service, "scan not decoded before the request deadline") from None
+    except ScanError as exc:
+        raise scan_error_to_api(exc) from None
     except asyncio.CancelledError:  # the client went away
         _abandon(work, wrapped, lease)
         raise
 
 
+@dataclass(frozen=True)
+class _ScanForm:
+    """The form fields of a scan request (``/detect`` and ``/render``)."""
+
+    high: UploadFile
+    low: UploadFile
+    width: int | None
+    height: int | None
+    scan_id: str | None
+    score_threshold: float | None
+
+
 async def _prepare_within_budget(
-    service: ServiceState,
-    request: Request,
-    lease: Lease,
-    high: UploadFile,
-    low: UploadFile,
-    width: int | None,
-    height: int | None,
-    deadline: float,
+    service: ServiceState, lease: Lease, form: _ScanForm, deadline: float
 ) -> PreparedScan:
     """Read the parts, reserve their declared pixels, then decode and convert them within the deadline."""
     admission = _admission(service)
-    dicom = (_is_dicom_part(high), _is_dicom_part(low))
-    high_bytes, low_bytes = await high.read(), await low.read()
-    raw = (width, height) if width is not None and height is not None else None
+    dicom = (_is_dicom_part(form.high), _is_dicom_part(form.low))
+    high_bytes, low_bytes = await form.high.read(), await form.low.read()
+    raw = (form.width, form.height) if form.width is not None and form.height is not None else None
     await _reserve(service, lease, (high_bytes, low_bytes), raw, dicom, deadline)
     job = functools.partial(
         prepare_scan,
         high_bytes,
         low_bytes,
-        width=width,
-        height=height,
+        width=form.width,
+        height=form.height,
         max_pixels=service.settings.max_pixels,
         formats=service.settings.formats,
         dicom=dicom,
@@ -206,33 +214,21 @@ async def _prepare_within_budget(
     return await _decode_within(service, admission, lease, deadline, job)
 
 
-async def _run_detection(
-    service: ServiceState,
-    request: Request,
-    lease: Lease,
-    high: UploadFile,
-    low: UploadFile,
-    width: int | None,
-    height: int | None,
-    scan_id: str | None,
-    score_threshold: float | None,
-) -> tuple[PreparedScan, DetectResponse]:
-    t_start = time.perf_counter()
-    deadline = time.monotonic() + service.settings.request_timeout_s
-    scan_id = scan_id or uuid.uuid4().hex
-    request.state.scan_id = scan_id
-    batcher, backend = service.batcher, service.backend
-    if batcher is None or backend is None:
+def _ready_batcher(service: ServiceState) -> MicroBatcher:
+    """The batcher, if the model is loaded and the queue has room (503 otherwise, before any decoding)."""
+    batcher = service.batcher
+    if batcher is None or service.backend is None:
         raise ApiError(503, "not_ready", "the model is not loaded yet", {"Retry-After": "5"})
     if batcher.full():  # cheap early refusal, before decoding anything
         service.metrics.rejected.labels(reason="queue_full").inc()
         raise ApiError(503, "queue_full", "too many scans waiting", {"Retry-After": _retry_after(service)})
-    with batcher.incoming():
-        prepared = await _prepare_within_budget(service, request, lease, high, low, width, height, deadline)
-    service.metrics.stage_seconds.labels(stage="decode").observe(prepared.decode_seconds)
-    service.metrics.stage_seconds.labels(stage="convert").observe(prepared.convert_seconds)
+    return batcher
+
+
+async def _run_model(service: ServiceState, batcher: MicroBatcher, image, deadline: float) -> ModelRun:
+    """The scan's share of a model batch; the batcher's refusals as HTTP answers."""
     try:
-        result = await batcher.submit(prepared.image, deadline)
+        return await batcher.submit(image, deadline)
     except QueueFullError as exc:
         service.metrics.rejected.labels(reason="queue_full").inc()
         raise ApiError(503, "queue_full", str(exc), {"Retry-After": _retry_after(service)}) from None
@@ -242,35 +238,36 @@ async def _run_detection(
         raise ApiError(503, "shutting_down", str(exc), {"Retry-After": "5"}) from None
     except BatchFailedError as exc:
         raise ApiError(500, "inference_failed", str(exc)) from None
-    prepared.drop_image()
 
-    backend = result.backend  # the model that ran this scan's batch (a switch may have happened since)
-    info = backend.info
-    threshold = effective_threshold(score_threshold, service.settings.score_threshold, info)
-    detections = detections_from_output(result.output, info, class_ids(info.class_names), threshold)
-    for d in detections:
-        service.metrics.detections.labels(class_name=d.class_name).inc()
-    timings = {
-        "decode": prepared.decode_seconds,
-        "convert": prepared.convert_seconds,
-        "queue_wait": result.queue_wait,
-        **result.stage_seconds,
-        "inference": result.inference_seconds,
-        "total": time.perf_counter() - t_start,
-    }
-    timings = {k: round(v, 6) for k, v in timings.items()}
-    width_px, height_px = prepared.size
-    response = DetectResponse(
-        scan_id=scan_id,
-        model=model_summary(info, service.settings.backend, backend.device),
-        image=ImageSize(width=width_px, height=height_px),
-        score_threshold=threshold,
-        detections=detections,
-        batch_size=result.batch_size,
-        timings=timings,
+
+async def _run_detection(
+    service: ServiceState, request: Request, lease: Lease, form: _ScanForm
+) -> tuple[PreparedScan, DetectResponse]:
+    """The detection pipeline (xscreen.inference.pipeline) behind the service's limits, batcher and audit."""
+    t_start = time.perf_counter()
+    deadline = time.monotonic() + service.settings.request_timeout_s
+    scan_id = form.scan_id or uuid.uuid4().hex
+    request.state.scan_id = scan_id
+    batcher = _ready_batcher(service)
+    with batcher.incoming():
+        prepared = await _prepare_within_budget(service, lease, form, deadline)
+    service.metrics.stage_seconds.labels(stage="decode").observe(prepared.decode_seconds)
+    service.metrics.stage_seconds.labels(stage="convert").observe(prepared.convert_seconds)
+    run = await _run_model(service, batcher, prepared.image, deadline)
+    prepared.drop_image()
+    result = detection_result(
+        prepared,
+        run,
+        backend_name=service.settings.backend,
+        threshold_setting=service.settings.score_threshold,
+        started=t_start,
+        requested_threshold=form.score_threshold,
     )
-    request.state.timings = timings
-    request.state.detections = len(detections)
+    for d in result.detections:
+        service.metrics.detections.labels(class_name=d.class_name).inc()
+    response = result.response(scan_id)
+    request.state.timings = response.timings
+    request.state.detections = len(response.detections)
     await _audit(service, request, response, time.perf_counter() - t_start)
     return prepared, response
 
@@ -328,9 +325,8 @@ async def detect(
     score_threshold: ThresholdField = None,
 ) -> DetectResponse | Response:
     with _admission(service).budget.lease() as lease:  # held until the answer is built
-        prepared, response = await _run_detection(
-            service, request, lease, high, low, width, height, scan_id, score_threshold
-        )
+        form = _ScanForm(high, low, width, height, scan_id, score_threshold)
+        prepared, response = await _run_detection(service, request, lease, form)
         if wants_dicom(request.headers.get("accept")):
             tdr = await asyncio.to_thread(tdr_from_response, prepared, response)
             return Response(tdr, media_type=DICOM_MEDIA_TYPE, headers={"X-Scan-Id": response.scan_id})
@@ -354,9 +350,8 @@ async def render(
     score_threshold: ThresholdField = None,
 ) -> Response:
     with _admission(service).budget.lease() as lease:  # the picture counts against it too
-        prepared, response = await _run_detection(
-            service, request, lease, high, low, width, height, scan_id, score_threshold
-        )
+        form = _ScanForm(high, low, width, height, scan_id, score_threshold)
+        prepared, response = await _run_detection(service, request, lease, form)
         png = await asyncio.to_thread(render_response_png, prepared, response)
         del prepared
     return Response(png, media_type="image/png", headers={"X-Scan-Id": response.scan_id})

@@ -6,10 +6,10 @@ import datetime
 
 from fastapi import APIRouter, Depends
 
+from xscreen.inference.pipeline import class_ids, resolve_threshold
 from xscreen.service.auth import require_api_key
 from xscreen.service.errors import ApiError
-from xscreen.service.models import class_ids, model_config
-from xscreen.service.response import effective_threshold
+from xscreen.service.models import model_config
 from xscreen.service.schemas import ErrorResponse, InputLimits, ModelClass, ModelResponse
 from xscreen.service.state import ServiceDep, ServiceState
 
@@ -32,7 +32,7 @@ def model_response(service: ServiceState) -> ModelResponse:
         backend=settings.backend,
         device=backend.device,
         precision=info.precision,
-        score_threshold=effective_threshold(None, settings.score_threshold, info),
+        score_threshold=resolve_threshold(None, settings.score_threshold, info),
         classes=[
             ModelClass(class_id=i, class_name=n, group=g)
             for i, n, g in zip(ids, info.class_names, info.groups, strict=True)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from xscreen.inference.settings import bundled_weights_path
 from xscreen.model.weights import set_operating_point
-from xscreen.service.settings import bundled_weights_path
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "detect_ap.py"
 

@@ -73,3 +73,38 @@ def test_no_abbreviations_and_no_secret_in_the_error():
     inline = _run("serve", f"--api-key={secret}")
     assert inline.returncode == 2 and secret not in inline.stderr
     assert "unrecognized arguments: --api-key" in inline.stderr
+
+
+def test_detect_prints_detections_without_loading_the_service(demo, tmp_path):
+    """`xscreen detect` runs the detection pipeline below the service: neither FastAPI nor any
+    xscreen.service module is imported (the import-linter contract in pyproject.toml says the same)."""
+    scan = demo.scans[0]
+    for name, data in zip(("h.png", "l.png"), scan.png(), strict=True):
+        (tmp_path / name).write_bytes(data)
+    argv = ["detect", "--high", str(tmp_path / "h.png"), "--low", str(tmp_path / "l.png")]
+    argv += [
+        "--weights",
+        str(demo.weights),
+        "--device",
+        "cpu",
+        "--score-threshold",
+        str(demo.score_threshold),
+    ]
+    code = (
+        "import sys\nfrom xscreen.cli import main\n"
+        f"code = main({argv!r})\n"
+        "loaded = [m for m in sys.modules if m == 'fastapi' or m.startswith('xscreen.service')]\n"
+        "print('LOADED', sorted(loaded))\n"
+        "sys.exit(code)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1] == "LOADED []"
+    height, width = scan.high.shape
+    head = lines[0].split()
+    assert head[1:5] == ["detection(s)", "in", f"{width}x{height}", "scan"], lines[0]
+    found = int(head[0])
+    assert found >= 1 and len(lines) == 1 + found + 1  # the scan line, one per detection, LOADED
+    for line in lines[1:-1]:  # class, group, score >= the threshold asked for, box
+        assert float(line.split("  ")[-2].split()[-1]) >= demo.score_threshold, line

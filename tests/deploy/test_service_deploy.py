@@ -89,7 +89,7 @@ def test_compose_environment_is_made_of_real_settings(tmp_path):
 def _local(values: dict[str, str], root: Path) -> dict[str, str]:
     """Compose's settings with the container's paths moved under ``root``; the models folder holds the
     bundled file under the compose name (a fresh site's first step, deploy/models/README.md)."""
-    from xscreen.service.settings import bundled_weights_path
+    from xscreen.inference.settings import bundled_weights_path
 
     models = root / "models"
     models.mkdir()

@@ -17,10 +17,10 @@ from torchvision.ops import box_iou
 from xscreen.cli import main as xscreen_main
 from xscreen.inference.backend import TorchBackend
 from xscreen.inference.onnx_backend import OnnxBackend
+from xscreen.inference.settings import bundled_weights_path
 from xscreen.model.onnx_export import OnnxModelError, onnx_metadata, parse_onnx_metadata
 from xscreen.model.weights import read_header
 from xscreen.scans import convert_scan
-from xscreen.service.settings import bundled_weights_path
 from xscreen.training.synth.scene import make_scan
 from xscreen.training.synth.writer import SynthConfig, write_dataset
 

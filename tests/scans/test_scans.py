@@ -110,8 +110,8 @@ def test_scan_error_is_a_user_error():
 
 
 def test_scan_error_kinds_the_service_maps_to_http_statuses():
-    # service.scan_input maps these classes to 413 / 415 / 400 (scan_size_mismatch); every other
-    # ScanError is a plain 400
+    # service.errors.scan_error_to_api maps these classes to 413 / 415 / 400 (scan_size_mismatch); every
+    # other ScanError is a plain 400
     img = np.zeros((40, 50), np.uint16)
     with pytest.raises(ScanTooLargeError, match="more than the limit of 1000 pixels"):
         read_scan(_png_bytes(img), name="high", max_pixels=1000)
@@ -240,8 +240,8 @@ def test_decode_raw_uint16():
 
 
 def test_conversion_into_row_blocks_of_one_output_equals_the_whole():
-    # service.scan_input converts the two halves of a scan in two threads into one array
-    from xscreen.service.scan_input import convert_parallel
+    # the detection pipeline converts the two halves of a scan in two threads into one array
+    from xscreen.scans import convert_parallel
 
     rng = np.random.default_rng(8)
     high = rng.integers(0, 65536, size=(301, 64), dtype=np.uint16)

@@ -90,8 +90,8 @@ def test_model_endpoint(server):
     assert knife["group"] == "cutter"
     assert m["limits"]["max_pixels"] == 400_000 and m["limits"]["formats"] == ["png", "raw"]
     assert m["limits"]["max_upload_bytes"] == 64 * 1024 * 1024
+    from xscreen.inference.settings import bundled_weights_path
     from xscreen.model.weights import operating_point_of, read_header
-    from xscreen.service.settings import bundled_weights_path
 
     own = operating_point_of(read_header(bundled_weights_path()), "bundled")["score_threshold"]
     # no XSCREEN_SCORE_THRESHOLD here: the default is the model's own operating threshold

@@ -86,7 +86,7 @@ def synthetic_scans(seeds, size: int, overlap_rate: float = 0.0, similar_rate: f
 
 
 def bundled_weights() -> Path:
-    from xscreen.service.settings import bundled_weights_path
+    from xscreen.inference.settings import bundled_weights_path
 
     return bundled_weights_path()
 

@@ -55,27 +55,8 @@ def _read(path: str, label: str) -> bytes:
         raise XscreenError(f"--{label} {path}: cannot read ({exc.strerror or exc})") from None
 
 
-def run(args: argparse.Namespace) -> int:
-    from xscreen.inference.backend import make_backend
-    from xscreen.service.errors import ApiError
-    from xscreen.service.response import (
-        class_ids_for,
-        detections_from_output,
-        effective_threshold,
-        model_summary,
-    )
-    from xscreen.service.scan_input import prepare_scan
-    from xscreen.service.schemas import DetectResponse, ImageSize
-    from xscreen.service.settings import load_settings
-
-    settings = load_settings(
-        weights=args.weights,
-        device=args.device,
-        backend=args.backend,
-        onnx_path=args.onnx_path,
-        score_threshold=args.score_threshold,
-        max_pixels=args.max_pixels,
-    )
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse an output path that cannot be written before the model is loaded."""
     if args.render:
         out = Path(args.render)
         if out.suffix.lower() != ".png":
@@ -84,6 +65,38 @@ def run(args: argparse.Namespace) -> int:
             raise XscreenError(f"--render {out}: folder {out.parent} does not exist")
     if args.tdr and not Path(args.tdr).parent.exists():
         raise XscreenError(f"--tdr {args.tdr}: folder {Path(args.tdr).parent} does not exist")
+
+
+def _print_table(response) -> None:
+    """The short table printed without --json: one line for the scan, one per detection."""
+    size, model = response.image, response.model
+    print(
+        f"{len(response.detections)} detection(s) in {size.width}x{size.height} scan ({model.name}, "
+        f"{model.backend} {model.precision}, {model.device}, {response.timings['total']:.3f} s)"
+    )
+    for d in response.detections:
+        b = d.box
+        print(
+            f"  {d.class_name:<17} {d.group:<16} {d.score:.3f}  "
+            f"[{b.x1:.0f}, {b.y1:.0f}, {b.x2:.0f}, {b.y2:.0f}]"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    from xscreen.inference.backend import make_backend
+    from xscreen.inference.pipeline import detect_scans, prepare_scan, render_response_png, tdr_from_response
+    from xscreen.inference.settings import load_inference_settings
+    from xscreen.scans.energy import EnergiesSwappedError
+
+    settings = load_inference_settings(
+        weights=args.weights,
+        device=args.device,
+        backend=args.backend,
+        onnx_path=args.onnx_path,
+        score_threshold=args.score_threshold,
+        max_pixels=args.max_pixels,
+    )
+    _check_outputs(args)
     t0 = time.perf_counter()
     high_bytes, low_bytes = _read(args.high, "high"), _read(args.low, "low")
     try:
@@ -95,54 +108,26 @@ def run(args: argparse.Namespace) -> int:
             max_pixels=settings.max_pixels,
             check_energy=settings.check_energy_order and not args.no_energy_check,
         )
-    except ApiError as exc:
-        raise XscreenError(
-            exc.detail.replace("XSCREEN_CHECK_ENERGY_ORDER=false", "--no-energy-check")
-        ) from None
+    except EnergiesSwappedError as exc:  # here the check is turned off by a flag
+        msg = str(exc).replace("XSCREEN_CHECK_ENERGY_ORDER=false", "--no-energy-check")
+        raise XscreenError(msg) from None
     backend = make_backend(settings)
-    t1 = time.perf_counter()
-    (output,), stages = backend.predict([prepared.image])
-    inference = time.perf_counter() - t1
-    info = backend.info
-    threshold = effective_threshold(None, settings.score_threshold, info)
-    detections = detections_from_output(output, info, class_ids_for(info.class_names), threshold)
-    timings = {
-        "decode": prepared.decode_seconds,
-        "convert": prepared.convert_seconds,
-        **stages,
-        "inference": inference,
-        "total": time.perf_counter() - t0,
-    }
-    response = DetectResponse(
-        scan_id=args.scan_id or uuid.uuid4().hex,
-        model=model_summary(info, settings.backend, backend.device),
-        image=ImageSize(width=prepared.size[0], height=prepared.size[1]),
-        score_threshold=threshold,
-        detections=detections,
-        batch_size=1,
-        timings={k: round(v, 6) for k, v in timings.items()},
+    (result,) = detect_scans(
+        backend,
+        [prepared],
+        backend_name=settings.backend,
+        threshold_setting=settings.score_threshold,
+        started=t0,
     )
+    response = result.response(args.scan_id or uuid.uuid4().hex)
     if args.render:
-        from xscreen.service.response import render_response_png
-
         Path(args.render).write_bytes(render_response_png(prepared, response))
     if args.tdr:
-        from xscreen.service.tdr import tdr_from_response
-
         Path(args.tdr).write_bytes(tdr_from_response(prepared, response))
     if args.json:
         print(json.dumps(response.model_dump(), indent=2))
         return 0
-    print(
-        f"{len(detections)} detection(s) in {prepared.size[0]}x{prepared.size[1]} scan "
-        f"({info.name}, {settings.backend} {info.precision}, {backend.device}, {timings['total']:.3f} s)"
-    )
-    for d in detections:
-        b = d.box
-        print(
-            f"  {d.class_name:<17} {d.group:<16} {d.score:.3f}  "
-            f"[{b.x1:.0f}, {b.y1:.0f}, {b.x2:.0f}, {b.y2:.0f}]"
-        )
+    _print_table(response)
     for path in (args.render, args.tdr):
         if path:
             print(f"wrote {path}")

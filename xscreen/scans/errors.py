@@ -27,6 +27,11 @@ class ScanHeaderMismatchError(ScanError):
     header (JPEG, JPEG-LS, RLE) whose size or layout differs from the header's. Refused before decoding."""
 
 
+class ScanParameterError(ScanError):
+    """A parameter sent with the scan does not fit it: a raw buffer's width without its height (or the
+    reverse), or sizes sent with a DICOS DX pair."""
+
+
 class ScanDeadlineError(ScanError):
     """Decoding ran past the caller's deadline (a ``time.monotonic()`` value) and was stopped."""
 
