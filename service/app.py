@@ -221,14 +221,16 @@ def _log_started(service: ServiceState, backend: InferenceBackend, keys: list[st
 
 
 def guard_policy(settings: Settings) -> GuardPolicy:
-    """The request guard's table. Scan key: the uploads (``max_upload_bytes``), /model and the OpenAPI
-    document; admin key: anything under /admin/ (a 404 there too: no body is read before the key); every
-    other body gets ``max_json_bytes``. A route that depends on require_api_key or require_admin_key but
-    is missing here answers 500 (auth._checked_by_guard), never serves unchecked."""
+    """The request guard's table. Scan key: the uploads (``max_upload_bytes``), /model, the OpenAPI
+    document and, with ``protect_metrics``, /metrics; admin key: anything under /admin/ (a 404 there too:
+    no body is read before the key); every other body gets ``max_json_bytes``. A route that depends on
+    require_api_key or require_admin_key but is missing here answers 500 (auth._checked_by_guard), never
+    serves unchecked."""
     small = settings.max_json_bytes
     upload = RouteRule("scan", settings.max_upload_bytes, upload=True)
     paths = {path: upload for path in UPLOAD_PATHS}
-    paths |= {path: RouteRule("scan", small) for path in SCAN_KEY_PATHS}
+    scan_key = SCAN_KEY_PATHS | ({"/metrics"} if settings.protect_metrics else set())
+    paths |= {path: RouteRule("scan", small) for path in scan_key}
     return GuardPolicy(
         paths=paths,
         prefixes={"/admin/": RouteRule("admin", small)},

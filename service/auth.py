@@ -93,10 +93,6 @@ def parse_bearer(header: str | None) -> str | None:
     return token.strip()
 
 
-def bearer_token(request: Request) -> str | None:
-    return parse_bearer(request.headers.get("authorization"))
-
-
 def key_refusal(keys: ApiKeys, token: str | None, *, admin: bool = False) -> KeyRefusal | None:
     """None when ``token`` may pass: one of ``keys``, or any request when no scan key is configured.
     Admin routes (``admin=True``) are refused with 403 when no admin key is configured."""
@@ -105,13 +101,6 @@ def key_refusal(keys: ApiKeys, token: str | None, *, admin: bool = False) -> Key
     if token is None:
         return MISSING_KEY
     return None if keys.check(token) else INVALID_KEY
-
-
-def check_key(keys: ApiKeys, token: str | None) -> None:
-    """401 unless ``token`` is one of ``keys`` (no-op when no key is configured)."""
-    refusal = key_refusal(keys, token)
-    if refusal is not None:
-        raise ApiError(refusal.status, refusal.code, refusal.detail, refusal.headers)
 
 
 def _checked_by_guard(request: Request, rule: str) -> None:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from xscreen.service.auth import bearer_token, check_key
 from xscreen.service.schemas import ErrorResponse, HealthResponse, ReadyResponse
 from xscreen.service.state import ServiceDep
 
@@ -37,7 +36,6 @@ async def readyz(service: ServiceDep) -> Response:
     },
     summary="Prometheus metrics",
 )
-async def metrics(request: Request, service: ServiceDep) -> Response:
-    if service.settings.protect_metrics:
-        check_key(service.api_keys, bearer_token(request))
+async def metrics(service: ServiceDep) -> Response:
+    # with XSCREEN_PROTECT_METRICS the request guard has checked the scan key (service.app.guard_policy)
     return Response(service.metrics.render(), media_type=service.metrics.content_type)

@@ -181,7 +181,10 @@ def test_guard_table_covers_every_route_that_declares_a_key(server):
     for path, ops in doc["paths"].items():
         schemes = {name for op in ops.values() for req in op.get("security", []) for name in req}
         expected = {want[s] for s in schemes} or {"open"}
-        if path == "/metrics":  # its own key check (XSCREEN_PROTECT_METRICS), no body: open in the guard
+        if path == "/metrics":  # a scan key only with XSCREEN_PROTECT_METRICS, checked by the guard too
+            assert policy.rule(path).keys == "open"
+            protected = guard_policy(Settings(weights=bundled_weights(), protect_metrics=True))
+            assert protected.rule(path) == protected.rule("/model")
             continue
         assert {policy.rule(path).keys} == expected, path
     assert policy.rule("/detect").upload and policy.rule("/detect").max_body == 64 * MiB

@@ -114,7 +114,10 @@ def test_protected_metrics_and_graceful_shutdown(demo, tmp_path):
     ).start()
     try:
         srv.wait_ready()
-        assert requests.get(srv.url + "/metrics").status_code == 401
+        r = requests.get(srv.url + "/metrics")  # refused by the request guard, as /detect would be
+        assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer"
+        missing = "missing API key: send 'Authorization: Bearer <key>'"
+        assert r.json() == {"error": "unauthorized", "detail": missing}
         assert (
             requests.get(
                 srv.url + "/metrics", headers={"Authorization": "Bearer nope-nope-nope-nope"}
