@@ -30,7 +30,7 @@ from xscreen.service.middleware import (
     RequestGuardMiddleware,
     RouteRule,
 )
-from xscreen.service.models import ModelManager, warmup_scan
+from xscreen.service.model_switch import ModelManager, warmup_scan
 from xscreen.service.routes import admin, detect, health, model
 from xscreen.service.settings import Settings
 from xscreen.service.state import ServiceState

@@ -14,7 +14,7 @@ from xscreen.service.batching import MicroBatcher
 from xscreen.service.budget import ScanAdmission
 from xscreen.service.dicos_spool import Spool
 from xscreen.service.metrics import ServiceMetrics
-from xscreen.service.models import ModelManager
+from xscreen.service.model_switch import ModelManager
 from xscreen.service.settings import Settings
 
 

@@ -1,4 +1,4 @@
-"""``POST /admin/model``: switch the served model without downtime (admin key; see service/models.py)."""
+"""``POST /admin/model``: switch the served model without downtime (admin key; service/model_switch.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 
 from xscreen.service.auth import require_admin_key
 from xscreen.service.errors import ApiError
-from xscreen.service.models import ModelSwitchError
+from xscreen.service.model_switch import ModelSwitchError
 from xscreen.service.routes.model import model_response
 from xscreen.service.schemas import ErrorResponse, ModelSwitchRequest, ModelSwitchResponse
 from xscreen.service.state import ServiceDep

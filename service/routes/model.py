@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends
 from xscreen.inference.pipeline import class_ids, resolve_threshold
 from xscreen.service.auth import require_api_key
 from xscreen.service.errors import ApiError
-from xscreen.service.models import model_config
+from xscreen.service.model_switch import model_config
 from xscreen.service.schemas import ErrorResponse, InputLimits, ModelClass, ModelResponse
 from xscreen.service.state import ServiceDep, ServiceState
 

@@ -71,8 +71,8 @@ def test_alerts_cover_the_required_conditions():
         "sum by (instance, reason) (increase(xscreen_audit_failures_total[5m])) > 0"
     )
     assert "for" not in audit and audit["labels"]["severity"] == "critical"
-    # every reload result but the two good ones is a failed switch (service/models.py RELOAD_RESULTS)
-    from xscreen.service.models import RELOAD_RESULTS
+    # every reload result but the two good ones is a failed switch (service/model_switch.py RELOAD_RESULTS)
+    from xscreen.service.model_switch import RELOAD_RESULTS
 
     reload = rules["XscreenModelReloadFailed"]
     assert 'result!~"switched|unchanged"' in exprs["XscreenModelReloadFailed"]

@@ -26,7 +26,7 @@ from xscreen.inference.backend import InferenceBackend, make_backend
 from xscreen.service.metrics import ServiceMetrics
 from xscreen.service.settings import Settings, model_file, read_selection
 
-log = logging.getLogger("xscreen.service.models")
+log = logging.getLogger("xscreen.service.model_switch")
 
 RELOAD_RESULTS = (
     "switched",
