@@ -23,8 +23,9 @@ import numpy as np
 
 from xscreen.errors import XscreenError
 from xscreen.inference.backend import InferenceBackend, make_backend
+from xscreen.inference.settings import model_file, read_selection
 from xscreen.service.metrics import ServiceMetrics
-from xscreen.service.settings import Settings, model_file, read_selection
+from xscreen.service.settings import Settings
 
 log = logging.getLogger("xscreen.service.model_switch")
 

@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from xscreen.inference.settings import MODEL_NAME_PATTERN
 from xscreen.service.errors import ErrorCode
-from xscreen.service.settings import MODEL_NAME_PATTERN
 
 # scan ids are echoed into logs and headers: a conservative alphabet keeps both clean.
 SCAN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-import json
 import logging
 import os
 import re
@@ -25,8 +24,6 @@ from xscreen.inference.settings import (
 )
 
 MIN_API_KEY_LENGTH = 16
-MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-MODEL_SUFFIX = {"torch": ".safetensors", "onnxruntime": ".onnx"}
 
 log = logging.getLogger("xscreen.service.settings")
 
@@ -161,18 +158,7 @@ class Settings(InferenceSettings):
     dicos_max_association_bytes: int = Field(
         2 * 1024**3, ge=1024**2, description="P-DATA bytes one association may send before it is aborted"
     )
-    # -- models directory, admin key, audit trail (docs/service.md "Models", "Audit trail") --------------
-    models_dir: Path | None = Field(
-        None, description="folder of versioned model files <name>.safetensors / <name>.onnx"
-    )
-    model_name: str | None = Field(
-        None, pattern=MODEL_NAME_PATTERN, description="with models_dir: the file stem of the model to serve"
-    )
-    model_selection_file: Path | None = Field(
-        None,
-        description='JSON {"name": ..., "sha256": ...}: read at start and on SIGHUP, written by '
-        "POST /admin/model; wins over model_name/weights_sha256 when it exists",
-    )
+    # -- admin key, audit trail (docs/service.md "Models", "Audit trail") --------------------------------
     admin_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, repr=False, description="keys for /admin/* (comma-separated); none: disabled"
     )
@@ -241,33 +227,7 @@ class Settings(InferenceSettings):
             raise ValueError(
                 f"admin keys must be at least {MIN_API_KEY_LENGTH} characters ({len(short)} too short)"
             )
-        self._resolve_model()
-        if self.backend == "onnxruntime" and self.onnx_path is None:
-            raise ValueError("backend 'onnxruntime' needs XSCREEN_ONNX_PATH (the exported .onnx file)")
         return self
-
-    def _resolve_model(self) -> None:
-        """With a models directory, point ``weights`` (or ``onnx_path``) at the selected model's file."""
-        if self.models_dir is None:
-            if self.model_name is not None or self.model_selection_file is not None:
-                raise ValueError(
-                    "XSCREEN_MODEL_NAME and XSCREEN_MODEL_SELECTION_FILE need XSCREEN_MODELS_DIR"
-                )
-            return
-        name, sha256 = self.model_name, self.weights_sha256
-        chosen = read_selection(self.model_selection_file) if self.model_selection_file else None
-        if chosen is not None:
-            name, sha256 = chosen
-        if name is None:
-            raise ValueError(
-                "XSCREEN_MODELS_DIR needs XSCREEN_MODEL_NAME (or a selection file) naming the model to serve"
-            )
-        path = model_file(self.models_dir, name, self.backend)
-        self.model_name, self.weights_sha256 = name, sha256
-        if self.backend == "onnxruntime":
-            self.onnx_path = path
-        else:
-            self.weights = path
 
     def all_admin_keys(self) -> list[str]:
         """Keys from XSCREEN_ADMIN_KEYS plus those in XSCREEN_ADMIN_KEYS_FILE."""
@@ -282,43 +242,6 @@ class Settings(InferenceSettings):
         if self.api_keys_file is not None:
             keys += read_keys_file(self.api_keys_file)
         return keys
-
-
-def available_models(models_dir: Path, backend: str) -> list[str]:
-    """Model names (file stems) in ``models_dir`` that ``backend`` can load, sorted."""
-    suffix = MODEL_SUFFIX.get(backend, ".safetensors")
-    try:
-        return sorted(p.stem for p in models_dir.iterdir() if p.suffix == suffix and p.is_file())
-    except OSError as exc:
-        raise ValueError(f"cannot list models directory {models_dir}: {exc.strerror or exc}") from None
-
-
-def model_file(models_dir: Path, name: str, backend: str) -> Path:
-    """``<models_dir>/<name><suffix>``; ValueError naming the models there when it does not exist."""
-    if not re.match(MODEL_NAME_PATTERN, name):
-        raise ValueError(f"invalid model name {name!r} (letters, digits, '.', '_', '-')")
-    path = models_dir / f"{name}{MODEL_SUFFIX.get(backend, '.safetensors')}"
-    if not path.is_file():
-        known = available_models(models_dir, backend)
-        raise ValueError(
-            f"no model named {name!r} in {models_dir} for backend {backend} "
-            f"(available: {', '.join(known) if known else 'none'})"
-        )
-    return path
-
-
-def read_selection(path: Path) -> tuple[str, str] | None:
-    """(name, sha256) from a selection file ``{"name": ..., "sha256": ...}``; None when it does not exist."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read model selection file {path}: {exc}") from None
-    name, sha256 = (data.get("name"), data.get("sha256")) if isinstance(data, dict) else (None, None)
-    if not isinstance(name, str) or not isinstance(sha256, str) or not re.match(r"^[0-9a-fA-F]{64}$", sha256):
-        raise ValueError(f'model selection file {path} must hold {{"name": "<model>", "sha256": "<64 hex>"}}')
-    return name, sha256.lower()
 
 
 def unknown_environment_variables(environ: dict[str, str] | None = None) -> list[str]:
@@ -361,8 +284,6 @@ def settings_table(flags: dict[str, tuple[str, str]]) -> str:
     ``flags`` maps a setting's name to (flag, the flag's help) for the settings ``xscreen serve`` has a flag
     for; a setting without a description of its own is described by its flag's help, less its default.
     """
-    import re
-
     rows = [
         "| setting | `xscreen serve` flag | environment variable | default | meaning |",
         "|---|---|---|---|---|",

@@ -5,16 +5,20 @@ its own to them."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from xscreen.errors import XscreenError
 from xscreen.model.config import LEGACY_SCORE_THRESHOLD
 
 BUNDLED_WEIGHTS_NAME = "xscreen-small-lacls.safetensors"
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+MODEL_SUFFIX = {"torch": ".safetensors", "onnxruntime": ".onnx"}
 
 
 class SettingsError(XscreenError):
@@ -68,10 +72,90 @@ class InferenceSettings(BaseSettings):
         f"(recorded in its weights or export, {LEGACY_SCORE_THRESHOLD:g} for files made before)",
     )
 
+    # -- models directory (docs/service.md "Models") --------------------------------------------------
+    models_dir: Path | None = Field(
+        None, description="folder of versioned model files <name>.safetensors / <name>.onnx"
+    )
+    model_name: str | None = Field(
+        None, pattern=MODEL_NAME_PATTERN, description="with models_dir: the file stem of the model to serve"
+    )
+    model_selection_file: Path | None = Field(
+        None,
+        description='JSON {"name": ..., "sha256": ...}: read at start and on SIGHUP, written by '
+        "POST /admin/model; wins over model_name/weights_sha256 when it exists",
+    )
+
     @field_validator("device", "backend", mode="before")
     @classmethod
     def _lower_choice(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _select_model(self) -> InferenceSettings:
+        self._resolve_model()
+        if self.backend == "onnxruntime" and self.onnx_path is None:
+            raise ValueError("backend 'onnxruntime' needs XSCREEN_ONNX_PATH (the exported .onnx file)")
+        return self
+
+    def _resolve_model(self) -> None:
+        """With a models directory, point ``weights`` (or ``onnx_path``) at the selected model's file."""
+        if self.models_dir is None:
+            if self.model_name is not None or self.model_selection_file is not None:
+                raise ValueError(
+                    "XSCREEN_MODEL_NAME and XSCREEN_MODEL_SELECTION_FILE need XSCREEN_MODELS_DIR"
+                )
+            return
+        name, sha256 = self.model_name, self.weights_sha256
+        chosen = read_selection(self.model_selection_file) if self.model_selection_file else None
+        if chosen is not None:
+            name, sha256 = chosen
+        if name is None:
+            raise ValueError(
+                "XSCREEN_MODELS_DIR needs XSCREEN_MODEL_NAME (or a selection file) naming the model to serve"
+            )
+        path = model_file(self.models_dir, name, self.backend)
+        self.model_name, self.weights_sha256 = name, sha256
+        if self.backend == "onnxruntime":
+            self.onnx_path = path
+        else:
+            self.weights = path
+
+
+def available_models(models_dir: Path, backend: str) -> list[str]:
+    """Model names (file stems) in ``models_dir`` that ``backend`` can load, sorted."""
+    suffix = MODEL_SUFFIX.get(backend, ".safetensors")
+    try:
+        return sorted(p.stem for p in models_dir.iterdir() if p.suffix == suffix and p.is_file())
+    except OSError as exc:
+        raise ValueError(f"cannot list models directory {models_dir}: {exc.strerror or exc}") from None
+
+
+def model_file(models_dir: Path, name: str, backend: str) -> Path:
+    """``<models_dir>/<name><suffix>``; ValueError naming the models there when it does not exist."""
+    if not re.match(MODEL_NAME_PATTERN, name):
+        raise ValueError(f"invalid model name {name!r} (letters, digits, '.', '_', '-')")
+    path = models_dir / f"{name}{MODEL_SUFFIX.get(backend, '.safetensors')}"
+    if not path.is_file():
+        known = available_models(models_dir, backend)
+        raise ValueError(
+            f"no model named {name!r} in {models_dir} for backend {backend} "
+            f"(available: {', '.join(known) if known else 'none'})"
+        )
+    return path
+
+
+def read_selection(path: Path) -> tuple[str, str] | None:
+    """(name, sha256) from a selection file ``{"name": ..., "sha256": ...}``; None when it does not exist."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read model selection file {path}: {exc}") from None
+    name, sha256 = (data.get("name"), data.get("sha256")) if isinstance(data, dict) else (None, None)
+    if not isinstance(name, str) or not isinstance(sha256, str) or not re.match(r"^[0-9a-fA-F]{64}$", sha256):
+        raise ValueError(f'model selection file {path} must hold {{"name": "<model>", "sha256": "<64 hex>"}}')
+    return name, sha256.lower()
 
 
 def describe_validation(exc: ValidationError) -> str:
