@@ -62,7 +62,7 @@ def test_contracts_hold_on_every_module_of_the_installed_layout(tmp_path):
     assert (tree / "model" / "anchors.py").is_file() and (tree / "service" / "routes" / "detect.py").is_file()
 
 
-DETECT_CONTRACT = "xscreen detect runs without the service"
+DETECT_CONTRACT = "xscreen detect and render run without the service"
 
 
 @pytest.mark.parametrize(
@@ -76,6 +76,7 @@ DETECT_CONTRACT = "xscreen detect runs without the service"
         ("model/backbone.py", "from xscreen.model import weights", "No import cycles"),
         ("xscreen/commands/detect.py", "import xscreen.service.tdr", DETECT_CONTRACT),
         ("xscreen/inference/pipeline.py", "import xscreen.service.errors", DETECT_CONTRACT),
+        ("xscreen/commands/render.py", "import xscreen.service.settings", DETECT_CONTRACT),
     ],
 )
 def test_a_backward_import_or_a_cycle_breaks_a_contract(repo_copy, module, line, broken):

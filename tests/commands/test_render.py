@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from xscreen.cli import main
+from xscreen.inference.settings import bundled_weights_path
 from xscreen.model.classes import CLASS_NAMES
 from xscreen.scans import ScanError, write_raw_png
 from xscreen.scans.picture import draw_detections, pseudo_colour
-from xscreen.service.settings import bundled_weights_path
 from xscreen.training.synth.physics import COEF, expose
 from xscreen.training.synth.writer import SynthConfig, write_dataset
 

@@ -210,19 +210,19 @@ def _from_detections_file(args, size: tuple[int, int]) -> Boxes:
 
 
 def _from_model(args, high, low) -> Boxes:
-    """The detector's boxes, the same way ``xscreen detect`` gets them (backend, threshold, classes)."""
+    """The detector's boxes, the same way ``xscreen detect`` gets them (xscreen.inference.pipeline)."""
     from xscreen.inference.backend import make_backend
+    from xscreen.inference.pipeline import detections_from_output, resolve_threshold, run_model
+    from xscreen.inference.settings import load_inference_settings
     from xscreen.scans import convert_scan, read_converted
-    from xscreen.service.response import class_ids_for, detections_from_output, effective_threshold
-    from xscreen.service.settings import load_settings
 
-    settings = load_settings(weights=args.weights, device=args.device)
+    settings = load_inference_settings(weights=args.weights, device=args.device)
     backend = make_backend(settings)
     info = backend.info
     image = read_converted(args.converted) if args.converted else convert_scan(high, low)
-    (output,), _ = backend.predict([image])
-    threshold = effective_threshold(args.score_threshold, settings.score_threshold, info)
-    detections = detections_from_output(output, info, class_ids_for(info.class_names), threshold)
+    (run,) = run_model(backend, [image])
+    threshold = resolve_threshold(args.score_threshold, settings.score_threshold, info)
+    detections = detections_from_output(run.output, info, threshold)
     names = list(info.class_names)
     return Boxes(
         names=names,
