@@ -19,7 +19,7 @@ import pytest
 import requests
 from pynetdicom import AE
 
-from tests.service.test_dicos_network import Destination, store, wait_for
+from tests.support.dicos_peers import Destination, store, wait_for
 from tests.support.hostile import PeakRss
 from tests.support.service_fixtures import (
     API_KEY,

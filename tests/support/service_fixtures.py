@@ -209,6 +209,16 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
 
 
+def matched(detections: list[dict], scan) -> list[bool]:
+    """For each ground-truth object: is there a detection of its class with IoU >= 0.5?"""
+    found = []
+    for box, name in zip(scan.boxes, scan.names, strict=True):
+        same = [d for d in detections if d["class_name"] == name]
+        boxes = np.array([[d["box"][k] for k in ("x1", "y1", "x2", "y2")] for d in same]).reshape(-1, 4)
+        found.append(bool(len(same)) and float(box_iou(box[None], boxes).max()) >= 0.5)
+    return found
+
+
 class ServiceProcess:
     """``xscreen serve`` in a subprocess on 127.0.0.1:<free port>, configured by XSCREEN_* variables."""
 
