@@ -8,6 +8,7 @@ bundled demo weights.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import os
@@ -178,15 +179,20 @@ def demo_model(cache_dir: Path) -> DemoModel:
         return _DEMO
     scans = fallback_scans()
     path = cache_dir / f"service-test-{_fallback_key(scans)}.safetensors"
-    if path.is_file():
-        from xscreen.model.weights import WeightsError, load_weights
+    # pytest-xdist workers share the cache folder: one trains, the others wait on the lock and load
+    with open(cache_dir / "service-test.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
+            from xscreen.model.weights import WeightsError, load_weights
 
-        try:
-            load_weights(path)
-        except WeightsError:
-            path.unlink()
-    if not path.is_file():
-        train_fallback_weights(path, scans)
+            try:
+                load_weights(path)
+            except WeightsError:
+                path.unlink()
+        if not path.is_file():
+            part = path.with_suffix(f".{os.getpid()}.part")
+            train_fallback_weights(part, scans)
+            part.replace(path)
     _DEMO = DemoModel(path, scans, 0.1)
     return _DEMO
 
