@@ -18,7 +18,8 @@ pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 def test_gpu_check_dry_run_writes_every_step(tmp_path):
     out = tmp_path / "out"
-    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable}
+    env.setdefault("OMP_NUM_THREADS", "2")  # a pytest-xdist worker sets its share of the cores
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
         ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run"],
