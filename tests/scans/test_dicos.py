@@ -166,6 +166,7 @@ def test_synth_format_dicos(tmp_path):
             assert o.box == pytest.approx((x, y, x + w, y + h)) and o.score == 1.0
 
 
+@pytest.mark.slow  # xscreen synth and detect processes
 def test_cli_detect_on_dx_pair_writes_tdr_equal_to_json(tmp_path):
     scan = synthetic_scans([3], 128)[0]
     high, low = d.write_dx_pair(scan.high, scan.low, transfer_syntax=d.JPEG_LS_LOSSLESS)

@@ -28,7 +28,8 @@ from tests.support.service_fixtures import API_KEY, ServiceProcess, free_port, p
 from xscreen.scans import dicos as d
 from xscreen.service.dicos_listener import register_dicos_uids
 
-pytestmark = pytest.mark.timeout(600)
+# slow: decompression bombs against a real server, peak memory measured
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 GIB = 1 << 30
 
 
