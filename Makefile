@@ -31,7 +31,7 @@ lint: $(STAMP)
 # The whole suite on WORKERS pytest-xdist workers, each test module on one worker (tests/conftest.py);
 # WORKERS=0 runs it in this process, one test after another.
 WORKERS ?= 2
-PYTEST = $(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile
+PYTEST = $(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
