@@ -1,8 +1,9 @@
-"""Fixtures and hooks that every test folder shares.
+"""Hooks that every test folder shares (the folders' own conftest.py files hold their fixtures).
 
 Markers (pyproject.toml): ``slow`` marks a test that takes more than ~20 s on a 2-core CPU (or a module
-whose tests share such a fixture), so the edit loop can run ``make test-fast`` (``pytest -m "not slow"``); ``cuda`` marks a test that needs a CUDA GPU and
-ONNX Runtime's CUDA provider, and is skipped here when either is missing.
+whose tests share such a fixture), so the edit loop can run ``make test-fast`` (``pytest -m "not slow"``);
+``cuda`` marks a test that needs a CUDA GPU and ONNX Runtime's CUDA provider, and is skipped here when
+either is missing.
 
 ``make test`` runs the suite on two pytest-xdist workers (``-n 2 --dist loadfile``): each test module runs
 on one worker, so a module's fixtures (servers, exports) start once. Each worker gets its share of the
@@ -12,11 +13,8 @@ cores for torch's threads, and modules with slow tests are handed out first.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
-
-from tests.support.service_fixtures import DemoModel, demo_model
 
 
 def _cuda_missing() -> str | None:
@@ -58,9 +56,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if reason:
         for item in cuda_items:
             item.add_marker(pytest.mark.skip(reason=reason))
-
-
-@pytest.fixture(scope="session")
-def demo(request: pytest.FixtureRequest) -> DemoModel:
-    """A small LAcls detector overfitted to known synthetic scans (cached across runs in .pytest_cache)."""
-    return demo_model(Path(request.config.cache.mkdir("xscreen-service")))
