@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint clean lock
+.PHONY: install test test-fast lint clean lock
 
 # The dev tools and every extra, installed from the hashed lock (what CI runs), then xscreen itself
 # without dependencies. The lock is for Python 3.11 on Linux x86_64; elsewhere resolve from
@@ -30,11 +30,19 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/python tools/lint_imports.py
 
+# The whole suite on WORKERS pytest-xdist workers, each test module on one worker (tests/conftest.py);
+# WORKERS=0 runs it in this process, one test after another.
+WORKERS ?= 2
+PYTEST = $(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python tools/lint_imports.py
-	$(BIN)/python -m pytest -q --durations=15
+	$(PYTEST) --durations=15
+
+# The edit loop: the suite less the tests marked slow (each over ~20 s on 2 cores)
+test-fast: $(STAMP)
+	$(PYTEST) -m "not slow" --durations=10
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,17 +1,20 @@
-"""Fixtures and hooks that every test folder shares.
+"""Hooks that every test folder shares (the folders' own conftest.py files hold their fixtures).
 
-Markers (pyproject.toml): ``slow`` marks a test that takes more than ~20 s on a 2-core CPU, so the edit
-loop can run ``make test-fast`` (``pytest -m "not slow"``); ``cuda`` marks a test that needs a CUDA GPU and
-ONNX Runtime's CUDA provider, and is skipped here when either is missing.
+Markers (pyproject.toml): ``slow`` marks a test that takes more than ~20 s on a 2-core CPU (or a module
+whose tests share such a fixture), so the edit loop can run ``make test-fast`` (``pytest -m "not slow"``);
+``cuda`` marks a test that needs a CUDA GPU and ONNX Runtime's CUDA provider, and is skipped here when
+either is missing.
+
+``make test`` runs the suite on two pytest-xdist workers (``-n 2 --dist loadfile``): each test module runs
+on one worker, so a module's fixtures (servers, exports) start once. Each worker gets its share of the
+cores for torch's threads, and modules with slow tests are handed out first.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import pytest
-
-from tests.support.service_fixtures import DemoModel, demo_model
 
 
 def _cuda_missing() -> str | None:
@@ -29,17 +32,27 @@ def _cuda_missing() -> str | None:
     return None
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        # A worker gets its share of the cores, for its own torch and (unless set) the processes it
+        # starts: OpenMP threads that outnumber the cores spin-wait on each other, which made one
+        # training loop here ~10x slower on a busy 2-core machine.
+        threads = max(1, (os.cpu_count() or 1) // int(workers))
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # modules with slow tests first, so that the workers end together instead of one finishing a
+        # minute-long module alone (a stable sort: the same order on every worker)
+        slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+        items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)
     cuda_items = [item for item in items if item.get_closest_marker("cuda")]
-    if not cuda_items:
-        return
-    reason = _cuda_missing()
+    reason = _cuda_missing() if cuda_items else None
     if reason:
         for item in cuda_items:
             item.add_marker(pytest.mark.skip(reason=reason))
-
-
-@pytest.fixture(scope="session")
-def demo(request: pytest.FixtureRequest) -> DemoModel:
-    """A small LAcls detector overfitted to known synthetic scans (cached across runs in .pytest_cache)."""
-    return demo_model(Path(request.config.cache.mkdir("xscreen-service")))

@@ -22,6 +22,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "detect_ap.py"
 pytestmark = pytest.mark.timeout(300)
 
 
+@pytest.mark.slow  # synth, a server, COCO AP
 def test_detect_ap_prints_the_table_at_the_models_threshold_and_the_clients(tmp_path):
     weights = tmp_path / "w.safetensors"
     set_operating_point(bundled_weights_path(), weights, {"score_threshold": 0.05, "rule": "manual"})

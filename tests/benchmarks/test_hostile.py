@@ -13,7 +13,8 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
-pytestmark = pytest.mark.timeout(400)
+# slow: the hostile-load and scan-memory benchmarks end to end
+pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]
 
 
 def _run(script: str, *args: str, timeout: float = 380) -> subprocess.CompletedProcess:

@@ -15,6 +15,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "service_load.py"
 pytestmark = pytest.mark.timeout(300)
 
 
+@pytest.mark.slow  # a server and the load benchmark
 def test_service_load_prints_its_tables_ratio_and_breakdown():
     args = ["--requests", "4", "--model-runs", "2", "--concurrency", "1,2", "--size", "128", "--scans", "2"]
     args += ["--formats", "png,raw"]

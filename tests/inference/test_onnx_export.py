@@ -402,6 +402,7 @@ def test_export_and_detect_cli_errors_are_one_line(lacls, tmp_path, capsys):
 # ----------------------------------------------------------------------------- the service
 
 
+@pytest.mark.slow  # two real servers
 def test_service_answers_the_same_through_both_backends(lacls, tmp_path):
     """Two real `xscreen serve` processes (uvicorn on loopback): backend torch and backend onnxruntime."""
     import cv2

@@ -24,7 +24,8 @@ from xscreen.scans import convert_scan
 from xscreen.training.synth.scene import make_scan
 from xscreen.training.synth.writer import SynthConfig, write_dataset
 
-pytestmark = pytest.mark.timeout(600)
+# slow: fp32 and int8 exports of the bundled weights
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 WEIGHTS = bundled_weights_path()
 

@@ -1,6 +1,6 @@
 """`xscreen import-mmdet`: the authors' released checkpoint -> xscreen weights, served and exported.
 
-Checkpoints are built in mmdetection's key names and shapes (tests/model/test_release.py's
+Checkpoints are built in mmdetection's key names and shapes (tests/support/mmdet_release.py's
 ``mmdet_state_dict``: random weights, ResNet-18, 128-channel FPN, 2 convs per tower, i.e. the geometry of
 the bundled ``small_*_release`` configs) with meta CLASSES in the fork's order (docs/method.md §7.9).
 The R-50 release configs are checked by building the detector without a forward pass.
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import tests.support.release_reference as ref
-from tests.model.test_release import H, W, _images, _reference_outputs, mmdet_state_dict
+from tests.support.mmdet_release import H, W, mmdet_state_dict, reference_outputs, scan_images
 from xscreen.cli import main
 from xscreen.commands.import_mmdet import ImportCheckError, build_imported
 from xscreen.model import load_config
@@ -127,10 +127,10 @@ def test_import_maps_permutes_and_reproduces_the_released_detections(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imported.safetensors", f"{config}_parity.json"]
 
     # (c) detections equal the reference forward of the released code on the same checkpoint
-    images = _images()[:2]
+    images = scan_images()[:2]
     batch, sizes = pad_batch(model.resize_and_normalize(images))
     assert sizes == [(H, W)] * 2
-    _, outs = _reference_outputs(sd, head, batch)
+    _, outs = reference_outputs(sd, head, batch)
     with torch.inference_mode():
         dets = model.predict(images)
     inverse = torch.tensor([perm.index(r) for r in range(12)])  # fork row -> xscreen class

@@ -55,6 +55,7 @@ def test_oracle_labels_change_the_answer_only_through_the_reweighting():
         off.predict_with_oracle_labels([IMAGE], [TARGET, TARGET])
 
 
+@pytest.mark.slow  # trains the probe for every LA mode
 def test_probe_command_prints_one_row_per_mode(tmp_path, capsys):
     data = write_tiny_set(tmp_path / "data", n_train=2, n_val=4)
     cfg = load_config(str(tiny_config(tmp_path / "cfg.json")))

@@ -1,9 +1,9 @@
 """Release-parity heads (docs/method.md §7) against the independent reference in
 tests/support/release_reference.py.
 
-A state dict is built in mmdetection's key names and shapes, mapped with model.mmdet_keys and loaded
-into xscreen's release configs (ResNet-18, 64-channel FPN, 2 convs per tower, 160x224 scans, so
-that no resizing happens); the reference reads the mmdetection dict directly.
+A state dict is built in mmdetection's key names and shapes (tests/support/mmdet_release.py), mapped
+with model.mmdet_keys and loaded into xscreen's release configs (ResNet-18, 64-channel FPN, 2 convs per
+tower, 160x224 scans, so that no resizing happens); the reference reads the mmdetection dict directly.
 """
 
 from __future__ import annotations
@@ -11,72 +11,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torchvision
 
 import tests.support.release_reference as ref
+from tests.support.mmdet_release import (
+    NUM_CLASSES,
+    STACKED,
+    C,
+    H,
+    W,
+    mmdet_state_dict,
+    reference_outputs,
+    scan_images,
+)
 from xscreen.model import build_detector, load_config
 from xscreen.model.anchors import feature_sizes, generate_anchors
 from xscreen.model.assigner import atss_assign
 from xscreen.model.label_aware import label_aware_forward
 from xscreen.model.mmdet_keys import mmdet_to_xscreen_state_dict
 from xscreen.model.transform import pad_batch
-
-C, STACKED, NUM_CLASSES = 64, 2, 12
-H, W = 160, 224
-
-
-def mmdet_state_dict(
-    head: str, depth: int = 18, channels: int = C, stacked: int = STACKED, conf=(4, 16), seed: int = 0
-) -> dict[str, torch.Tensor]:
-    """Random weights in mmdetection's names: ResNet, FPN (lateral/fpn convs), ATSS or LA head."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, std=0.05, mean=0.0):
-        return torch.randn(*shape, generator=g) * std + mean
-
-    net = {18: torchvision.models.resnet18, 50: torchvision.models.resnet50}[depth](weights=None)
-    sd = {}
-    for k, v in net.state_dict().items():
-        if k.startswith("fc."):
-            continue
-        if k.endswith("running_var"):
-            v = torch.rand(v.shape, generator=g) * 0.5 + 0.75
-        elif k.endswith("running_mean") or (k.endswith("bias") and "bn" in k or "downsample.1.bias" in k):
-            v = rnd(*v.shape, std=0.1)
-        elif v.dim() == 1 and v.is_floating_point():
-            v = rnd(*v.shape, std=0.1, mean=1.0)
-        sd["backbone." + k] = v
-    c5 = 512 if depth == 18 else 2048
-    for i, cin in enumerate((c5 // 4, c5 // 2, c5)):
-        sd[f"neck.lateral_convs.{i}.conv.weight"] = rnd(channels, cin, 1, 1, std=(1 / cin) ** 0.5)
-        sd[f"neck.lateral_convs.{i}.conv.bias"] = rnd(channels, std=0.1)
-    for i in range(5):
-        sd[f"neck.fpn_convs.{i}.conv.weight"] = rnd(channels, channels, 3, 3, std=(1 / (9 * channels)) ** 0.5)
-        sd[f"neck.fpn_convs.{i}.conv.bias"] = rnd(channels, std=0.1)
-    for tower in ("cls_convs", "reg_convs"):
-        for i in range(stacked):
-            sd[f"bbox_head.{tower}.{i}.conv.weight"] = rnd(channels, channels, 3, 3)
-            sd[f"bbox_head.{tower}.{i}.gn.weight"] = rnd(channels, std=0.2, mean=1.0)
-            sd[f"bbox_head.{tower}.{i}.gn.bias"] = rnd(channels, std=0.2)
-    sd["bbox_head.atss_cls.weight"] = rnd(NUM_CLASSES, channels, 3, 3)
-    sd["bbox_head.atss_cls.bias"] = torch.full((NUM_CLASSES,), -2.0)
-    reg = 4 if head == "atss" else 68
-    sd["bbox_head.atss_reg.weight"] = rnd(reg, channels, 3, 3)
-    sd["bbox_head.atss_reg.bias"] = rnd(reg, std=0.5)
-    if head == "atss":
-        sd["bbox_head.atss_centerness.weight"] = rnd(1, channels, 3, 3)
-        sd["bbox_head.atss_centerness.bias"] = torch.zeros(1)
-    else:
-        cin, hid = conf
-        sd["bbox_head.reg_conf.0.weight"] = rnd(hid, cin, 1, 1, std=0.5)
-        sd["bbox_head.reg_conf.0.bias"] = rnd(hid, std=0.1)
-        sd["bbox_head.reg_conf.2.weight"] = rnd(1, hid, 1, 1, std=0.5)
-        sd["bbox_head.reg_conf.2.bias"] = rnd(1, std=0.1)
-        sd["bbox_head.integral.project"] = torch.linspace(0, 16, 17)
-    for i in range(5):
-        sd[f"bbox_head.scales.{i}.scale"] = torch.tensor(1.0 + 0.1 * i)
-    return sd
-
 
 VARIANTS = {  # config -> (mmdet head, reg_conf (inputs, hidden))
     "small_lacls_release": ("lacls", (4, 16)),
@@ -102,38 +54,6 @@ def _build(name: str, seed: int = 0):
     return det.eval(), sd, kind
 
 
-def _images() -> list[torch.Tensor]:
-    """Two scans with bright and dark rectangles ('objects') and one empty scan, all 160x224."""
-    g = torch.Generator().manual_seed(5)
-    out = []
-    for n_obj in (4, 6):
-        im = torch.full((3, H, W), 200.0) + torch.rand(3, H, W, generator=g) * 10
-        for _ in range(n_obj):
-            x, y = (
-                int(torch.randint(0, W - 60, (1,), generator=g)),
-                int(torch.randint(0, H - 50, (1,), generator=g)),
-            )
-            im[:, y : y + 40, x : x + 55] = torch.rand(3, 1, 1, generator=g) * 150
-        out.append(im)
-    out.append(torch.full((3, H, W), 220.0))
-    return out
-
-
-def _reference_outputs(sd, kind, batch, stats="max_mean", labels=None, bins=None):
-    feats = ref.backbone_fpn(sd, batch)
-    outs = []
-    for level, x in enumerate(feats):
-        if kind == "atss":
-            outs.append(ref.atss_forward_single(x, sd, level, STACKED))
-        elif kind == "lacls":
-            lab = None if labels is None else labels[level]
-            outs.append(ref.lacls_forward_single(x, sd, level, STACKED, NUM_CLASSES, lab, stats))
-        else:
-            b = None if bins is None else bins[level]
-            outs.append(ref.lareg_forward_single(x, sd, level, STACKED, b, stats))
-    return feats, outs
-
-
 def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 2, 3, 1).reshape(t.shape[0], -1, t.shape[1])
 
@@ -142,13 +62,13 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("empty", [False, True])
 def test_head_outputs_and_detections_match_the_released_code(name, empty):
     det, sd, kind = _build(name)
-    images = _images()[2:] if empty else _images()[:2]
+    images = scan_images()[2:] if empty else scan_images()[:2]
     batch, sizes = pad_batch(det.resize_and_normalize(images))
     assert sizes == [(H, W)] * len(images)  # no resizing: the reference sees the same tensor
     with torch.no_grad():
         feats = det.backbone(batch)
         got = det.forward_raw(batch)
-    ref_feats, outs = _reference_outputs(sd, kind, batch)
+    ref_feats, outs = reference_outputs(sd, kind, batch)
     for a, b in zip(feats, ref_feats, strict=True):
         assert (a - b).abs().max() <= 1e-4
     for k, field in enumerate(("cls_logits", "bbox_reg", "centerness")):
@@ -179,7 +99,7 @@ def test_head_outputs_and_detections_match_the_released_code(name, empty):
 
 
 def _hand_batch():
-    images = _images()[:2]
+    images = scan_images()[:2]
     boxes = [torch.tensor([[20.0, 30, 90, 80], [120, 40, 200, 120]]), torch.tensor([[60.0, 50, 150, 140]])]
     labels = [torch.tensor([0, 7]), torch.tensor([11])]
     return images, boxes, labels
@@ -212,7 +132,7 @@ def test_training_loss_equals_the_released_loss(name):
         for i, s in enumerate(ref.STRIDES)
     ]
     assert any(b is None for b in bins) and any(b is not None for b in bins)  # both LAreg cases occur
-    _, outs = _reference_outputs(sd, kind, batch, labels=lab_l, bins=bins)
+    _, outs = reference_outputs(sd, kind, batch, labels=lab_l, bins=bins)
     want = ref.released_loss(outs, lab, targets, NUM_CLASSES)
     assert set(losses) == set(want)
     for k in want:
@@ -237,7 +157,7 @@ def test_the_released_label_gradient_is_exactly_zero():
 def test_skipping_the_label_gradient_gives_identical_outputs(training):
     det, _, _ = _build("small_lacls_release")
     assert det.cfg.skip_label_grad and det.cfg.la_coeffs == (1.5, 0.0, 1.0)
-    batch, _ = pad_batch(det.resize_and_normalize(_images()[:2]))
+    batch, _ = pad_batch(det.resize_and_normalize(scan_images()[:2]))
     with torch.no_grad():
         feats = det.backbone(batch)
     targets = None

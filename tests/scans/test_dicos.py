@@ -13,6 +13,7 @@ import pydicom
 import pytest
 import tifffile
 
+from tests.support.dicos_cases import HIGH, LOW, assert_tdr_matches, bad_dx_cases, edit
 from tests.support.service_fixtures import XSCREEN, bundled_weights, synthetic_scans
 from xscreen.scans import (
     ScanError,
@@ -23,25 +24,6 @@ from xscreen.scans import (
     sniff_format,
 )
 from xscreen.scans.dicos import dx, files, tdr
-
-RNG = np.random.default_rng(7)
-HIGH = RNG.integers(0, 65535, (40, 56)).astype(np.uint16)
-LOW = RNG.integers(0, 65535, (40, 56)).astype(np.uint16)
-
-
-def edit(buf: bytes, syntax: str | None = None, **changes) -> bytes:
-    """``buf`` (a DICOM file) with attributes changed (None deletes) and re-saved."""
-    ds = pydicom.dcmread(io.BytesIO(buf))
-    for key, value in changes.items():
-        if value is None:
-            delattr(ds, key)
-        else:
-            setattr(ds, key, value)
-    if syntax is not None:
-        ds.file_meta.TransferSyntaxUID = syntax
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
 
 
 @pytest.mark.parametrize("syntax", list(files.TRANSFER_SYNTAXES))
@@ -81,47 +63,9 @@ def test_dx_without_preamble_reads_with_force():
     np.testing.assert_array_equal(dx.read_dx(bare, force=True).pixels, HIGH)
 
 
-def jpeg2000(buf: bytes) -> bytes:
-    """A DX re-encoded as JPEG 2000 Lossless (a syntax xscreen does not decode), with OpenJPEG."""
-    import imagecodecs
-
-    ds = pydicom.dcmread(io.BytesIO(buf))
-    ds.PixelData = pydicom.encaps.encapsulate([imagecodecs.jpeg2k_encode(ds.pixel_array, level=0)])
-    ds["PixelData"].VR = "OB"
-    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
-
-
-def _bad_cases() -> dict[str, tuple[bytes, bytes, type, str]]:
-    high, low = dx.write_dx_pair(HIGH, LOW)
-    other_high, _ = dx.write_dx_pair(HIGH, LOW)
-    tdr_file = tdr.write_tdr([], atr=tdr.AtrIdentity("m", "1", ""), references=[], study_uid="1.2.3")
-    big = edit(high, Rows=50000, Columns=50000)
-    return {
-        "ct": (edit(high, SOPClassUID=files.DICOS_CT_SOP_CLASS, Modality="CT"), low, ScanError, "DICOS CT"),
-        "tdr": (tdr_file, low, ScanError, "DICOS TDR"),
-        "no pixel data": (edit(high, PixelData=None), low, ScanError, "no pixel data"),
-        "8-bit": (edit(high, BitsAllocated=8, BitsStored=8, HighBit=7), low, ScanError, "8-bit unsigned"),
-        "signed": (edit(high, PixelRepresentation=1), low, ScanError, "16-bit signed"),
-        "two HIGH": (high, edit(low, ImageType=["ORIGINAL", "PRIMARY", "HIGH ENERGY"]), ScanError, "both"),
-        "different studies": (other_high, low, ScanError, "different studies"),
-        "unsupported syntax": (
-            jpeg2000(high),
-            low,
-            UnsupportedScanFormatError,
-            "JPEG 2000",
-        ),  # fmt: skip
-        "truncated": (high[:-500], low, ScanError, "truncated"),
-        "huge": (big, low, ScanTooLargeError, "50000x50000"),
-        "not dicom": (b"\x00" * 200, low, UnsupportedScanFormatError, "not a DICOM file"),
-    }
-
-
-@pytest.mark.parametrize("case", list(_bad_cases()))
+@pytest.mark.parametrize("case", list(bad_dx_cases()))
 def test_bad_dx_is_one_clear_error(case):
-    high, low, kind, text = _bad_cases()[case]
+    high, low, kind, text = bad_dx_cases()[case]
     with pytest.raises(kind, match=text) as info:
         dx.read_dx_pair(high, low, max_pixels=10_000_000)
     assert "\n" not in str(info.value)
@@ -222,6 +166,7 @@ def test_synth_format_dicos(tmp_path):
             assert o.box == pytest.approx((x, y, x + w, y + h)) and o.score == 1.0
 
 
+@pytest.mark.slow  # xscreen synth and detect processes
 def test_cli_detect_on_dx_pair_writes_tdr_equal_to_json(tmp_path):
     scan = synthetic_scans([3], 128)[0]
     high, low = dx.write_dx_pair(scan.high, scan.low, transfer_syntax=files.JPEG_LS_LOSSLESS)
@@ -243,20 +188,6 @@ def test_cli_detect_on_dx_pair_writes_tdr_equal_to_json(tmp_path):
     )
     assert bad.returncode == 2 and "both DX images are HIGH ENERGY" in bad.stderr
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
-
-
-def assert_tdr_matches(report: tdr.TdrReport, response: dict) -> None:
-    """TDR objects == the JSON response's detections: boxes, classes, groups and scores (float32 exact)."""
-    dets = response["detections"]
-    assert len(report.objects) == len(dets)
-    assert report.alarm == ("ALARM" if dets else "CLEAR")
-    model = response["model"]
-    assert report.algorithm == [model["name"], model["version"], model["sha256"]]
-    for o, det in zip(report.objects, dets, strict=True):
-        assert (o.class_name, o.group) == (det["class_name"], det["group"])
-        box = [det["box"][k] for k in ("x1", "y1", "x2", "y2")]
-        assert o.box == pytest.approx(box, abs=1e-3)
-        assert o.score == pytest.approx(det["score"], abs=1e-6)
 
 
 def test_read_scan_points_dicom_to_the_pair_reader():

@@ -17,7 +17,7 @@ from tests.support.service_fixtures import (
     API_KEY,
     XSCREEN,
     ServiceProcess,
-    box_iou,
+    matched,
     metric_value,
     post_scan,
 )
@@ -48,16 +48,6 @@ def server(demo, tmp_path_factory):
         yield srv.wait_ready()
     finally:
         srv.stop()
-
-
-def matched(detections: list[dict], scan) -> list[bool]:
-    """For each ground-truth object: is there a detection of its class with IoU >= 0.5?"""
-    found = []
-    for box, name in zip(scan.boxes, scan.names, strict=True):
-        same = [d for d in detections if d["class_name"] == name]
-        boxes = np.array([[d["box"][k] for k in ("x1", "y1", "x2", "y2")] for d in same]).reshape(-1, 4)
-        found.append(bool(len(same)) and float(box_iou(box[None], boxes).max()) >= 0.5)
-    return found
 
 
 @pytest.mark.parametrize("fmt", ["png", "tiff"])

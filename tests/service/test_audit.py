@@ -47,6 +47,7 @@ def _records_after_kill(path: Path) -> tuple[list[dict], bytes]:
     return rotated + [json.loads(line) for line in whole.decode().splitlines()], torn
 
 
+@pytest.mark.slow  # a real server under load, killed and restarted
 def test_every_answered_scan_survives_sigkill(tmp_path):
     audit = tmp_path / "audit" / "audit.jsonl"
     srv = ServiceProcess(

@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.support.service_fixtures import demo_model
 from xscreen.inference.backend import InferenceBackend, TorchBackend
 from xscreen.scans import convert_scan
 from xscreen.service.batching import BatchFailedError, DeadlineExceededError, MicroBatcher, QueueFullError
@@ -43,8 +41,7 @@ class Recording:
 
 
 @pytest.fixture(scope="module")
-def backend(request):
-    demo = demo_model(Path(request.config.cache.mkdir("xscreen-service")))
+def backend(demo):
     return TorchBackend(demo.weights, "cpu"), demo
 
 

@@ -25,7 +25,8 @@ from tests.support.hostile import PeakRss
 from tests.support.service_fixtures import ServiceProcess, metric_value, post_scan
 from xscreen.service.budget import BudgetExhaustedError, MemoryBudget
 
-pytestmark = pytest.mark.timeout(600)
+# slow: servers under 25 MP scans and bombs
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 _SPEC = importlib.util.spec_from_file_location(
     "hostile_load", Path(__file__).resolve().parents[2] / "benchmarks" / "hostile_load.py"

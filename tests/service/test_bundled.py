@@ -13,8 +13,13 @@ import json
 
 import pytest
 
-from tests.service.test_api import matched
-from tests.support.service_fixtures import ServiceProcess, bundled_weights, post_scan, synthetic_scans
+from tests.support.service_fixtures import (
+    ServiceProcess,
+    bundled_weights,
+    matched,
+    post_scan,
+    synthetic_scans,
+)
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -19,7 +19,7 @@ import pytest
 import requests
 from pynetdicom import AE
 
-from tests.service.test_dicos_network import Destination, store, wait_for
+from tests.support.dicos_peers import Destination, store, wait_for
 from tests.support.hostile import PeakRss
 from tests.support.service_fixtures import (
     API_KEY,
@@ -35,7 +35,8 @@ from xscreen.scans.dicos import dx, files, tdr
 from xscreen.service.dicos_listener import register_dicos_uids
 from xscreen.service.dicos_spool import Spool, SpoolError
 
-pytestmark = pytest.mark.timeout(600)
+# slow: real servers started, killed and restarted per test
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 SCANNER = "SCANNER"
 MAX_PIXELS = 1_000_000  # dataset limit 2 x 1e6 + 1 MiB = 3,048,576 bytes
 ASSOCIATION_LIMIT = 4 * 1024 * 1024

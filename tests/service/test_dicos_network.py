@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import io
 import logging
-import queue
-import time
 
 import pydicom
 import pynetdicom
 import pytest
 import requests
-from pynetdicom import AE, evt
+from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from tests.support.dicos_peers import Destination, store, wait_for
 from tests.support.service_fixtures import (
     InThreadServer,
     bundled_weights,
@@ -27,34 +26,6 @@ from xscreen.service.dicos_listener import register_dicos_uids
 
 pytestmark = pytest.mark.timeout(600)
 SCANNER = "SCANNER"
-
-
-class Destination:
-    """A pynetdicom storage SCP on loopback that keeps the TDRs it receives."""
-
-    def __init__(self, port: int):
-        register_dicos_uids()
-        self.port, self.received = port, queue.Queue()
-        self.ae = AE(ae_title="DEST")
-        self.ae.add_supported_context(files.TDR_SOP_CLASS, files.EXPLICIT_LE)
-        self.server = None
-
-    def _store(self, event) -> int:
-        ds = event.dataset
-        ds.file_meta = event.file_meta
-        out = io.BytesIO()
-        ds.save_as(out, enforce_file_format=True)
-        self.received.put(out.getvalue())
-        return 0x0000
-
-    def start(self) -> Destination:
-        self.server = self.ae.start_server(
-            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
-        )
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -95,19 +66,6 @@ def associate(server, calling: str = SCANNER, contexts=(files.DX_FOR_PROCESSING,
         ae.add_requested_context(uid, files.EXPLICIT_LE)
     ae.add_requested_context(Verification)
     return ae.associate("127.0.0.1", server.settings.dicos_port, ae_title="XSCREEN")
-
-
-def store(assoc, buf: bytes) -> int:
-    return int(assoc.send_c_store(pydicom.dcmread(io.BytesIO(buf))).Status)
-
-
-def wait_for(predicate, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.mark.parametrize("context", [files.DICOS_APPLICATION_CONTEXT, files.DICOM_APPLICATION_CONTEXT])
@@ -157,9 +115,7 @@ def test_bad_halves_get_failure_statuses(server):
     two_high.save_as(out, enforce_file_format=True)
     assert store(assoc, out.getvalue()) == 0xC000  # a second HIGH for the study: refused, first keeps waiting
     assoc.release()
-    ct = associate(
-        server, contexts=(files.DICOS_CT_SOP_CLASS,)
-    )  # a CT is not even given a presentation context
+    ct = associate(server, contexts=(files.DICOS_CT_SOP_CLASS,))  # a CT is not even given a presentation context
     assert ct.is_established and not [
         c for c in ct.accepted_contexts if c.abstract_syntax == files.DICOS_CT_SOP_CLASS
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.scans.test_dicos import _bad_cases, assert_tdr_matches
+from tests.support.dicos_cases import assert_tdr_matches, bad_dx_cases
 from tests.support.service_fixtures import InThreadServer, bundled_weights, synthetic_scans
 from xscreen.scans.dicos import dx, files, tdr
 
@@ -102,7 +102,7 @@ EXPECTED = {
 
 @pytest.mark.parametrize("case", list(EXPECTED))
 def test_bad_dx_is_a_4xx_json_error(server, scan, case):
-    high, low, _, text = _bad_cases()[case]
+    high, low, _, text = bad_dx_cases()[case]
     r = post(server.url, high, low)
     status, code = EXPECTED[case]
     assert (r.status_code, r.json()["error"]) == (status, code), r.text

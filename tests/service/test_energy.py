@@ -82,6 +82,7 @@ def test_the_check_can_be_turned_off(demo, tmp_path):
         srv.stop()
 
 
+@pytest.mark.slow  # xscreen detect processes
 def test_cli_detect_refuses_swapped_files_unless_told(demo, tmp_path):
     high, low, _ = _parts(demo.scans[0], "png", swapped=False)
     (tmp_path / "h.png").write_bytes(high)

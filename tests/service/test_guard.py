@@ -23,7 +23,8 @@ import requests
 from tests.support.hostile import PeakRss, proc_status_kb
 from tests.support.service_fixtures import API_KEY, XSCREEN, ServiceProcess, bundled_weights
 
-pytestmark = pytest.mark.timeout(300)
+# slow: slow and stalled clients against a real server and Caddy
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 ADMIN_KEY = "admin-key-0123456789abcdef"
 MiB = 1024 * 1024

@@ -1,8 +1,9 @@
 """Decompression bombs against a real ``xscreen serve`` (issue #24 rows 1, 2, 4 and the new cases):
 each is answered 4xx JSON in bounded time with bounded peak RSS growth, and the server serves on.
 
-The bombs are the ones tests/scans/test_scans_bounded.py builds for the decoders; here they go through
-multipart HTTP and the DICOS network, and the bound is the server's own VmHWM (tests/support/hostile.py).
+The bombs (tests/support/scan_bombs.py) are the ones tests/scans/test_scans_bounded.py gives the decoders;
+here they go through multipart HTTP and the DICOS network, and the bound is the server's own VmHWM
+(tests/support/hostile.py).
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ import requests
 import tifffile
 from pynetdicom import AE
 
-from tests.scans.test_scans_bounded import SMALL, deflated_bomb, dx_file, dx_with_frame, patch_sof, rle_frame
-from tests.scans.test_scans_bounded import png_with_stream as png_stream
 from tests.support.hostile import PeakRss
+from tests.support.scan_bombs import SMALL, deflated_bomb, dx_file, dx_with_frame, patch_sof, rle_frame
+from tests.support.scan_bombs import png_with_stream as png_stream
 from tests.support.service_fixtures import API_KEY, ServiceProcess, free_port, post_scan
 from xscreen.scans.dicos import files
 from xscreen.service.dicos_listener import register_dicos_uids
 
-pytestmark = pytest.mark.timeout(600)
+# slow: decompression bombs against a real server, peak memory measured
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 GIB = 1 << 30
 
 
@@ -98,10 +100,7 @@ def rle_bomb() -> bytes:
 
 BOMBS = {
     "jpeg-ls frame 40000x40000 in a 16x16 DX": (lambda: (jpeg_bomb(files.JPEG_LS_LOSSLESS), low_half()), 400),
-    "jpeg lossless frame 40000x40000 in a 16x16 DX": (
-        lambda: (jpeg_bomb(files.JPEG_LOSSLESS), low_half()),
-        400,
-    ),
+    "jpeg lossless frame 40000x40000 in a 16x16 DX": (lambda: (jpeg_bomb(files.JPEG_LOSSLESS), low_half()), 400),
     "rle segment expanding to 512 MiB": (lambda: (rle_bomb(), low_half()), 400),
     "deflated DX inflating to 512 MiB": (lambda: (deflated_bomb(512 << 20)[0], low_half()), 413),
     "png idat inflating 1 GiB extra": (lambda: (png_idat_bomb(), png_idat_bomb()), 400),

@@ -102,6 +102,7 @@ def test_deadline_is_answered_504(demo):
         assert metric_value(metrics, "xscreen_batch_size_count") == 0  # never ran
 
 
+@pytest.mark.slow  # a server stopped under load
 def test_protected_metrics_and_graceful_shutdown(demo, tmp_path):
     # no XSCREEN_WEIGHTS: the service runs on the bundled demo weights (model/weights/)
     bundled = bundled_weights()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ import requests
 
 from tests.support.service_fixtures import (
     ServiceProcess,
-    demo_model,
     metric_value,
     post_scan,
     synthetic_scans,
@@ -27,8 +25,7 @@ THREADS = 16
 
 
 @pytest.fixture(scope="module")
-def server(request, tmp_path_factory):
-    demo = demo_model(Path(request.config.cache.mkdir("xscreen-service")))
+def server(demo, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("load")
     srv = ServiceProcess(
         tmp / "serve.log",

@@ -67,6 +67,7 @@ def _switch(url: str, name: str, sha256: str, headers=ADMIN) -> requests.Respons
     )
 
 
+@pytest.mark.slow  # model switches under load
 def test_switch_under_load_drops_no_request_and_failures_keep_the_old_model(models, tmp_path):
     d, sha = models
     selection = tmp_path / "selection.json"
@@ -183,6 +184,7 @@ def test_admin_endpoint_is_off_without_admin_keys(models):
         assert _model(srv.url)["sha256"] == sha["v1"]
 
 
+@pytest.mark.slow  # a real server reloading its models
 def test_sighup_rereads_the_selection_file(models, tmp_path):
     d, sha = models
     selection = tmp_path / "selection.json"

@@ -10,14 +10,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.service_fixtures import InThreadServer, demo_model
+from tests.support.service_fixtures import InThreadServer
 
 pytestmark = pytest.mark.timeout(600)
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 
 
-def test_schemathesis_finds_no_server_error(request):
-    demo = demo_model(Path(request.config.cache.mkdir("xscreen-service")))
+def test_schemathesis_finds_no_server_error(demo):
     with InThreadServer(
         weights=demo.weights, max_pixels=200_000, max_upload_bytes=2_000_000, queue_size=8
     ) as srv:

@@ -8,6 +8,7 @@ bundled demo weights.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import os
@@ -178,15 +179,20 @@ def demo_model(cache_dir: Path) -> DemoModel:
         return _DEMO
     scans = fallback_scans()
     path = cache_dir / f"service-test-{_fallback_key(scans)}.safetensors"
-    if path.is_file():
-        from xscreen.model.weights import WeightsError, load_weights
+    # pytest-xdist workers share the cache folder: one trains, the others wait on the lock and load
+    with open(cache_dir / "service-test.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
+            from xscreen.model.weights import WeightsError, load_weights
 
-        try:
-            load_weights(path)
-        except WeightsError:
-            path.unlink()
-    if not path.is_file():
-        train_fallback_weights(path, scans)
+            try:
+                load_weights(path)
+            except WeightsError:
+                path.unlink()
+        if not path.is_file():
+            part = path.with_suffix(f".{os.getpid()}.part")
+            train_fallback_weights(part, scans)
+            part.replace(path)
     _DEMO = DemoModel(path, scans, 0.1)
     return _DEMO
 
@@ -207,6 +213,16 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
     area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
     return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
+def matched(detections: list[dict], scan) -> list[bool]:
+    """For each ground-truth object: is there a detection of its class with IoU >= 0.5?"""
+    found = []
+    for box, name in zip(scan.boxes, scan.names, strict=True):
+        same = [d for d in detections if d["class_name"] == name]
+        boxes = np.array([[d["box"][k] for k in ("x1", "y1", "x2", "y2")] for d in same]).reshape(-1, 4)
+        found.append(bool(len(same)) and float(box_iou(box[None], boxes).max()) >= 0.5)
+    return found
 
 
 class ServiceProcess:

@@ -56,6 +56,7 @@ def test_train_help_does_not_import_torch():
         assert flag in proc.stdout
 
 
+@pytest.mark.slow  # a training run with evaluation
 def test_cli_run_writes_checkpoints_logs_and_plot(tiny, tmp_path):
     data, cfg = tiny
     out = tmp_path / "run"
@@ -106,6 +107,7 @@ def _settings(data, cfg, out, **kw) -> TrainSettings:
     return TrainSettings(**base)
 
 
+@pytest.mark.slow  # three training runs
 def test_resume_after_interruption_equals_uninterrupted_run(tiny, tmp_path):
     data, cfg = tiny
     full = train(_settings(data, cfg, tmp_path / "full"))
@@ -229,6 +231,7 @@ def _max_diff(a, b) -> float:
     return max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa if sa[k].is_floating_point())
 
 
+@pytest.mark.slow  # two training runs
 def test_init_weights_starts_a_new_run_from_another_runs_weights(tiny, tmp_path):
     data, cfg = tiny
     train(_settings(data, cfg, tmp_path / "first", epochs=1))

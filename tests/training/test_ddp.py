@@ -8,11 +8,14 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.support.train_data import tiny_config, write_tiny_set
 from xscreen.model.weights import load_weights
 from xscreen.training.rundir import weights_digest
 
 
+@pytest.mark.slow  # torchrun with two training processes
 def test_two_process_ddp_run_on_cpu(tmp_path):
     data = write_tiny_set(tmp_path / "data", n_train=8, n_val=2)
     cfg = tiny_config(tmp_path / "tiny.json")

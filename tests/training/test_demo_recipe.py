@@ -32,6 +32,7 @@ def _make(demo: Path) -> str:
     return proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # ~45-60 s: two `make demo-model` runs, nine xscreen processes
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 @pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "xscreen").exists(), reason="needs the repo's .venv")
 def test_demo_model_recipe_runs_both_stages_and_resumes(tmp_path):

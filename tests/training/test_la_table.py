@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from xscreen.training.la_experiment import format_tables
 
 
@@ -51,6 +53,7 @@ def test_overrides_are_parsed_validated_and_name_the_config(tmp_path):
         variant_config("small_lacls", tmp_path, 256, {"nope": 1})
 
 
+@pytest.mark.slow  # every variant and seed trained
 def test_the_one_command_runs_every_variant_and_seed_and_resumes_from_its_cache(tmp_path):
     # A tiny but complete experiment through the real command: synthetic set, training, test-split and
     # challenging-subset evaluation, tables; a re-run reuses the finished runs.
