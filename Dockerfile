@@ -1,8 +1,10 @@
 # xscreen inference service: slim Python, the hashed lock (torch with its own CUDA wheels, onnxruntime-gpu),
 # bundled demo weights, non-root. Build: docker build -t xscreen:0.1.0 .   Run: docker-compose.yml, deploy/k8s/.
 # Why a slim Python base is enough on a GPU, and how to update the digest: docs/deploy.md.
-# python:3.11.14-slim-bookworm, multi-arch index digest (deploy/update-digests.sh re-resolves it).
-FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d AS deps
+# python:3.11.14-slim-bookworm, multi-arch index digest (deploy/update-digests.sh re-resolves it). A stand-in
+# base swaps in without editing this file: --build-arg BASE_IMAGE=localhost/python:3.11-slim-bookworm.
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
+FROM ${BASE_IMAGE} AS deps
 
 # The host's driver (libcuda) is mounted by the NVIDIA container runtime, which reads these; the CUDA
 # runtime, cuBLAS and cuDNN come from the nvidia-* wheels in the lock.
@@ -16,10 +18,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 # Layer 1, rebuilt only when the lock changes: every dependency, hash-checked (torch==2.14.1,
-# torchvision==0.29.1 and the rest; requirements/service.txt = base + gpu extra, `make lock`).
+# torchvision==0.29.1 and the rest; requirements/service.txt = base + gpu extra, `make lock`). The pip
+# cache lives in a build cache mount, outside every layer: a lock change downloads only what moved.
 COPY requirements/service.txt requirements/service.txt
-RUN python -m venv /opt/venv \
-    && pip install --require-hashes --no-deps -r requirements/service.txt \
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    python -m venv /opt/venv \
+    && pip install --cache-dir /root/.cache/pip --require-hashes --no-deps -r requirements/service.txt \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin xscreen
 
 # The wheel, in a stage of its own: the sources and setuptools' build/ stay here. package-dir in

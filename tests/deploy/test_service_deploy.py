@@ -51,8 +51,10 @@ def test_dockerfile_passes_hadolint():
 
 def test_dockerfile_essentials():
     text = (REPO / "Dockerfile").read_text()
-    # slim Python pinned by digest; torch's own wheels bring CUDA (docs/deploy.md)
-    assert re.search(r"^FROM python:3\.11[\d.]*-slim\S*@sha256:[0-9a-f]{64} AS deps$", text, re.M)
+    # slim Python pinned by digest, the default of a build argument that a stand-in base replaces
+    # (tests/deploy/test_image.py); torch's own wheels bring CUDA (docs/deploy.md)
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11[\d.]*-slim\S*@sha256:[0-9a-f]{64}$", text, re.M)
+    assert text.index("ARG BASE_IMAGE=") < text.index("FROM ${BASE_IMAGE} AS deps\n")
     # the lock, which pins torch (tests/deploy/test_packaging.py)
     assert "-r requirements/service.txt" in text
     lock = (REPO / "requirements" / "service.txt").read_text()
