@@ -107,8 +107,7 @@ class OnnxBackend:
         import onnxruntime as ort
 
         path = Path(onnx_path)
-        denied = permission_denied(path)
-        if denied:
+        if denied := permission_denied(path):
             raise OnnxModelRefused(denied)
         if not path.is_file():
             raise OnnxModelRefused(f"ONNX model file not found: {path}")
