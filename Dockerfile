@@ -18,12 +18,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 # Layer 1, rebuilt only when the lock changes: every dependency, hash-checked (torch==2.14.1,
-# torchvision==0.29.1 and the rest; requirements/service.txt = base + gpu extra, `make lock`). The pip
-# cache lives in a build cache mount, outside every layer: a lock change downloads only what moved.
+# torchvision==0.29.1 and the rest; requirements/service.txt = base + gpu extra, `make lock`). The wheels
+# are downloaded into a build cache mount, outside every layer, and installed from there: pip download
+# skips a wheel already there with the lock's hash, so a lock change downloads only what moved.
 COPY requirements/service.txt requirements/service.txt
-RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+RUN --mount=type=cache,target=/root/.cache/xscreen-wheels,sharing=locked \
     python -m venv /opt/venv \
-    && pip install --cache-dir /root/.cache/pip --require-hashes --no-deps -r requirements/service.txt \
+    && pip download --only-binary :all: --require-hashes --no-deps -r requirements/service.txt \
+        --dest /root/.cache/xscreen-wheels \
+    && pip install --no-index --find-links /root/.cache/xscreen-wheels --require-hashes --no-deps \
+        -r requirements/service.txt \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin xscreen
 
 # The wheel, in a stage of its own: the sources and setuptools' build/ stay here. package-dir in

@@ -371,13 +371,14 @@ def dockerfile_stages() -> list[tuple[str, str | None, str]]:
 
 def test_dockerfile_installs_the_lock_then_the_project_without_deps():
     text = (REPO / "Dockerfile").read_text()
-    lock_install = r"pip install (--cache-dir \S+ )?--require-hashes --no-deps -r requirements/service\.txt"
-    found = re.search(lock_install, text)
-    # the pip cache is a build cache mount (in no layer); --cache-dir names it, since PIP_NO_CACHE_DIR=1
-    # in the image's environment turns pip's cache off
-    assert found[1] == "--cache-dir /root/.cache/pip "
-    assert "RUN --mount=type=cache,target=/root/.cache/pip," in text
-    lock = found.start()
+    # the lock's wheels, hash-checked, into a build cache mount (in no layer), then installed from there
+    # only (--no-index): the same hashes twice, nothing from outside the lock
+    cache = re.search(r"^RUN --mount=type=cache,target=(\S+),sharing=locked \\$", text, re.M)[1]
+    download = "pip download --only-binary :all: --require-hashes --no-deps -r requirements/service.txt \\\n"
+    assert download + f"        --dest {cache} \\\n" in text
+    install = f"pip install --no-index --find-links {cache} --require-hashes --no-deps \\\n"
+    assert install + "        -r requirements/service.txt \\\n" in text
+    lock = text.index(install)
     code = text.index("COPY xscreen ")
     project = text.index("pip install --no-deps")
     assert lock < code < project  # a code change does not reinstall the dependencies
