@@ -4,7 +4,7 @@ volume it can write, draining on SIGTERM, ``pip check``, the weights once, the s
 message for a model file the service user may not read.
 
 ``make image-test`` runs these (XSCREEN_CONTAINER_TESTS=1, tests/conftest.py); the first build downloads
-the lock (about 4 GB of wheels), a rebuild after a code change takes seconds.
+the lock (3.2 GB of wheels), a rebuild after a code change takes seconds.
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def test_the_image_serves_like_the_venv_writes_its_volume_and_drains(image, mode
 
 
 def big_scan_pair() -> tuple[bytes, bytes]:
-    """The example bag enlarged 6x (1536 x 1536): about a second a scan on a CPU; requests stay in flight."""
+    """The example bag enlarged 6x (1536 x 1536): slow enough on a CPU that six scans are inside at once."""
     import cv2
 
     def big(path: Path) -> bytes:
