@@ -309,7 +309,7 @@ def test_secrets_recipe_creates_every_compose_secret_readable_by_its_container(t
 def test_check_models_names_each_file_the_detector_cannot_read(tmp_path):
     """deploy/check-models.sh on a models folder: the compose model readable by uid 10001 passes; a copy
     made by root with mode 0600 (which stops the detector with "permission denied") is named with the fix."""
-    from xscreen.service.settings import bundled_weights_path
+    from xscreen.inference.settings import bundled_weights_path
 
     check = REPO / "deploy" / "check-models.sh"
     models = tmp_path / "models"
