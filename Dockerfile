@@ -40,12 +40,18 @@ COPY xscreen ./xscreen
 COPY model ./model
 COPY training ./training
 COPY service ./service
+ARG XSCREEN_SOURCE_DIGEST=
 RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
 
 FROM deps
 # Layer 2, rebuilt on any code change: the project alone, installed from the wheel stage through a
 # bind mount, so no layer keeps the wheel or the sources. The bundled weights land once, in
 # site-packages/xscreen/model/weights (package data), where the default XSCREEN_WEIGHTS points.
+# Docker's BuildKit keys this layer's cache on the mounted wheel. Podman/buildah before the fix of
+# containers/buildah#6609 does not: after a code change it reuses the layer with the old code. There
+# a digest of the sources as XSCREEN_SOURCE_DIGEST (declared in both stages) rebuilds the wheel stage
+# and this layer together (tests/deploy/test_image.py; docs/deploy.md, "The image, tested").
+ARG XSCREEN_SOURCE_DIGEST=
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     pip install --no-deps /wheels/xscreen-*.whl
 

@@ -12,8 +12,10 @@ bytes=$("$engine" image inspect --format '{{.Size}}' "$image")
 echo "image $image: $(awk -v b="$bytes" 'BEGIN { printf "%.2f GB (%d bytes)", b / 1e9, b }')"
 echo
 echo "layers, newest first (size, instruction):"
-"$engine" history --no-trunc --format '{{.Size}}|{{.CreatedBy}}' "$image" \
-    | awk -F'|' '{ sub(/^\/bin\/sh -c (#\(nop\) *)?/, "", $2); printf "  %10s  %.90s\n", $1, $2 }'
+# a RUN after an ARG reads "|1 NAME=value /bin/sh -c ...": the build arguments are cut, as is the shell
+"$engine" history --no-trunc --format '{{.Size}}	{{.CreatedBy}}' "$image" \
+    | awk -F'\t' '{ sub(/^\|[0-9]+ ([A-Za-z_]+=[^ ]* )*/, "", $2); sub(/^\/bin\/sh -c (#\(nop\) *)?/, "", $2)
+                    printf "  %10s  %.90s\n", $1, $2 }'
 echo
 echo "inside the image, MB (du -sm):"
 # one sh in the image: the environment, the base (Debian + Python), then site-packages' biggest entries

@@ -9,6 +9,7 @@ the lock (3.2 GB of wheels), a rebuild after a code change takes seconds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 import uuid
 from pathlib import Path
 
@@ -43,24 +45,60 @@ def podman(*args: str, timeout: float = 600, check: bool = True) -> subprocess.C
     return proc
 
 
+# what the Dockerfile's wheel stage copies (less .dockerignore's __pycache__ and *.pyc)
+WHEEL_SOURCES = ("pyproject.toml", "README.md", "xscreen", "model", "training", "service")
+
+
+def source_digest() -> str:
+    """sha256 over the paths and bytes of the wheel stage's sources."""
+    digest = hashlib.sha256()
+    for name in WHEEL_SOURCES:
+        top = REPO / name
+        for path in sorted([top] if top.is_file() else top.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                digest.update(f"{path.relative_to(REPO)}\0".encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
 @pytest.fixture(scope="module")
 def image() -> str:
-    """Build the Dockerfile as it is, only the base swapped by its build argument."""
+    """Build the Dockerfile as it is, only the base swapped by its build argument; XSCREEN_SOURCE_DIGEST
+    makes podman 4 rebuild the project's layer after a code change (the Dockerfile says why)."""
     t0 = time.monotonic()
     podman(
         "build", "--format", "docker", "--network", "host", "--build-arg", f"BASE_IMAGE={CONTAINER_BASE}",
-        "-t", TAG, str(REPO), timeout=3000,
+        "--build-arg", f"XSCREEN_SOURCE_DIGEST={source_digest()}", "-t", TAG, str(REPO), timeout=3000,
     )  # fmt: skip
     print(f"\nimage: {TAG} built in {time.monotonic() - t0:.0f} s on {CONTAINER_BASE}")
     return TAG
+
+
+def test_the_image_holds_this_checkouts_code(image):
+    """Every Python file of the installed package equals the checkout's (a stale layer would not)."""
+    package_dir = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    folders = {"xscreen": "xscreen", **{p.replace(".", "/"): f for p, f in package_dir.items()}}
+    here = {
+        f"{package}/{path.relative_to(REPO / folder)}": hashlib.sha256(path.read_bytes()).hexdigest()
+        for package, folder in folders.items()
+        for path in (REPO / folder).rglob("*.py")
+    }
+    code = (
+        "import hashlib, json, pathlib, xscreen; root = pathlib.Path(xscreen.__file__).parent.parent; "
+        "print(json.dumps({str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() "
+        "for p in (root / 'xscreen').rglob('*.py')}))"
+    )
+    run = ["run", "--rm", "--no-healthcheck", "--entrypoint", "python", image, "-c", code]
+    inside = json.loads(podman(*run).stdout)
+    differ = sorted(k for k in here.keys() | inside.keys() if here.get(k) != inside.get(k))
+    assert not differ and len(here) > 50, differ[:20]
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> tuple[Path, str]:
     """A models folder as a site fills it: the bundled model under its versioned name, and a copy as the
     next version to switch to."""
+    from xscreen.inference.settings import bundled_weights_path
     from xscreen.model.weights import read_header
-    from xscreen.service.settings import bundled_weights_path
 
     folder = tmp_path_factory.mktemp("models")
     folder.chmod(0o755)
