@@ -1,8 +1,10 @@
 # xscreen inference service: slim Python, the hashed lock (torch with its own CUDA wheels, onnxruntime-gpu),
 # bundled demo weights, non-root. Build: docker build -t xscreen:0.1.0 .   Run: docker-compose.yml, deploy/k8s/.
 # Why a slim Python base is enough on a GPU, and how to update the digest: docs/deploy.md.
-# python:3.11.14-slim-bookworm, multi-arch index digest (deploy/update-digests.sh re-resolves it).
-FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d AS deps
+# python:3.11.14-slim-bookworm, multi-arch index digest (deploy/update-digests.sh re-resolves it). A stand-in
+# base swaps in without editing this file: --build-arg BASE_IMAGE=localhost/python:3.11-slim-bookworm.
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
+FROM ${BASE_IMAGE} AS deps
 
 # The host's driver (libcuda) is mounted by the NVIDIA container runtime, which reads these; the CUDA
 # runtime, cuBLAS and cuDNN come from the nvidia-* wheels in the lock.
@@ -16,10 +18,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 # Layer 1, rebuilt only when the lock changes: every dependency, hash-checked (torch==2.14.1,
-# torchvision==0.29.1 and the rest; requirements/service.txt = base + gpu extra, `make lock`).
+# torchvision==0.29.1 and the rest; requirements/service.txt = base + gpu extra, `make lock`). The wheels
+# are downloaded into a build cache mount, outside every layer, and installed from there: pip download
+# skips a wheel already there with the lock's hash, so a lock change downloads only what moved.
 COPY requirements/service.txt requirements/service.txt
-RUN python -m venv /opt/venv \
-    && pip install --require-hashes --no-deps -r requirements/service.txt \
+RUN --mount=type=cache,target=/root/.cache/xscreen-wheels,sharing=locked \
+    python -m venv /opt/venv \
+    && pip download --only-binary :all: --require-hashes --no-deps -r requirements/service.txt \
+        --dest /root/.cache/xscreen-wheels \
+    && pip install --no-index --find-links /root/.cache/xscreen-wheels --require-hashes --no-deps \
+        -r requirements/service.txt \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin xscreen
 
 # The wheel, in a stage of its own: the sources and setuptools' build/ stay here. package-dir in
@@ -32,12 +40,18 @@ COPY xscreen ./xscreen
 COPY model ./model
 COPY training ./training
 COPY service ./service
+ARG XSCREEN_SOURCE_DIGEST=
 RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
 
 FROM deps
 # Layer 2, rebuilt on any code change: the project alone, installed from the wheel stage through a
 # bind mount, so no layer keeps the wheel or the sources. The bundled weights land once, in
 # site-packages/xscreen/model/weights (package data), where the default XSCREEN_WEIGHTS points.
+# Docker's BuildKit keys this layer's cache on the mounted wheel. Podman/buildah before the fix of
+# containers/buildah#6609 does not: after a code change it reuses the layer with the old code. There
+# a digest of the sources as XSCREEN_SOURCE_DIGEST (declared in both stages) rebuilds the wheel stage
+# and this layer together (tests/deploy/test_image.py; docs/deploy.md, "The image, tested").
+ARG XSCREEN_SOURCE_DIGEST=
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     pip install --no-deps /wheels/xscreen-*.whl
 

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint clean lock
+.PHONY: install test test-fast lint clean lock image-test
 
 # The dev tools and every extra, installed from the hashed lock (what CI runs), then xscreen itself
 # without dependencies. The lock is for Python 3.11 on Linux x86_64; elsewhere resolve from
@@ -46,6 +46,12 @@ test-fast: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The image, built from the Dockerfile with podman on the local stand-in base and run: ready time, the
+# venv's detections, keys, uid, a fresh state volume, draining, pip check, the weights once, the size
+# report (docs/deploy.md "The image, tested"). Once per machine first: bash ../shared/tools/podman-here.sh
+image-test: $(STAMP)
+	XSCREEN_CONTAINER_TESTS=1 $(BIN)/python -m pytest -q -s -m container tests/deploy/test_image.py
 
 # Re-resolve the hashed locks from pyproject.toml (docs/deploy.md): requirements/service.txt is the image
 # (base + gpu), requirements/ci.txt is `make test` (dev, which includes gpu and train). Existing pins are

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Re-resolve the digest of every image pinned as name:tag@sha256:... in Dockerfile and docker-compose.yml
+# Re-resolve the digest of every image pinned as name:tag@sha256:... in Dockerfile (the default of ARG
+# BASE_IMAGE) and docker-compose.yml
 # (docs/deploy.md). Needs registry access and `crane` or `docker buildx`.
 #   deploy/update-digests.sh           rewrite the pins whose tag now points elsewhere
 #   deploy/update-digests.sh --check   only report; exit 1 if a pin differs from its tag

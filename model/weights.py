@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from xscreen import __version__ as xscreen_version
+from xscreen.errors import permission_denied
 from xscreen.model.config import (
     LEGACY_SCORE_THRESHOLD,
     ConfigError,
@@ -159,6 +160,9 @@ def set_operating_point(src: str | Path, dst: str | Path, operating_point: dict)
 def read_header(path: str | Path) -> dict[str, str]:
     """The metadata dict of a safetensors file (WeightsError if it is not one)."""
     path = Path(path)
+    denied = permission_denied(path)
+    if denied:
+        raise WeightsError(denied)
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
     try:

@@ -23,7 +23,7 @@ import numpy as np
 
 from xscreen.errors import XscreenError
 from xscreen.inference.backend import InferenceBackend, make_backend
-from xscreen.inference.settings import model_file, read_selection
+from xscreen.inference.settings import ModelFileUnreadable, model_file, read_selection
 from xscreen.service.metrics import ServiceMetrics
 from xscreen.service.settings import Settings
 
@@ -137,6 +137,8 @@ class ModelManager:
             )
         try:
             path = model_file(s.models_dir, name, s.backend)
+        except ModelFileUnreadable as exc:
+            raise ModelSwitchError(422, "invalid_model", "invalid_model", str(exc)) from None
         except ValueError as exc:
             raise ModelSwitchError(404, "model_not_found", "not_found", str(exc)) from None
         if path == self.active.path and sha256 == previous:

@@ -3,7 +3,8 @@
 Markers (pyproject.toml): ``slow`` marks a test that takes more than ~20 s on a 2-core CPU (or a module
 whose tests share such a fixture), so the edit loop can run ``make test-fast`` (``pytest -m "not slow"``);
 ``cuda`` marks a test that needs a CUDA GPU and ONNX Runtime's CUDA provider, and is skipped here when
-either is missing.
+either is missing; ``container`` marks a test that builds and runs the image with podman, skipped unless
+``XSCREEN_CONTAINER_TESTS=1`` (``make image-test``).
 
 ``make test`` runs the suite on two pytest-xdist workers (``-n 2 --dist loadfile``): each test module runs
 on one worker, so a module's fixtures (servers, exports) start once. Each worker gets its share of the
@@ -13,8 +14,13 @@ cores for torch's threads, and modules with slow tests are handed out first.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 
 import pytest
+
+# The local stand-in for the Dockerfile's base (../shared/tools/podman-here.sh builds it; docs/deploy.md).
+CONTAINER_BASE = os.environ.get("XSCREEN_BASE_IMAGE", "localhost/python:3.11-slim-bookworm")
 
 
 def _cuda_missing() -> str | None:
@@ -30,6 +36,26 @@ def _cuda_missing() -> str | None:
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         return "needs ONNX Runtime's CUDAExecutionProvider"
     return None
+
+
+def _container_missing() -> str | None:
+    """Why the ``container`` tests do not run: not asked for (they build a 7 GB image), or, when asked
+    for, no podman or no base image (a UsageError then: an opt-in that runs nothing must not pass)."""
+    if os.environ.get("XSCREEN_CONTAINER_TESTS") != "1":
+        return "builds and runs the image: XSCREEN_CONTAINER_TESTS=1 (make image-test) runs it"
+    setup = "run `bash ../shared/tools/podman-here.sh` first (docs/deploy.md)"
+    if shutil.which("podman") is None:
+        raise pytest.UsageError(f"XSCREEN_CONTAINER_TESTS=1 but podman is not installed: {setup}")
+    if subprocess.run(["podman", "image", "exists", CONTAINER_BASE], check=False).returncode != 0:
+        raise pytest.UsageError(f"XSCREEN_CONTAINER_TESTS=1 but the base {CONTAINER_BASE} is missing: {setup}")
+    return None
+
+
+def _skip_marked(items: list[pytest.Item], marker: str, why) -> None:
+    marked = [item for item in items if item.get_closest_marker(marker)]
+    reason = why() if marked else None
+    for item in marked if reason else ():
+        item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -51,8 +77,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         # minute-long module alone (a stable sort: the same order on every worker)
         slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
         items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)
-    cuda_items = [item for item in items if item.get_closest_marker("cuda")]
-    reason = _cuda_missing() if cuda_items else None
-    if reason:
-        for item in cuda_items:
-            item.add_marker(pytest.mark.skip(reason=reason))
+    _skip_marked(items, "cuda", _cuda_missing)
+    _skip_marked(items, "container", _container_missing)

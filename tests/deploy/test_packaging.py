@@ -357,15 +357,28 @@ def test_service_lock_is_the_serving_set_and_agrees_with_ci():
 
 
 def dockerfile_stages() -> list[tuple[str, str | None, str]]:
-    """(image, stage name, body) of each FROM of the Dockerfile, in order."""
+    """(image, stage name, body) of each FROM of the Dockerfile, in order; ``${NAME}`` in a FROM is the
+    default of the ARG before the first FROM (what a build without --build-arg pulls)."""
     text = (REPO / "Dockerfile").read_text()
     parts = re.split(r"^FROM (\S+)(?: AS (\S+))?$", text, flags=re.M)
-    return [(parts[i], parts[i + 1], parts[i + 2]) for i in range(1, len(parts), 3)]
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", parts[0], flags=re.M))
+
+    def image(ref: str) -> str:
+        return re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], ref)
+
+    return [(image(parts[i]), parts[i + 1], parts[i + 2]) for i in range(1, len(parts), 3)]
 
 
 def test_dockerfile_installs_the_lock_then_the_project_without_deps():
     text = (REPO / "Dockerfile").read_text()
-    lock = re.search(r"pip install --require-hashes (--no-deps )?-r requirements/service\.txt", text).start()
+    # the lock's wheels, hash-checked, into a build cache mount (in no layer), then installed from there
+    # only (--no-index): the same hashes twice, nothing from outside the lock
+    cache = re.search(r"^RUN --mount=type=cache,target=(\S+),sharing=locked \\$", text, re.M)[1]
+    download = "pip download --only-binary :all: --require-hashes --no-deps -r requirements/service.txt \\\n"
+    assert download + f"        --dest {cache} \\\n" in text
+    install = f"pip install --no-index --find-links {cache} --require-hashes --no-deps \\\n"
+    assert install + "        -r requirements/service.txt \\\n" in text
+    lock = text.index(install)
     code = text.index("COPY xscreen ")
     project = text.index("pip install --no-deps")
     assert lock < code < project  # a code change does not reinstall the dependencies
@@ -403,28 +416,34 @@ def test_every_pulled_image_is_pinned_by_digest():
 
 
 def test_update_digests_rewrites_only_the_pins_that_moved(tmp_path):
-    """deploy/update-digests.sh with a stand-in `crane` (no registry here) that moved one tag."""
+    """deploy/update-digests.sh with a stand-in `crane` (no registry here) that moved two tags: one in
+    compose, and the Dockerfile's base, the default of its BASE_IMAGE build argument."""
     for name in ("Dockerfile", "docker-compose.yml", "deploy/update-digests.sh"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text((REPO / name).read_text())
     texts = (tmp_path / "docker-compose.yml").read_text() + (tmp_path / "Dockerfile").read_text()
     pins = dict(m.split("@") for m in PINNED.findall(texts))
-    moved = "grafana/grafana:12.1.1"
-    new = "sha256:" + "1" * 64
+    base = dockerfile_stages()[0][0].split("@")[0]
+    moved = {"grafana/grafana:12.1.1": "sha256:" + "1" * 64, base: "sha256:" + "2" * 64}
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    cases = "".join(f'  "{image}") echo {digest} ;;\n' for image, digest in {**pins, moved: new}.items())
+    cases = "".join(f'  "{image}") echo {digest} ;;\n' for image, digest in {**pins, **moved}.items())
     (bin_dir / "crane").write_text(f'#!/bin/sh\n[ "$1" = digest ] || exit 9\ncase "$2" in\n{cases}esac\n')
     (bin_dir / "crane").chmod(0o755)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
     script = ["bash", str(tmp_path / "deploy" / "update-digests.sh")]
     check = subprocess.run([*script, "--check"], capture_output=True, text=True, env=env)
     assert check.returncode == 1, check.stderr
-    assert f"changed {moved}: {pins[moved]} -> {new}" in check.stdout
-    assert check.stdout.count("ok ") == len(pins) - 1
+    for image, digest in moved.items():
+        assert f"changed {image}: {pins[image]} -> {digest}" in check.stdout
+    assert check.stdout.count("ok ") == len(pins) - len(moved)
     assert (tmp_path / "docker-compose.yml").read_text() == (REPO / "docker-compose.yml").read_text()
+    assert (tmp_path / "Dockerfile").read_text() == (REPO / "Dockerfile").read_text()
     update = subprocess.run(script, capture_output=True, text=True, env=env)
     assert update.returncode == 0, update.stderr
     compose = (tmp_path / "docker-compose.yml").read_text()
-    assert f"{moved}@{new}" in compose and pins[moved] not in compose
-    assert (tmp_path / "Dockerfile").read_text() == (REPO / "Dockerfile").read_text()
+    grafana = "grafana/grafana:12.1.1"
+    assert f"{grafana}@{moved[grafana]}" in compose and pins[grafana] not in compose
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert (tmp_path / "Dockerfile").read_text() == dockerfile.replace(pins[base], moved[base])
+    assert f"\nARG BASE_IMAGE={base}@{moved[base]}\n" in (tmp_path / "Dockerfile").read_text()

@@ -51,8 +51,10 @@ def test_dockerfile_passes_hadolint():
 
 def test_dockerfile_essentials():
     text = (REPO / "Dockerfile").read_text()
-    # slim Python pinned by digest; torch's own wheels bring CUDA (docs/deploy.md)
-    assert re.search(r"^FROM python:3\.11[\d.]*-slim\S*@sha256:[0-9a-f]{64} AS deps$", text, re.M)
+    # slim Python pinned by digest, the default of a build argument that a stand-in base replaces
+    # (tests/deploy/test_image.py); torch's own wheels bring CUDA (docs/deploy.md)
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11[\d.]*-slim\S*@sha256:[0-9a-f]{64}$", text, re.M)
+    assert text.index("ARG BASE_IMAGE=") < text.index("FROM ${BASE_IMAGE} AS deps\n")
     # the lock, which pins torch (tests/deploy/test_packaging.py)
     assert "-r requirements/service.txt" in text
     lock = (REPO / "requirements" / "service.txt").read_text()
@@ -302,6 +304,37 @@ def test_secrets_recipe_creates_every_compose_secret_readable_by_its_container(t
     proc = _caddy_validate(tmp_path, secrets / "tls_cert.pem", secrets / "tls_key.pem")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Valid configuration" in proc.stdout + proc.stderr
+
+
+def test_check_models_names_each_file_the_detector_cannot_read(tmp_path):
+    """deploy/check-models.sh on a models folder: the compose model readable by uid 10001 passes; a copy
+    made by root with mode 0600 (which stops the detector with "permission denied") is named with the fix."""
+    from xscreen.inference.settings import bundled_weights_path
+
+    check = REPO / "deploy" / "check-models.sh"
+    models = tmp_path / "models"
+    models.mkdir(mode=0o755)
+    served = models / f"{ENV['XSCREEN_MODEL_NAME']}.safetensors"
+    served.write_bytes(bundled_weights_path().read_bytes())
+    served.chmod(0o444)
+    proc = subprocess.run(["sh", str(check), str(models)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (
+        f"check-models: 1 model file(s) in {models}, all readable by uid 10001 (the detector)\n"
+    )
+    locked = models / "next.safetensors"
+    locked.write_bytes(served.read_bytes())
+    locked.chmod(0o600)  # owned by whoever runs the test, which is not uid 10001
+    served.unlink()
+    proc = subprocess.run(["sh", str(check), str(models)], capture_output=True, text=True)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 1 and len(lines) == 3, proc.stderr
+    assert lines[0] == (
+        f"{locked}: not readable by uid 10001 (the detector; owner uid {os.geteuid()}, mode 600): "
+        f"sudo chmod 0444 {locked}"
+    )
+    assert lines[1].startswith(f"{served}: missing: docker-compose.yml serves XSCREEN_MODEL_NAME=")
+    assert lines[2] == f"check-models: 2 problem(s) in {models}; the detector would not start or not switch"
 
 
 def test_missing_or_wrong_secrets_get_one_clear_line_each(tmp_path):

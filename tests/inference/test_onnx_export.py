@@ -8,6 +8,9 @@ threshold: the comparisons below then check real detections, not an empty list.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -16,6 +19,7 @@ import pytest
 import torch
 
 from tests.support.detectors import sharpen_head
+from tests.support.unreadable import make_unreadable
 from xscreen.cli import main as xscreen_main
 from xscreen.inference.backend import BackendError, TorchBackend
 from xscreen.inference.onnx_backend import OnnxBackend, OnnxModelRefused
@@ -346,6 +350,18 @@ def test_corrupt_and_foreign_files_are_refused(lacls, tmp_path):
     onnx.save(onnx.helper.make_model(graph, opset_imports=opset, ir_version=8), foreign)
     with pytest.raises(OnnxModelRefused, match="not an xscreen detector export.*class_names"):
         OnnxBackend(foreign, "cpu")
+
+
+def test_an_unreadable_onnx_file_says_permission_denied(lacls, tmp_path):
+    """The exported model of a site that this process may not read: "permission denied" and its uid, in a
+    child process that gets a real EACCES (tests/support/unreadable.py), not ORT's "no such file"."""
+    locked = tmp_path / "locked.onnx"
+    locked.write_bytes(lacls[3].read_bytes())
+    prefix, whose = make_unreadable(locked)
+    code = f"from xscreen.inference.onnx_backend import OnnxBackend; OnnxBackend({str(locked)!r}, 'cpu')"
+    proc = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True)
+    said = f"{locked}: permission denied: uid {os.geteuid()} needs read access to it (the file has {whose})"
+    assert proc.returncode == 1 and f"OnnxModelRefused: {said}" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_mismatched_metadata_is_refused(lacls, tmp_path):

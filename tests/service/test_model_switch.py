@@ -4,6 +4,7 @@ SIGHUP re-reads the selection file (real ``xscreen serve`` process), start-up na
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import threading
@@ -22,6 +23,7 @@ from tests.support.service_fixtures import (
     metric_value,
     post_scan,
 )
+from tests.support.unreadable import make_unreadable
 
 pytestmark = pytest.mark.timeout(300)
 ADMIN_KEY = "admin-key-0123456789abcdef"
@@ -242,3 +244,29 @@ def test_start_up_names_the_missing_model(models, tmp_path):
         load_settings(models_dir=d, model_name="v1", model_selection_file=bad)
     s = load_settings(models_dir=d, model_name="v2", weights_sha256=sha["v2"])
     assert s.weights == d / "v2.safetensors"
+
+
+def test_an_unreadable_model_file_says_permission_denied_and_the_uid(models, tmp_path):
+    """A model file the service's user may not read (copied in by root with mode 0600, say) stops the start
+    and fails a switch with "permission denied" and the uid that needs read access, not "No such file"."""
+    d, sha = models
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in ("v1", "locked"):
+        shutil.copy(d / "v1.safetensors", folder / f"{name}.safetensors")
+    prefix, whose = make_unreadable(folder / "locked.safetensors")
+    said = f"permission denied: uid {os.geteuid()} needs read access to it (the file has {whose})"
+    start = ServiceProcess(tmp_path / "start.log", prefix, models_dir=folder, model_name="locked")
+    start.start().proc.wait(120)
+    assert start.stop() == 2 and f"{folder / 'locked.safetensors'}: {said}" in start.log(), start.log()
+
+    srv = ServiceProcess(
+        tmp_path / "serve.log", prefix, models_dir=folder, model_name="v1", device="cpu", admin_keys=ADMIN_KEY
+    )
+    try:
+        srv.start().wait_ready()
+        answer = _switch(srv.url, "locked", sha["v1"])
+        assert answer.status_code == 422, answer.text
+        assert said in answer.json()["detail"] and _model(srv.url)["model_name"] == "v1"
+    finally:
+        assert srv.stop() == 0

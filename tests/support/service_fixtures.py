@@ -228,9 +228,10 @@ def matched(detections: list[dict], scan) -> list[bool]:
 class ServiceProcess:
     """``xscreen serve`` in a subprocess on 127.0.0.1:<free port>, configured by XSCREEN_* variables."""
 
-    def __init__(self, log_path: Path, **settings: object):
+    def __init__(self, log_path: Path, prefix: tuple[str, ...] = (), **settings: object):
         self.port = free_port()
         self.log_path = log_path
+        self.prefix = prefix  # a command that execs the server, e.g. setpriv (tests/support/unreadable.py)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("XSCREEN_")}
         self.env.update({"XSCREEN_HOST": "127.0.0.1", "XSCREEN_PORT": str(self.port)})
         self.env.update({f"XSCREEN_{k.upper()}": str(v) for k, v in settings.items()})
@@ -241,7 +242,7 @@ class ServiceProcess:
     def start(self) -> ServiceProcess:
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [XSCREEN, "serve"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+            [*self.prefix, XSCREEN, "serve"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT
         )
         return self
 

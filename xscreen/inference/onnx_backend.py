@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xscreen.errors import permission_denied
 from xscreen.inference.base import BackendError, ModelInfo, groups_for, resolve_device
 from xscreen.model.anchors import feature_sizes, generate_anchors
 from xscreen.model.config import LEGACY_SCORE_THRESHOLD
@@ -106,6 +107,8 @@ class OnnxBackend:
         import onnxruntime as ort
 
         path = Path(onnx_path)
+        if denied := permission_denied(path):
+            raise OnnxModelRefused(denied)
         if not path.is_file():
             raise OnnxModelRefused(f"ONNX model file not found: {path}")
         self.device, providers = choose_providers(device)

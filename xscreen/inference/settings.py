@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from xscreen.errors import XscreenError
+from xscreen.errors import XscreenError, permission_denied
 from xscreen.model.config import LEGACY_SCORE_THRESHOLD
 
 BUNDLED_WEIGHTS_NAME = "xscreen-small-lacls.safetensors"
@@ -130,11 +130,19 @@ def available_models(models_dir: Path, backend: str) -> list[str]:
         raise ValueError(f"cannot list models directory {models_dir}: {exc.strerror or exc}") from None
 
 
+class ModelFileUnreadable(ValueError):
+    """A model file that exists but that this process may not read (the message says "permission denied")."""
+
+
 def model_file(models_dir: Path, name: str, backend: str) -> Path:
-    """``<models_dir>/<name><suffix>``; ValueError naming the models there when it does not exist."""
+    """``<models_dir>/<name><suffix>``; ValueError naming the models there when it does not exist,
+    ModelFileUnreadable when this process may not read it."""
     if not re.match(MODEL_NAME_PATTERN, name):
         raise ValueError(f"invalid model name {name!r} (letters, digits, '.', '_', '-')")
     path = models_dir / f"{name}{MODEL_SUFFIX.get(backend, '.safetensors')}"
+    denied = permission_denied(path)
+    if denied:
+        raise ModelFileUnreadable(denied)
     if not path.is_file():
         known = available_models(models_dir, backend)
         raise ValueError(
