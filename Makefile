@@ -110,3 +110,28 @@ demo-model: $(STAMP)
 	$(BIN)/xscreen threshold $(DEMO)/xscreen-small-lacls.safetensors --data $(DEMO)/data --split val \
 		--rule best-f2 --out $(DEMO)/xscreen-small-lacls.safetensors --plot $(DEMO)/operating_point.png
 	@echo "demo weights: $(DEMO)/xscreen-small-lacls.safetensors (copy over model/weights/ to bundle them)"
+
+# The site stack brought up with podman (docs/deploy.md "The stack, tried with podman"): docker-compose.yml
+# through podman-compose with deploy/compose.standins.yml, Caddy, Prometheus and Alertmanager stood in for
+# by Debian bookworm's packages on the local base (bash ../shared/tools/podman-here.sh makes it), the
+# detector from the Dockerfile. podman-compose is GPL-2.0: installed as a separate tool under build/tools,
+# never into the project's environment or its locks (as .ci/run installs caddy and promtool with apt).
+# Skipped by plain `make test`; about 10 min here, 4 of them waiting for the "detector down" alert.
+PODMAN_COMPOSE := build/tools/podman-compose
+SITE_BASE_IMAGE ?= localhost/python:3.11-slim-bookworm
+DETECTOR_IMAGE ?= localhost/xscreen:dev
+.PHONY: podman-compose site-images site-test
+podman-compose: $(PODMAN_COMPOSE)/bin/podman-compose
+$(PODMAN_COMPOSE)/bin/podman-compose: $(STAMP)
+	$(BIN)/python -m pip install --quiet --target $(PODMAN_COMPOSE) podman-compose==1.6.0
+
+site-images:
+	for s in caddy prometheus alertmanager; do \
+		podman build --network host --build-arg BASE_IMAGE=$(SITE_BASE_IMAGE) -f deploy/standins/$$s.Containerfile \
+			-t localhost/xscreen-standin-$$s:bookworm deploy/standins || exit 1; done
+	podman image exists $(DETECTOR_IMAGE) || podman build --network host \
+		--build-arg BASE_IMAGE=$(SITE_BASE_IMAGE) -t $(DETECTOR_IMAGE) .
+
+site-test: $(STAMP) podman-compose site-images
+	XSCREEN_CONTAINER_TESTS=1 XSCREEN_DETECTOR_IMAGE=$(DETECTOR_IMAGE) $(BIN)/python -m pytest -q -s \
+		-m container tests/deploy/test_site.py

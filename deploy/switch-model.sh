@@ -5,13 +5,16 @@
 # Usage: deploy/switch-model.sh NAME SHA256      (NAME: the file name in deploy/models without .safetensors)
 # Prints the answer (result, persisted, the model now served) as one JSON line; exit status 0 when switched or unchanged, 1 when refused (nothing
 # changed: the answer says why), 2 on bad usage. Step by step: docs/operations.md "A model update".
+# XSCREEN_COMPOSE names the compose command (default `docker compose`), e.g. for podman-compose with
+# the stand-in override: XSCREEN_COMPOSE="podman-compose -f docker-compose.yml -f deploy/compose.standins.yml"
 set -eu
 if [ $# -ne 2 ]; then
     echo "usage: deploy/switch-model.sh NAME SHA256" >&2
     exit 2
 fi
 cd "$(dirname "$0")/.."
-exec docker compose exec -T detector python - "$1" "$2" <<'PY'
+# shellcheck disable=SC2086  # the command is words: split on purpose
+exec ${XSCREEN_COMPOSE:-docker compose} exec -T detector python - "$1" "$2" <<'PY'
 import json, os, sys, urllib.error, urllib.request
 
 path = os.environ.get("XSCREEN_ADMIN_KEYS_FILE", "/run/secrets/xscreen_admin_keys")

@@ -47,7 +47,9 @@ def _container_missing() -> str | None:
     if shutil.which("podman") is None:
         raise pytest.UsageError(f"XSCREEN_CONTAINER_TESTS=1 but podman is not installed: {setup}")
     if subprocess.run(["podman", "image", "exists", CONTAINER_BASE], check=False).returncode != 0:
-        raise pytest.UsageError(f"XSCREEN_CONTAINER_TESTS=1 but the base {CONTAINER_BASE} is missing: {setup}")
+        raise pytest.UsageError(
+            f"XSCREEN_CONTAINER_TESTS=1 but the base {CONTAINER_BASE} is missing: {setup}"
+        )
     return None
 
 

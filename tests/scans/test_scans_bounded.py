@@ -44,8 +44,8 @@ from xscreen.scans import (
     UnsupportedScanFormatError,
     read_scan,
 )
-from xscreen.scans.dicos import dx, files
 from xscreen.scans.bounded import METADATA_ALLOWANCE, deflate_cap, png_rows_size
+from xscreen.scans.dicos import dx, files
 
 REPO = Path(__file__).resolve().parents[2]
 GIB = 1 << 30

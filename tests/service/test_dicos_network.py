@@ -115,7 +115,9 @@ def test_bad_halves_get_failure_statuses(server):
     two_high.save_as(out, enforce_file_format=True)
     assert store(assoc, out.getvalue()) == 0xC000  # a second HIGH for the study: refused, first keeps waiting
     assoc.release()
-    ct = associate(server, contexts=(files.DICOS_CT_SOP_CLASS,))  # a CT is not even given a presentation context
+    ct = associate(
+        server, contexts=(files.DICOS_CT_SOP_CLASS,)
+    )  # a CT is not even given a presentation context
     assert ct.is_established and not [
         c for c in ct.accepted_contexts if c.abstract_syntax == files.DICOS_CT_SOP_CLASS
     ]

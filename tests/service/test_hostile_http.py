@@ -100,7 +100,10 @@ def rle_bomb() -> bytes:
 
 BOMBS = {
     "jpeg-ls frame 40000x40000 in a 16x16 DX": (lambda: (jpeg_bomb(files.JPEG_LS_LOSSLESS), low_half()), 400),
-    "jpeg lossless frame 40000x40000 in a 16x16 DX": (lambda: (jpeg_bomb(files.JPEG_LOSSLESS), low_half()), 400),
+    "jpeg lossless frame 40000x40000 in a 16x16 DX": (
+        lambda: (jpeg_bomb(files.JPEG_LOSSLESS), low_half()),
+        400,
+    ),
     "rle segment expanding to 512 MiB": (lambda: (rle_bomb(), low_half()), 400),
     "deflated DX inflating to 512 MiB": (lambda: (deflated_bomb(512 << 20)[0], low_half()), 413),
     "png idat inflating 1 GiB extra": (lambda: (png_idat_bomb(), png_idat_bomb()), 400),
