@@ -19,8 +19,7 @@ import subprocess
 
 import pytest
 
-# The local stand-in for the Dockerfile's base (../shared/tools/podman-here.sh builds it; docs/deploy.md).
-CONTAINER_BASE = os.environ.get("XSCREEN_BASE_IMAGE", "localhost/python:3.11-slim-bookworm")
+from tests.support.tools import CONTAINER_BASE
 
 
 def _cuda_missing() -> str | None:

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import CONTAINER_BASE
 from tests.support.service_fixtures import free_port, metric_value, post_scan
+from tests.support.tools import CONTAINER_BASE
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(3600)]
 

@@ -56,7 +56,7 @@ import json, os, sys, time
 import cv2, imagecodecs, pydicom, pydicom.encaps, pydicom.filereader, tifffile
 from tests.support.hostile import PeakRss
 from xscreen.scans import read_scan
-from xscreen.scans.dicos import dx_from_encoded, read_dx
+from xscreen.scans.dicos.dx import dx_from_encoded, read_dx
 data = open(sys.argv[1], "rb").read()
 call = {call}
 out = {{"error": None, "message": ""}}

@@ -9,6 +9,9 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# The local stand-in for the Dockerfile's base (../shared/tools/podman-here.sh builds it; docs/deploy.md).
+CONTAINER_BASE = os.environ.get("XSCREEN_BASE_IMAGE", "localhost/python:3.11-slim-bookworm")
+
 
 def tool(name: str, package: str) -> str:
     """The tool's path; under CI a missing tool fails the test (.ci/run installs it), elsewhere it skips."""
