@@ -166,3 +166,13 @@ def test_outside_a_git_checkout_they_run_and_bad_arguments_are_refused(tmp_path,
     proc = gate(repo, "--recrod")
     assert proc.returncode == 2 and proc.stderr.endswith("usage: " + str(repo / GATE) + " [--record]\n"), proc
     assert not (repo / RECORD).exists()
+
+
+def test_the_record_lies_outside_the_inputs_and_ci_runs_the_gate():
+    assert not RECORD.startswith(
+        ("Dockerfile", "docker-compose.yml", "deploy/", "requirements/", "pyproject")
+    )
+    ci = (REPO / ".ci/run").read_text()
+    assert "tools/container_tests_needed.sh\n" in ci and "make container-record" in ci
+    make = (REPO / "Makefile").read_text()
+    assert "\ncontainer-record:\n\ttools/container_tests_needed.sh --record\n" in make
