@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint clean lock image-test
+.PHONY: install test test-fast lint clean lock image-test container-record
 
 # The dev tools and every extra, installed from the hashed lock (what CI runs), then xscreen itself
 # without dependencies. The lock is for Python 3.11 on Linux x86_64; elsewhere resolve from
@@ -52,6 +52,11 @@ clean:
 # report (docs/deploy.md "The image, tested"). Once per machine first: bash ../shared/tools/podman-here.sh
 image-test: $(STAMP)
 	XSCREEN_CONTAINER_TESTS=1 $(BIN)/python -m pytest -q -s -m container tests/deploy/test_image.py
+
+# After `make image-test site-test` passed: record the image's inputs as verified
+# (.ci/container-inputs.sha256, committed), so CI skips the container tests until they change again.
+container-record:
+	tools/container_tests_needed.sh --record
 
 # Re-resolve the hashed locks from pyproject.toml (docs/deploy.md): requirements/service.txt is the image
 # (base + gpu), requirements/ci.txt is `make test` (dev, which includes gpu and train). Existing pins are
