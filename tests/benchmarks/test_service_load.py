@@ -42,7 +42,10 @@ def test_service_load_prints_its_tables_ratio_and_breakdown():
         )
         assert 1.0 < in_process <= float(ratio)  # in-process = the model plus decode and convert
         assert 0 < decode < 500 and 0 < convert < 500 and 0 <= handler_rest < 500
-        assert 0 < server_outside < 500 and 0 < client < 500
+        assert 0 < server_outside < 500
+        # client + transport is a difference of two means (end to end less the server's histogram mean):
+        # on loopback the client's share is a fraction of a millisecond, so noise can take it below zero
+        assert -1.0 < client < 500
 
 
 def test_service_load_refuses_missing_weights(tmp_path):
