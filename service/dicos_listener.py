@@ -205,6 +205,8 @@ class DicosListener:
             server_class=ThreadedAssociationServer,
             request_handler=bounded_request_handler(self.metrics),
         )
+        # registered with its AE as AE.start_server does: the server's shutdown() removes it from there
+        ae._servers.append(server)
         self._start_thread(server.serve_forever, "xscreen-dicos-server")
         return server
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import logging
+import socket
+import threading
 
 import pydicom
 import pynetdicom
@@ -160,3 +162,21 @@ def test_destination_down_is_retried_then_counted_and_logged(server, dest, caplo
         assert final[0].study_uid == dx.read_dx_pair(high, low).study_uid
     finally:
         dest.start()
+
+
+def test_stop_closes_the_port_and_joins_every_listener_thread(caplog):
+    """Shutting the service down stops the DICOS server and its workers cleanly (no failed shutdown)."""
+    port = free_port()
+    before = set(threading.enumerate())  # the module's own server keeps its listener threads
+    with (
+        caplog.at_level("ERROR"),
+        InThreadServer(
+            weights=bundled_weights(), device="cpu", warmup=False, dicos_port=port, dicos_allowed_aets=SCANNER
+        ),
+    ):
+        mine = [t for t in threading.enumerate() if t.name.startswith("xscreen-dicos-") and t not in before]
+        assert len(mine) >= 3  # the workers, the sweeper and the association server
+    assert [t.name for t in mine if t.is_alive()] == []
+    assert "shutdown failed" not in caplog.text.lower(), caplog.text
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
