@@ -120,7 +120,7 @@ def test_client_errors(server, demo, tmp_path):
     high, low = demo.scans[0].png()
     with pytest.raises(client.ApiError) as caught:
         client.Client(server.url, api_key="wrong-key").detect(high, low)
-    assert caught.value.status == 401 and caught.value.code and caught.value.detail
+    assert caught.value.status == 401 and caught.value.code == "unauthorized" and caught.value.detail
     with pytest.raises(client.ApiError) as caught:
         client.Client(server.url, api_key=API_KEY).detect(b"not an image", low)
     assert 400 <= caught.value.status < 500 and caught.value.code != "http_error"
