@@ -128,3 +128,15 @@ def test_client_errors(server, demo, tmp_path):
         client.Client(server.url, api_key=API_KEY).detect(tmp_path / "missing.png", low)
     with pytest.raises(client.TransportError):
         client.Client(f"http://127.0.0.1:{free_port()}", timeout=5).detect(high, low)
+
+
+def test_client_import_loads_neither_the_service_nor_the_model():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, xscreen.client; "
+        "print(sorted(m for m in ('torch', 'fastapi', 'pydantic', 'xscreen.service') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
