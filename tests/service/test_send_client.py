@@ -140,3 +140,23 @@ def test_client_import_loads_neither_the_service_nor_the_model():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_send_reports_a_cstore_failure_status(demo, tmp_path, capsys):
+    """A listener whose spool cannot take a 2 MiB DX answers A700: the sender names the status."""
+    import numpy as np
+
+    high, low = (np.full((1024, 1024), v, np.uint16) for v in (40000, 30000))
+    paths = [tmp_path / "high.dcm", tmp_path / "low.dcm"]
+    for path, buf in zip(paths, dx.write_dx_pair(high, low), strict=True):
+        path.write_bytes(buf)
+    with InThreadServer(
+        weights=demo.weights,
+        device="cpu",
+        warmup=False,
+        dicos_port=free_port(),
+        dicos_spool_max_bytes=1024**2,
+    ) as srv:
+        assert main(["send", "--port", str(srv.settings.dicos_port), *map(str, paths)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("C-STORE of the first DX failed with status 0xa700") and len(err.splitlines()) == 1
