@@ -23,10 +23,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import requests
 from scan_memory import served
 
 from xscreen.argtypes import int_at_least, int_list, positive_float, positive_int
+from xscreen.client import ApiError, Client, TransportError
 from xscreen.tables import markdown_table
 
 _ADLER_MOD = 65521
@@ -59,19 +59,22 @@ def valid_pair(size: int, seed: int = 0) -> tuple[bytes, bytes]:
     return cv2.imencode(".png", scan.high)[1].tobytes(), cv2.imencode(".png", scan.low)[1].tobytes()
 
 
-def _post(url: str, pair: tuple[bytes, bytes], timeout: float) -> requests.Response:
-    files = {"high": ("high.png", pair[0], "image/png"), "low": ("low.png", pair[1], "image/png")}
-    return requests.post(url + "/detect", files=files, timeout=timeout)
+def _post(url: str, pair: tuple[bytes, bytes], timeout: float) -> int:
+    """POST /detect through xscreen.client: the HTTP status, 0 when no answer came (refused, timed out)."""
+    try:
+        Client(url, timeout=timeout).detect(pair[0], pair[1])
+    except ApiError as exc:
+        return exc.status
+    except TransportError:
+        return 0
+    return 200
 
 
 def _bomb_sender(url: str, pair: tuple, stop: threading.Event, out: list, lock: threading.Lock, deadline):
     """Send ``pair`` (a bomb as both parts, or a valid scan for the control rows) until ``stop``."""
     while not stop.is_set():
         t0 = time.monotonic()
-        try:
-            status = _post(url, pair, deadline + 60).status_code
-        except requests.RequestException:
-            status = 0
+        status = _post(url, pair, deadline + 60)
         with lock:
             out.append((status, time.monotonic() - t0))
 
@@ -93,13 +96,10 @@ def run_level(url: str, n_bombs: int, valid: tuple, flood: tuple, args) -> dict:
     end = time.monotonic() + args.time_limit
     while len(statuses) < args.requests and time.monotonic() < end:
         t0 = time.monotonic()
-        try:
-            r = _post(url, valid, args.deadline + 60)
-            statuses.append(r.status_code)
-            if r.status_code == 200:
-                lat.append(time.monotonic() - t0)
-        except requests.RequestException:
-            statuses.append(0)
+        status = _post(url, valid, args.deadline + 60)
+        statuses.append(status)
+        if status == 200:
+            lat.append(time.monotonic() - t0)
     stop.set()
     for t in senders:
         t.join(args.deadline + 60)
