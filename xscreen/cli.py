@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("xscreen.commands.export", "export weights to ONNX, including the test-time LA loop"),
     "synth": ("xscreen.commands.synth", "generate a synthetic dual-energy scan dataset"),
     "send": ("xscreen.commands.send", "send a DICOS DX scan to a DICOS listener and wait for its TDR"),
+    "dicos-check": ("xscreen.commands.dicos_check", "check DICOS TDR and DX files against the IOD tables"),
     "render": ("xscreen.commands.render", "draw the pseudo-colour picture of a scan with boxes"),
     "eval": ("xscreen.commands.eval", "evaluate weights or detections with COCO metrics"),
     "threshold": ("xscreen.commands.threshold", "show, set or re-pick the operating threshold of weights"),

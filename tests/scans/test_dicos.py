@@ -13,7 +13,7 @@ import pydicom
 import pytest
 import tifffile
 
-from tests.support.dicos_cases import HIGH, LOW, assert_tdr_matches, bad_dx_cases, edit
+from tests.support.dicos_cases import HIGH, LOW, assert_conformant, assert_tdr_matches, bad_dx_cases, edit
 from tests.support.service_fixtures import XSCREEN, bundled_weights, synthetic_scans
 from xscreen.scans import (
     ScanError,
@@ -114,8 +114,11 @@ def test_tdr_round_trip_with_pydicom():
     for key in ("IssuerOfPatientID", "InstitutionName", "InstitutionAddress", "DeviceSerialNumber",
                 "SoftwareVersions", "DateOfLastCalibration", "TimeOfLastCalibration"):  # fmt: skip
         assert str(ds.get(key, "")).strip(), key
-    clear = tdr.read_tdr(tdr.write_tdr([], atr=atr, references=refs, study_uid="1.2.3"))
+    clear_buf = tdr.write_tdr([], atr=atr, references=refs, study_uid="1.2.3")
+    clear = tdr.read_tdr(clear_buf)
     assert clear.alarm == "CLEAR" and clear.objects == []
+    assert_conformant(buf)
+    assert_conformant(clear_buf)
 
 
 @pytest.mark.parametrize("compression", ["opencv", "lzw", "zlib", "adobe_deflate", "packbits"])
@@ -158,7 +161,9 @@ def test_synth_format_dicos(tmp_path):
         np.testing.assert_array_equal(pair.high.pixels, cv2.imread(str(out / image["raw_high"]), -1))
         np.testing.assert_array_equal(pair.low.pixels, cv2.imread(str(out / image["raw_low"]), -1))
         report = tdr.read_tdr((out / image["dicos_tdr"]).read_bytes())
-        assert report.tdr_type == "GROUND_TRUTH" and report.references == pair.references()
+        assert report.tdr_type == "GROUND TRUTH" and report.references == pair.references()
+        for key in ("dicos_high", "dicos_low", "dicos_tdr"):
+            assert_conformant((out / image[key]).read_bytes())
         anns = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
         assert [o.class_name for o in report.objects] == [names[a["category_id"]] for a in anns]
         for o, a in zip(report.objects, anns, strict=True):
@@ -180,6 +185,7 @@ def test_cli_detect_on_dx_pair_writes_tdr_equal_to_json(tmp_path):
     assert r.returncode == 0, r.stderr
     response = json.loads(r.stdout)
     report = tdr.read_tdr(tdr_path.read_bytes())
+    assert_conformant(tdr_path.read_bytes())
     assert response["detections"], "the bundled model finds something at 0.05"
     assert_tdr_matches(report, response)
     assert report.references == dx.read_dx_pair(high, low).references()

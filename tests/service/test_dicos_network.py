@@ -15,6 +15,7 @@ import requests
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from tests.support.dicos_cases import assert_conformant
 from tests.support.dicos_peers import Destination, store, wait_for
 from tests.support.service_fixtures import (
     InThreadServer,
@@ -86,7 +87,9 @@ def test_pair_in_tdr_out(server, dest):
     assoc = associate(server)
     assert store(assoc, low) == 0 and store(assoc, high) == 0
     assoc.release()
-    report = tdr.read_tdr(dest.received.get(timeout=120))
+    received = dest.received.get(timeout=120)
+    report = tdr.read_tdr(received)
+    assert_conformant(received)
     pair = dx.read_dx_pair(high, low)
     assert report.references == pair.references() and report.study_uid == pair.study_uid
     assert report.tdr_type == "MACHINE" and report.alarm == ("ALARM" if report.objects else "CLEAR")

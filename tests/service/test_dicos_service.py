@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.support.dicos_cases import assert_tdr_matches, bad_dx_cases
+from tests.support.dicos_cases import assert_conformant, assert_tdr_matches, bad_dx_cases
 from tests.support.service_fixtures import InThreadServer, bundled_weights, synthetic_scans
 from xscreen.scans.dicos import dx, files, tdr
 
@@ -63,6 +63,7 @@ def test_accept_dicom_answers_a_tdr_equal_to_the_json(server, scan, png_answer):
     assert r.status_code == 200 and r.headers["content-type"] == "application/dicom"
     report = tdr.read_tdr(r.content)
     assert_tdr_matches(report, png_answer)
+    assert_conformant(r.content)
     assert report.references == dx.read_dx_pair(high, low).references()
     assert report.study_uid == dx.read_dx_pair(high, low).study_uid
     assert report.scan_id == r.headers["x-scan-id"]
@@ -77,6 +78,7 @@ def test_tdr_for_a_png_scan_references_generated_uids(server, scan, png_answer):
     assert r.status_code == 200
     report = tdr.read_tdr(r.content)
     assert_tdr_matches(report, png_answer)
+    assert_conformant(r.content)
     assert len(report.references) == 2 and all(c == files.DX_FOR_PROCESSING for c, _ in report.references)
 
 

@@ -1,16 +1,17 @@
 """DICOS test data shared by tests/scans/test_dicos.py and tests/service/test_dicos_service.py: DX pixels,
-edited and re-encoded DX files, every bad DX pair, and the TDR-equals-JSON check."""
+edited and re-encoded DX files, every bad DX pair, the TDR-equals-JSON check and the conformance check."""
 
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import pydicom
 import pytest
 
 from xscreen.scans import ScanError, ScanTooLargeError, UnsupportedScanFormatError
-from xscreen.scans.dicos import dx, files, tdr
+from xscreen.scans.dicos import conformance, dx, files, tdr
 
 RNG = np.random.default_rng(7)
 HIGH = RNG.integers(0, 65535, (40, 56)).astype(np.uint16)
@@ -83,3 +84,14 @@ def assert_tdr_matches(report: tdr.TdrReport, response: dict) -> None:
         box = [det["box"][k] for k in ("x1", "y1", "x2", "y2")]
         assert o.box == pytest.approx(box, abs=1e-3)
         assert o.score == pytest.approx(det["score"], abs=1e-6)
+
+
+def assert_conformant(buf: bytes) -> None:
+    """``buf`` passes the DICOS conformance check, and pydicom reads every element of it without a warning
+    (such as "exceeds the maximum length")."""
+    problems = conformance.check(files.parse_dicom(buf, None, False))
+    assert problems == [], "\n".join(str(p) for p in problems)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = pydicom.dcmread(io.BytesIO(buf))
+        ds.walk(lambda dataset, elem: elem.value)  # converts every raw element, which is when pydicom warns

@@ -124,18 +124,33 @@ def base_dataset(sop_class: str, sop_instance: str, syntax: str):
     ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds.ContentDate, ds.ContentTime = ds.InstanceCreationDate, ds.InstanceCreationTime
     ds.StudyDate, ds.StudyTime = ds.InstanceCreationDate, ds.InstanceCreationTime
+    ds.SeriesDate, ds.SeriesTime = ds.InstanceCreationDate, ds.InstanceCreationTime
+    ds.DICOSVersion = DICOS_VERSION  # (4010,103A): the toolkit reads the dataset's, not the file meta's
     return ds
 
 
 def add_equipment(ds, software: str) -> None:
-    """General equipment and object-of-inspection fields that DICOS readers require to be filled."""
+    """General equipment, object-of-inspection, general scan and frame-of-reference fields that the
+    DICOS TDR and DX IODs require (docs/dicos.md, "Conformance"). ``ds`` holds PatientID already."""
     ds.Manufacturer = "xscreen"
     ds.InstitutionName = "xscreen"
     ds.InstitutionAddress = "not applicable"
+    ds.InstitutionalDepartmentName = ""
+    ds.StationName = "xscreen"  # the DICOS "Machine ID" (SH, <= 16 characters)
+    ds.ManufacturerModelName = "xscreen"
     ds.DeviceSerialNumber = "0"
     ds.SoftwareVersions = software[:64]
     ds.DateOfLastCalibration, ds.TimeOfLastCalibration = ds.ContentDate, ds.ContentTime
     ds.IssuerOfPatientID = "xscreen"  # issuer of the object of inspection's id
+    ds.TypeOfPatientID = "TEXT"  # OOI ID Type
+    ds.PatientSex = "U"  # OOI gender: not applicable to baggage
+    ds.OtherPatientIDsSequence = []
+    ds.OOIType = "BAGGAGE"
+    ds.StudyID = str(ds.PatientID)[-16:]  # the Scan ID (SH, <= 16 characters)
+    ds.ScanType = "OPERATIONAL"
+    ds.AcquisitionStatus = "SUCCESSFUL"  # Series Acquisition Status
+    ds.FrameOfReferenceUID = new_uid()
+    ds.PositionReferenceIndicator = ""
 
 
 def to_bytes(ds) -> bytes:

@@ -58,6 +58,72 @@ class TdrReport:
     scan_id: str
 
 
+def tdr_type_term(tdr_type: str) -> str:
+    """A TDR type as the standard spells it: ``GROUND_TRUTH`` is written ``GROUND TRUTH``."""
+    return tdr_type.strip().upper().replace("_", " ")
+
+
+def _references(references: Sequence[tuple[str, str]]):
+    """A sequence of (SOP class, SOP instance) items: (0008,1150) and (0008,1155)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    items = []
+    for sop_class, sop_instance in references:
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
+        items.append(item)
+    return DicomSequence(items)
+
+
+def _algorithm_values(atr: AtrIdentity) -> list[str]:
+    """(4010,1029) LO values: name, version and weights sha256, each cut into pieces of <= 64 characters.
+
+    A value field of odd length gets a pad space after its last value, which makes a 64-character sha256
+    65 long for pydicom and DICOS readers; an insignificant trailing space on an earlier value evens it."""
+    values = []
+    for text in (atr.name, atr.version, atr.sha256):
+        values += [text[i : i + 64] for i in range(0, len(text), 64)] or [""]
+    if len("\\".join(values)) % 2 and len(values[-1]) == 64:
+        short = next((i for i, v in enumerate(values[:-1]) if len(v) < 64), None)
+        if short is not None:
+            values[short] += " "
+    return values
+
+
+def _threat_item(i: int, obj: ThreatObject, references, times: tuple[str, str, float]):
+    """One Threat Sequence (4010,1011) item: the box on the referenced DX, its assessment and timings."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    x1, y1, x2, y2 = (float(v) for v in obj.box)
+    voxel = Dataset()
+    voxel.ThreatROIBase = [x1, y1, 0.0]
+    voxel.ThreatROIExtents = [x2 - x1, y2 - y1, 1.0]
+    voxel.ThreatROIBitmap = b""
+    locator = Dataset()
+    locator.AnomalyLocatorIndicator = [(x1 + x2) / 2.0, (y1 + y2) / 2.0, 0.0]  # the box's centre
+    rep = Dataset()
+    rep.ReferencedInstanceSequence = _references(references)
+    rep.ThreatROIVoxelSequence = DicomSequence([voxel])
+    rep.AnomalyLocatorIndicatorSequence = DicomSequence([locator])
+    assessment = Dataset()
+    assessment.ThreatCategory = "PI"  # prohibited item
+    assessment.ThreatCategoryDescription = f"{obj.class_name} ({obj.group})"
+    assessment.ATDAbilityAssessment = "NO_INTERFERENCE"
+    assessment.ATDAssessmentFlag = "THREAT"
+    assessment.ATDAssessmentProbability = float(obj.score)
+    pto = Dataset()
+    pto.PotentialThreatObjectID = i
+    pto.OOIType = "BAGGAGE"
+    pto.PTORepresentationSequence = DicomSequence([rep])
+    pto.ATDAssessmentSequence = DicomSequence([assessment])
+    pto.add_new(TAG_PTO_PROCESSING_START, "DT", times[0])
+    pto.add_new(TAG_PTO_PROCESSING_END, "DT", times[1])
+    pto.add_new(TAG_PTO_PROCESSING_TIME, "FL", times[2])
+    return pto
+
+
 def write_tdr(
     objects: Sequence[ThreatObject],
     *,
@@ -72,9 +138,9 @@ def write_tdr(
     """A DICOS TDR (bytes) with one threat object per entry of ``objects``.
 
     The alarm decision is ALARM when any object is reported (the caller passes only those at or above
-    its threshold), CLEAR otherwise. ``references`` are the DX instances the boxes are drawn on.
+    its threshold), CLEAR otherwise. ``references`` are the DX instances the boxes are drawn on. Every
+    attribute of the conformance table (``xscreen.scans.dicos.conformance``) is written.
     """
-    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence as DicomSequence
 
     finished = finished or utc_now()
@@ -82,54 +148,29 @@ def write_tdr(
     ms = max(0.0, (finished - started).total_seconds() * 1000.0)
     t0, t1 = started.strftime("%Y%m%d%H%M%S.%f"), finished.strftime("%Y%m%d%H%M%S.%f")
 
-    def referenced() -> DicomSequence:
-        items = []
-        for sop_class, sop_instance in references:
-            item = Dataset()
-            item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
-            items.append(item)
-        return DicomSequence(items)
-
     ds = base_dataset(TDR_SOP_CLASS, new_uid(), EXPLICIT_LE)
     ds.Modality = "TDR"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, new_uid()
     ds.PatientID = scan_id or study_uid[-16:]
     ds.PatientName = ""
     ds.SeriesNumber, ds.InstanceNumber = 2, 1
-    software = f"{atr.name} {atr.version}"
-    add_equipment(ds, software)
-    ds.TDRType = tdr_type
-    ds.ThreatDetectionAlgorithmAndVersion = [atr.name[:64], atr.version[:64], atr.sha256[:64]]
+    add_equipment(ds, f"{atr.name} {atr.version}")
+    ds.ReferencedStudySequence = _references(references)  # DICOS: Referenced Scans Sequence
+    ds.TDRType = tdr_type_term(tdr_type)
+    ds.ThreatDetectionAlgorithmAndVersion = _algorithm_values(atr)
     ds.AlarmDecision = "ALARM" if objects else "CLEAR"
+    ds.AlarmDecisionTime = t1
+    ds.AbortFlag = "SUCCESS"
+    ds.AdditionalScreeningPerformed = "NO"
     ds.NumberOfTotalObjects = len(objects)
     ds.NumberOfAlarmObjects = len(objects)
     ds.add_new(TAG_IMAGE_SCALE_REPRESENTATION, "FD", 1.0)
-    ds.ReferencedInstanceSequence = referenced()
+    ds.AlgorithmRoutingCodeSequence = []
+    ds.ReferencedInstanceSequence = _references(references)
     ds.TotalProcessingTime = ms
-    threats = []
-    for i, obj in enumerate(objects):
-        x1, y1, x2, y2 = (float(v) for v in obj.box)
-        voxel = Dataset()
-        voxel.ThreatROIBase = [x1, y1, 0.0]
-        voxel.ThreatROIExtents = [x2 - x1, y2 - y1, 1.0]
-        rep = Dataset()
-        rep.ReferencedInstanceSequence = referenced()
-        rep.ThreatROIVoxelSequence = DicomSequence([voxel])
-        assessment = Dataset()
-        assessment.ThreatCategory = "PI"  # prohibited item
-        assessment.ThreatCategoryDescription = f"{obj.class_name} ({obj.group})"
-        assessment.ATDAbilityAssessment = "NO_INTERFERENCE"
-        assessment.ATDAssessmentFlag = "THREAT"
-        assessment.ATDAssessmentProbability = float(obj.score)
-        pto = Dataset()
-        pto.PotentialThreatObjectID = i
-        pto.PTORepresentationSequence = DicomSequence([rep])
-        pto.ATDAssessmentSequence = DicomSequence([assessment])
-        pto.add_new(TAG_PTO_PROCESSING_START, "DT", t0)
-        pto.add_new(TAG_PTO_PROCESSING_END, "DT", t1)
-        pto.add_new(TAG_PTO_PROCESSING_TIME, "FL", ms)
-        threats.append(pto)
-    ds.ThreatSequence = DicomSequence(threats)
+    ds.ThreatSequence = DicomSequence(
+        [_threat_item(i, obj, references, (t0, t1, ms)) for i, obj in enumerate(objects)]
+    )
     return to_bytes(ds)
 
 
