@@ -125,11 +125,11 @@ def test_damaged_dx_and_bad_values_are_flagged():
     ds = pydicom.dcmread(io.BytesIO(high))
     del ds.Rows
     ds.StationName = ""
-    ds.ScanType = "ROUTINE"
+    ds.TypeOfPatientID = "NAME"
     ds.FrameOfReferenceUID = "1.02.3"
     found = {(p.keyword, p.type, p.why.split(" (")[0].split(":")[0]) for p in problems_of(resave(ds))}
     assert ("Rows", "1", "missing") in found and ("StationName", "1", "empty") in found
-    assert any(k == "ScanType" and "not one of" in w for k, _, w in found)
+    assert any(k == "TypeOfPatientID" and "not one of" in w for k, _, w in found)
     assert any(k == "FrameOfReferenceUID" and "not a valid UID" in w for k, _, w in found)
 
 

@@ -88,7 +88,7 @@ COMMON: tuple[Attr, ...] = (
     _a(0x00080020, "StudyDate", "General Scan", "1", "DA"),
     _a(0x00080030, "StudyTime", "General Scan", "1", "TM"),
     _a(0x00200010, "StudyID", "General Scan (Scan ID)", "1", "SH"),
-    _a(0x40101048, "ScanType", "General Scan", "1", "CS", ("OPERATIONAL", "TRAINING", "TEST")),
+    _a(0x40101048, "ScanType", "General Scan", "1", "CS"),
     _a(0x00080060, "Modality", "General Series", "1", "CS"),
     _a(0x0020000E, "SeriesInstanceUID", "General Series", "1", "UI"),
     _a(0x00200011, "SeriesNumber", "General Series", "2", "IS"),
