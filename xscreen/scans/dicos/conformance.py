@@ -10,6 +10,7 @@ VR, the condition of a 1C/2C row, the values accepted (if enumerated), and the r
 
 from __future__ import annotations
 
+import logging
 import re
 import warnings
 from collections.abc import Callable
@@ -212,9 +213,15 @@ def check(ds) -> list[Problem]:
                 f"not a DICOS TDR or DX SOP class ({ds.get('SOPClassUID', 'missing')})",
             )
         ]
+    log = logging.getLogger("pydicom")
+    level = log.level
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom's own length warnings: reported here as problems
-        problems = _check_rows(ds, found[1], "")
+        warnings.simplefilter("ignore")  # pydicom's own warnings (and log lines): reported here as problems
+        log.setLevel(logging.ERROR)
+        try:
+            problems = _check_rows(ds, found[1], "")
+        finally:
+            log.setLevel(level)
         meta = getattr(ds, "file_meta", None)
         media = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
         if media and media != str(ds.get("SOPClassUID", "")):
