@@ -9,6 +9,7 @@ import asyncio
 
 import pytest
 
+from tests.support.dicos_cases import assert_conformant
 from tests.support.service_fixtures import API_KEY, InThreadServer, free_port
 from xscreen import client
 from xscreen.cli import main
@@ -58,6 +59,7 @@ def test_send_round_trip_equals_http_answer(server, dx_files, tmp_path, capsys):
     argv = send_args(server, str(low), str(high), "--tdr-port", str(TDR_PORT), "--out", str(out))
     assert main([*argv, "--timeout", "120"]) == 0
     printed = capsys.readouterr().out.splitlines()
+    assert_conformant(out.read_bytes())  # the TDR the listener sent, as xscreen dicos-check sees it
     report = tdr.read_tdr(out.read_bytes())
     assert report.study_uid == dx.read_dx_pair(high.read_bytes(), low.read_bytes()).study_uid
     answer = client.Client(server.url, api_key=API_KEY).detect(high, low)

@@ -6,7 +6,7 @@ Layout (shared contract)::
     DIR/images/{split}/STEM.png             converted 3-channel 8-bit (training.scans.write_converted)
     DIR/raw/{split}/STEM_high.png, STEM_low.png   16-bit greyscale
     DIR/dicos/{split}/STEM_high.dcm, STEM_low.dcm, STEM_tdr.dcm   with --format dicos: the scan as a
-        DICOS DX pair and its ground truth as a TDR (TDR type GROUND_TRUTH, score 1), docs/dicos.md
+        DICOS DX pair and its ground truth as a TDR (TDR type GROUND TRUTH, score 1), docs/dicos.md
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def _write_dicos(folder: Path, stem: str, scan) -> None:
         study = str(ds.StudyInstanceUID)
     objects = [ThreatObject(tuple(map(float, o.box)), o.name, _GROUP[o.name], 1.0) for o in scan.objects]
     tdr = write_tdr(
-        objects, atr=SYNTH_ATR, references=refs, study_uid=study, scan_id=stem, tdr_type="GROUND_TRUTH"
+        objects, atr=SYNTH_ATR, references=refs, study_uid=study, scan_id=stem, tdr_type="GROUND TRUTH"
     )
     (folder / f"{stem}_tdr.dcm").write_bytes(tdr)
 
