@@ -52,6 +52,11 @@ def send_args(server, *extra: str) -> list[str]:
     return ["send", "--port", str(server.settings.dicos_port), "--calling-ae", "SCANNER", *extra]
 
 
+def sender_lines(stderr: str) -> list[str]:
+    """What ``xscreen send`` wrote to stderr: the in-process server's JSON log lines share the stream."""
+    return [line for line in stderr.strip().splitlines() if not line.startswith('{"ts":')]
+
+
 def test_send_round_trip_equals_http_answer(server, dx_files, tmp_path, capsys):
     high, low = dx_files
     out = tmp_path / "tdr.dcm"
@@ -82,8 +87,8 @@ def test_send_without_waiting_for_the_tdr(server, dx_files, capsys):
 def test_send_failures_are_one_line_and_non_zero(server, dx_files, tmp_path, capsys):
     high, low = dx_files
     assert main(["send", "--port", str(free_port()), str(high), str(low)]) == 1
-    err = capsys.readouterr().err.strip()
-    assert "cannot connect" in err and len(err.splitlines()) == 1
+    err = sender_lines(capsys.readouterr().err)
+    assert len(err) == 1 and "cannot connect" in err[0]
     assert main(send_args(server, "--calling-ae", "INTRUDER", str(high), str(low))) == 1
     assert "association rejected" in capsys.readouterr().err
     bad = tmp_path / "bad.dcm"
@@ -160,5 +165,5 @@ def test_send_reports_a_cstore_failure_status(demo, tmp_path, capsys):
         dicos_spool_max_bytes=1024**2,
     ) as srv:
         assert main(["send", "--port", str(srv.settings.dicos_port), *map(str, paths)]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.endswith("C-STORE of the first DX failed with status 0xa700") and len(err.splitlines()) == 1
+    err = sender_lines(capsys.readouterr().err)
+    assert len(err) == 1 and err[0].endswith("C-STORE of the first DX failed with status 0xa700"), err
