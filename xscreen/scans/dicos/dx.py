@@ -116,24 +116,24 @@ def read_dx(
     """
     check_deadline(deadline, name)
     ds = parse_dicom(buf, name, force, max_pixels, deadline)
-    try:
-        return _read_dx_dataset(ds, name, max_pixels, deadline)
-    except ScanError:
-        raise
-    except Exception as exc:
-        raise ScanError(f"{label(name)}truncated or corrupt DICOM ({type(exc).__name__}: {exc})") from None
+    return _checked_dx(ds, name, max_pixels, deadline, "truncated or corrupt DICOM")
 
 
 def dx_from_dataset(
     ds, *, name: str | None = None, max_pixels: int | None = None, deadline: float | None = None
 ) -> DxImage:
     """As ``read_dx`` for a dataset already parsed (a C-STORE's)."""
+    return _checked_dx(ds, name, max_pixels, deadline, "corrupt DICOM dataset")
+
+
+def _checked_dx(ds, name: str | None, max_pixels: int | None, deadline: float | None, what: str) -> DxImage:
+    """``_read_dx_dataset``; an error that is not a ``ScanError`` becomes one line naming ``what``."""
     try:
         return _read_dx_dataset(ds, name, max_pixels, deadline)
     except ScanError:
         raise
     except Exception as exc:
-        raise ScanError(f"{label(name)}corrupt DICOM dataset ({type(exc).__name__}: {exc})") from None
+        raise ScanError(f"{label(name)}{what} ({type(exc).__name__}: {exc})") from None
 
 
 def dx_from_encoded(
