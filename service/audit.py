@@ -216,6 +216,19 @@ def _resolve(future: asyncio.Future, error: Exception | None) -> None:
         future.set_exception(error)
 
 
+def _detections(found) -> list[dict]:
+    return [
+        {
+            "class_name": d.class_name,
+            "class_id": d.class_id,
+            "group": d.group,
+            "score": d.score,
+            "box": [d.box.x1, d.box.y1, d.box.x2, d.box.y2],
+        }
+        for d in found
+    ]
+
+
 def audit_record(
     response,
     latency_s: float,
@@ -226,8 +239,8 @@ def audit_record(
     key_id: str | None = None,
     calling_ae: str | None = None,
 ) -> dict:
-    """The audit line of one answered scan (a ``DetectResponse``): what the machine said, with which model."""
-    threshold = response.score_threshold
+    """The audit line of one answered bag (a ``DetectResponse``, or a ``BagResponse`` of several views):
+    what the machine said, with which model. One record per bag: its views are listed in it."""
     record = {
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "scan_id": response.scan_id,
@@ -240,21 +253,25 @@ def audit_record(
             "version": response.model.version,
             "sha256": response.model.sha256,
         },
-        "image": {"width": response.image.width, "height": response.image.height},
-        "score_threshold": threshold,
-        "alarm": any(d.score >= threshold for d in response.detections),
-        "detections": [
-            {
-                "class_name": d.class_name,
-                "class_id": d.class_id,
-                "group": d.group,
-                "score": d.score,
-                "box": [d.box.x1, d.box.y1, d.box.x2, d.box.y2],
-            }
-            for d in response.detections
-        ],  # fmt: skip
-        "latency_s": round(latency_s, 6),
+        "score_threshold": response.score_threshold,
+        "alarm": response.alarm,
     }
+    views = getattr(response, "views", None)
+    if views is None:
+        record["image"] = {"width": response.image.width, "height": response.image.height}
+        record["detections"] = _detections(response.detections)
+    else:
+        record["views"] = [
+            {
+                "view": v.view,
+                "source": v.source.model_dump(exclude_none=True),
+                "image": {"width": v.image.width, "height": v.image.height},
+                "alarm": v.alarm,
+                "detections": _detections(v.detections),
+            }
+            for v in views
+        ]
+    record["latency_s"] = round(latency_s, 6)
     if calling_ae is not None:
-        record["calling_ae"] = calling_ae  # DICOS: the scanner that sent the pair
+        record["calling_ae"] = calling_ae  # DICOS: the scanner that sent the bag
     return record

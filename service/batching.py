@@ -43,8 +43,8 @@ class BatcherStoppedError(Exception):
 
 @dataclass
 class _Job:
-    image: np.ndarray
-    future: asyncio.Future
+    images: list[np.ndarray]  # one scan, or the views of one bag: never split across batches
+    future: asyncio.Future  # its list of ModelRun, one per image
     deadline: float  # time.monotonic()
     enqueued: float = field(default_factory=time.monotonic)
 
@@ -69,6 +69,7 @@ class MicroBatcher:
         self._executor: ThreadPoolExecutor | None = None
         self._stopping = False
         self._incoming = 0  # requests past admission whose scan is still being read/decoded
+        self._held: _Job | None = None  # a bag that did not fit the last batch: first in the next
         self.batches_run = 0
 
     # lifecycle -------------------------------------------------------------------------------
@@ -85,15 +86,17 @@ class MicroBatcher:
         self._stopping = True
         if self._queue is not None:
             end = time.monotonic() + drain_timeout_s
-            while not self._queue.empty() and time.monotonic() < end:
+            while (not self._queue.empty() or self._held is not None) and time.monotonic() < end:
                 await asyncio.sleep(0.01)
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
         if self._queue is not None:  # anything left after the drain window
+            left = [self._held] if self._held is not None else []
             while not self._queue.empty():
-                job = self._queue.get_nowait()
+                left.append(self._queue.get_nowait())
+            for job in left:
                 if not job.future.done():
                     job.future.set_exception(BatcherStoppedError("service is shutting down"))
         if self._executor is not None:
@@ -118,10 +121,15 @@ class MicroBatcher:
 
     async def submit(self, image: np.ndarray, deadline: float) -> ModelRun:
         """Queue one converted scan and wait for its result until ``deadline`` (time.monotonic())."""
+        return (await self.submit_bag([image], deadline))[0]
+
+    async def submit_bag(self, images: list[np.ndarray], deadline: float) -> list[ModelRun]:
+        """Queue the views of one bag to run in one batch (with other scans when there is room; a bag of
+        more than max_batch_size views runs alone) and wait for their results until ``deadline``."""
         if self._queue is None or self._stopping:
             raise BatcherStoppedError("service is not accepting scans")
         loop = asyncio.get_running_loop()
-        job = _Job(image=image, future=loop.create_future(), deadline=deadline)
+        job = _Job(images=list(images), future=loop.create_future(), deadline=deadline)
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -141,23 +149,27 @@ class MicroBatcher:
 
     async def _collect(self) -> list[_Job]:
         assert self._queue is not None
-        batch = [await self._queue.get()]
-        close_at = batch[0].enqueued + self.max_queue_delay_s
-        while len(batch) < self.max_batch_size:
+        first, self._held = self._held or await self._queue.get(), None
+        batch, images = [first], len(first.images)
+        close_at = first.enqueued + self.max_queue_delay_s
+        while images < self.max_batch_size:
             try:
-                batch.append(self._queue.get_nowait())
-                continue
+                job = self._queue.get_nowait()
             except asyncio.QueueEmpty:
-                pass
-            remaining = close_at - time.monotonic()
-            # A lone scan is not held back waiting for company that is not on its way: wait only
-            # while other requests are still decoding their scans.
-            if remaining <= 0 or self._incoming == 0:
+                remaining = close_at - time.monotonic()
+                # A lone scan is not held back waiting for company that is not on its way: wait only
+                # while other requests are still decoding their scans.
+                if remaining <= 0 or self._incoming == 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(self._queue.get(), timeout=remaining)
+                except TimeoutError:
+                    break
+            if images + len(job.images) > self.max_batch_size:
+                self._held = job  # a bag is never split: it opens the next batch
                 break
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), timeout=remaining))
-            except TimeoutError:
-                break
+            batch.append(job)
+            images += len(job.images)
         self._set_depth()
         return batch
 
@@ -185,8 +197,9 @@ class MicroBatcher:
             return
         waits = [now - job.enqueued for job in live]
         backend = self.backend  # a model switch assigns self.backend; this batch keeps its own
+        images = [image for job in live for image in job.images]
         try:
-            runs = await loop.run_in_executor(self._executor, run_model, backend, [job.image for job in live])
+            runs = await loop.run_in_executor(self._executor, run_model, backend, images)
         except asyncio.CancelledError:
             for job in live:
                 if not job.future.done():
@@ -202,11 +215,14 @@ class MicroBatcher:
             return
         self.batches_run += 1
         if self.metrics:
-            self.metrics.batch_size.observe(len(live))
+            self.metrics.batch_size.observe(len(images))
             for wait in waits:
                 self.metrics.queue_wait.observe(wait)
             for stage, seconds in runs[0].stage_seconds.items():
                 self.metrics.stage_seconds.labels(stage=stage).observe(seconds)
-        for job, run, wait in zip(live, runs, waits, strict=True):
+        start = 0
+        for job, wait in zip(live, waits, strict=True):
+            share = runs[start : start + len(job.images)]
+            start += len(job.images)
             if not job.future.done():
-                job.future.set_result(dataclasses.replace(run, queue_wait=wait))
+                job.future.set_result([dataclasses.replace(run, queue_wait=wait) for run in share])

@@ -598,9 +598,8 @@ class DicosListener:
         result = detection_result(
             prepared, run, backend_name=s.backend, threshold_setting=s.score_threshold, started=t0
         )
-        for d in result.detections:
-            self.metrics.detections.labels(class_name=d.class_name).inc()
         response = result.response(scan_id)
+        self.metrics.count_answer(response, source="dicos")
         if (
             service.audit is not None
         ):  # no TDR leaves without its audit record (docs/service.md "Audit trail")

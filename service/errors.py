@@ -39,6 +39,8 @@ class ErrorCode(enum.StrEnum):
     # scans
     empty_body = "empty_body"
     invalid_scan = "invalid_scan"
+    too_many_views = "too_many_views"
+    one_view_only = "one_view_only"
     energies_swapped = "energies_swapped"
     invalid_parameter = "invalid_parameter"
     scan_size_mismatch = "scan_size_mismatch"

@@ -115,6 +115,22 @@ class ServiceMetrics:
         self.detections = Counter(
             "xscreen_detections", "Detections returned, by class", ("class_name",), registry=r
         )
+        self.bags = Counter(
+            "xscreen_bags",
+            "Bags answered (one view or several), by source (http, dicos) and alarm decision (true, false): "
+            "the alarm rate a checkpoint watches (docs/service.md, \"Alarm\")",
+            ("source", "alarm"),
+            registry=r,
+        )
+        self.bag_views = Counter(
+            "xscreen_bag_views", "Views in the bags answered, by source", ("source",), registry=r
+        )
+        self.alarm_classes = Counter(
+            "xscreen_alarm_bags_by_class",
+            "Alarmed bags by the classes that alarmed them (a bag counts once per class)",
+            ("class_name",),
+            registry=r,
+        )
         self.model_info = Gauge(
             "xscreen_model_info",
             "Loaded model (value 1)",
@@ -200,11 +216,29 @@ class ServiceMetrics:
             self.audit_failures.labels(reason=reason)
         for name in CLASS_NAMES:
             self.detections.labels(class_name=name)
+            self.alarm_classes.labels(class_name=name)
+        for source in ("http", "dicos"):
+            self.bag_views.labels(source=source)
+            for alarm in ("true", "false"):
+                self.bags.labels(source=source, alarm=alarm)
         for stage in PREPARE_STAGES + tuple(MODEL_STAGES) + BACKEND_STAGES:
             self.stage_seconds.labels(stage=stage)
         for route in SCAN_ROUTES:
             for status in SCAN_STATUSES:
                 self.requests.labels(route, "POST", status)
+
+    def count_answer(self, response, *, source: str) -> None:
+        """Count one answered bag (a ``DetectResponse`` or a ``BagResponse``): its detections by class, its
+        alarm decision and the classes that alarmed it."""
+        views = getattr(response, "views", None)
+        found = [d for v in views for d in v.detections] if views is not None else response.detections
+        for d in found:
+            self.detections.labels(class_name=d.class_name).inc()
+        self.bags.labels(source=source, alarm="true" if response.alarm else "false").inc()
+        self.bag_views.labels(source=source).inc(len(views) if views is not None else 1)
+        if response.alarm:
+            for name in {d.class_name for d in found if d.score >= response.score_threshold}:
+                self.alarm_classes.labels(class_name=name).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

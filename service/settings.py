@@ -78,6 +78,9 @@ class Settings(InferenceSettings):
     queue_size: int = Field(64, ge=1, le=100_000, description="scans waiting for the model; full -> 503")
     request_timeout_s: float = Field(30.0, gt=0, le=3600, description="per-request deadline -> 504")
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="whole request body limit")
+    max_views: int = Field(
+        8, ge=1, le=64, description="views (high/low pairs) in one bag: one POST /detect or one DICOS study"
+    )
     # -- memory budget, decode pool (docs/service.md "Memory budget and deadlines") ----------------------
     max_inflight_mpixels: float = Field(
         100.0,

@@ -17,12 +17,13 @@ from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFil
 from xscreen.inference.pipeline import (
     ModelRun,
     PreparedScan,
-    detection_result,
-    prepare_scan,
+    bag_result,
+    prepare_views,
     render_response_png,
+    tdr_from_bag,
     tdr_from_response,
 )
-from xscreen.inference.response import DetectResponse
+from xscreen.inference.response import BagResponse, DetectResponse
 from xscreen.scans import ScanError
 from xscreen.scans.errors import ScanDeadlineError
 from xscreen.scans.peek import declared_pixels
@@ -51,8 +52,13 @@ _PART_HELP = (
     "or a DICM preamble; both parts then DX); or, with 'width' and 'height', headerless little-endian "
     "uint16 pixels, row-major"
 )
-HighPart = Annotated[UploadFile, File(description="high-energy " + _PART_HELP)]
-LowPart = Annotated[UploadFile, File(description="low-energy " + _PART_HELP)]
+_VIEWS_HELP = (
+    ". A bag of several views repeats 'high' and 'low' in order: the i-th high and the i-th low are view i "
+    "(at most XSCREEN_MAX_VIEWS); DICOS DX views of one bag share one study"
+)
+HighPart = Annotated[list[UploadFile], File(description="high-energy " + _PART_HELP + _VIEWS_HELP)]
+LowPart = Annotated[list[UploadFile], File(description="low-energy " + _PART_HELP + _VIEWS_HELP)]
+
 WidthField = Annotated[int | None, Form(ge=2, le=1_000_000, description="raw buffers only: pixels per row")]
 HeightField = Annotated[int | None, Form(ge=2, le=1_000_000, description="raw buffers only: rows")]
 ScanIdField = Annotated[
@@ -119,19 +125,29 @@ def _timeout_error(service: ServiceState, what: str) -> ApiError:
     )
 
 
+def _view_pixels(
+    views: list[tuple[bytes, bytes]], raw: tuple[int, int] | None, dicom: list[tuple[bool, bool]], limit: int
+) -> int:
+    """The pixels the views declare, each view counted at most at the limit (and at it when it declares
+    none; more is refused with 413 from the header)."""
+    total = 0
+    for parts, flags in zip(views, dicom, strict=True):
+        declared = declared_pixels(parts, raw_size=raw, dicom=flags)
+        total += limit if declared is None else min(declared, limit)
+    return total
+
+
 async def _reserve(
     service: ServiceState,
     lease: Lease,
-    parts: tuple[bytes, bytes],
+    views: list[tuple[bytes, bytes]],
     raw: tuple[int, int] | None,
-    dicom: tuple[bool, bool],
+    dicom: list[tuple[bool, bool]],
     deadline: float,
 ) -> None:
-    """Reserve the scan's declared pixels (its limit when it declares none) before decoding: 503 when no
-    room appears within XSCREEN_BUDGET_WAIT_S (and the deadline)."""
-    max_pixels = service.settings.max_pixels
-    declared = await asyncio.to_thread(declared_pixels, parts, raw_size=raw, dicom=dicom)
-    pixels = max_pixels if declared is None else min(declared, max_pixels)  # more: 413 from the header
+    """Reserve the views' declared pixels before decoding: 503 when no room appears within
+    XSCREEN_BUDGET_WAIT_S (and the deadline)."""
+    pixels = await asyncio.to_thread(_view_pixels, views, raw, dicom, service.settings.max_pixels)
     wait_until = min(deadline, time.monotonic() + service.settings.budget_wait_s)
     try:
         await lease.acquire(pixels, wait_until)
@@ -157,8 +173,8 @@ def _abandon(work: concurrent.futures.Future, wrapped: asyncio.Future, lease: Le
 
 async def _decode_within(
     service: ServiceState, admission: ScanAdmission, lease: Lease, deadline: float, job: functools.partial
-) -> PreparedScan:
-    """Run ``job`` (prepare_scan) in the bounded decode pool and wait for it until the deadline: 504 after;
+) -> list[PreparedScan]:
+    """Run ``job`` (prepare_views) in the bounded decode pool and wait for it until the deadline: 504 after;
     a scan the pipeline refuses is answered 4xx (service.errors.scan_error_to_api)."""
     work = admission.decode_pool.submit(job)
     wrapped = asyncio.wrap_future(work)
@@ -178,29 +194,43 @@ async def _decode_within(
 
 @dataclass(frozen=True)
 class _ScanForm:
-    """The form fields of a scan request (``/detect`` and ``/render``)."""
+    """The form fields of a scan request (``/detect`` and ``/render``): one or more views."""
 
-    high: UploadFile
-    low: UploadFile
+    high: list[UploadFile]
+    low: list[UploadFile]
     width: int | None
     height: int | None
     scan_id: str | None
     score_threshold: float | None
 
 
+def _check_views(service: ServiceState, form: _ScanForm) -> None:
+    """As many 'high' parts as 'low' ones, and no more views than XSCREEN_MAX_VIEWS (422)."""
+    highs, lows, limit = len(form.high), len(form.low), service.settings.max_views
+    if highs != lows:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"{highs} 'high' parts and {lows} 'low' parts: each view of a bag is one 'high' and one 'low'",
+        )
+    if highs > limit:
+        raise ApiError(422, "too_many_views", f"{highs} views; a bag has at most {limit} (XSCREEN_MAX_VIEWS)")
+
+
 async def _prepare_within_budget(
     service: ServiceState, lease: Lease, form: _ScanForm, deadline: float
-) -> PreparedScan:
-    """Read the parts, reserve their declared pixels, then decode and convert them within the deadline."""
+) -> list[PreparedScan]:
+    """Read the parts, reserve their declared pixels, then decode and convert the views within the
+    deadline (one decode job for the bag: its views one after another)."""
     admission = _admission(service)
-    dicom = (_is_dicom_part(form.high), _is_dicom_part(form.low))
-    high_bytes, low_bytes = await form.high.read(), await form.low.read()
+    _check_views(service, form)
+    dicom = [(_is_dicom_part(h), _is_dicom_part(lo)) for h, lo in zip(form.high, form.low, strict=True)]
+    views = [(await h.read(), await lo.read()) for h, lo in zip(form.high, form.low, strict=True)]
     raw = (form.width, form.height) if form.width is not None and form.height is not None else None
-    await _reserve(service, lease, (high_bytes, low_bytes), raw, dicom, deadline)
+    await _reserve(service, lease, views, raw, dicom, deadline)
     job = functools.partial(
-        prepare_scan,
-        high_bytes,
-        low_bytes,
+        prepare_views,
+        views,
         width=form.width,
         height=form.height,
         max_pixels=service.settings.max_pixels,
@@ -210,7 +240,7 @@ async def _prepare_within_budget(
         deadline=deadline,
         check_energy=service.settings.check_energy_order,
     )
-    del high_bytes, low_bytes  # the job holds them until it ends
+    del views  # the job holds them until it ends
     return await _decode_within(service, admission, lease, deadline, job)
 
 
@@ -225,10 +255,12 @@ def _ready_batcher(service: ServiceState) -> MicroBatcher:
     return batcher
 
 
-async def _run_model(service: ServiceState, batcher: MicroBatcher, image, deadline: float) -> ModelRun:
-    """The scan's share of a model batch; the batcher's refusals as HTTP answers."""
+async def _run_model(
+    service: ServiceState, batcher: MicroBatcher, images: list, deadline: float
+) -> list[ModelRun]:
+    """The views' share of a model batch (a bag's views together); the batcher's refusals as HTTP answers."""
     try:
-        return await batcher.submit(image, deadline)
+        return await batcher.submit_bag(images, deadline)
     except QueueFullError as exc:
         service.metrics.rejected.labels(reason="queue_full").inc()
         raise ApiError(503, "queue_full", str(exc), {"Retry-After": _retry_after(service)}) from None
@@ -242,37 +274,41 @@ async def _run_model(service: ServiceState, batcher: MicroBatcher, image, deadli
 
 async def _run_detection(
     service: ServiceState, request: Request, lease: Lease, form: _ScanForm
-) -> tuple[PreparedScan, DetectResponse]:
-    """The detection pipeline (xscreen.inference.pipeline) behind the service's limits, batcher and audit."""
+) -> tuple[list[PreparedScan], DetectResponse | BagResponse]:
+    """The detection pipeline (xscreen.inference.pipeline) behind the service's limits, batcher and audit:
+    one view answers a ``DetectResponse`` as always, several a ``BagResponse``."""
     t_start = time.perf_counter()
     deadline = time.monotonic() + service.settings.request_timeout_s
     scan_id = form.scan_id or uuid.uuid4().hex
     request.state.scan_id = scan_id
     batcher = _ready_batcher(service)
     with batcher.incoming():
-        prepared = await _prepare_within_budget(service, lease, form, deadline)
-    service.metrics.stage_seconds.labels(stage="decode").observe(prepared.decode_seconds)
-    service.metrics.stage_seconds.labels(stage="convert").observe(prepared.convert_seconds)
-    run = await _run_model(service, batcher, prepared.image, deadline)
-    prepared.drop_image()
-    result = detection_result(
-        prepared,
-        run,
+        scans = await _prepare_within_budget(service, lease, form, deadline)
+    for prepared in scans:
+        service.metrics.stage_seconds.labels(stage="decode").observe(prepared.decode_seconds)
+        service.metrics.stage_seconds.labels(stage="convert").observe(prepared.convert_seconds)
+    runs = await _run_model(service, batcher, [s.image for s in scans], deadline)
+    for prepared in scans:
+        prepared.drop_image()
+    bag = bag_result(
+        scans,
+        runs,
         backend_name=service.settings.backend,
         threshold_setting=service.settings.score_threshold,
         started=t_start,
         requested_threshold=form.score_threshold,
     )
-    for d in result.detections:
-        service.metrics.detections.labels(class_name=d.class_name).inc()
-    response = result.response(scan_id)
+    response = bag.views[0].response(scan_id) if len(scans) == 1 else bag.response(scan_id)
+    service.metrics.count_answer(response, source="http")
     request.state.timings = response.timings
-    request.state.detections = len(response.detections)
+    request.state.detections = sum(len(v.detections) for v in bag.views)
     await _audit(service, request, response, time.perf_counter() - t_start)
-    return prepared, response
+    return scans, response
 
 
-async def _audit(service: ServiceState, request: Request, response: DetectResponse, latency: float) -> None:
+async def _audit(
+    service: ServiceState, request: Request, response: DetectResponse | BagResponse, latency: float
+) -> None:
     """Append the scan's audit record and wait for its fsync: no answer leaves without its record."""
     kid = getattr(request.state, "key_id", None)  # set by the request guard, which checked the key
     if service.audit is None:
@@ -304,15 +340,16 @@ async def _audit(service: ServiceState, request: Request, response: DetectRespon
 
 @router.post(
     "/detect",
-    response_model=DetectResponse,
+    response_model=DetectResponse | BagResponse,
     responses={
         200: {
             "content": {DICOM_MEDIA_TYPE: {}},
-            "description": "detections as JSON, or as a DICOS TDR with 'Accept: application/dicom'",
+            "description": "detections as JSON (a DetectResponse for one view, a BagResponse for a bag of "
+            "several), or as a DICOS TDR with 'Accept: application/dicom' (one TDR per bag)",
         },
         **_ERRORS,
     },
-    summary="Detect threats in a raw scan",
+    summary="Detect threats in a raw scan or a bag of several views",
 )
 async def detect(
     request: Request,
@@ -323,12 +360,15 @@ async def detect(
     height: HeightField = None,
     scan_id: ScanIdField = None,
     score_threshold: ThresholdField = None,
-) -> DetectResponse | Response:
+) -> DetectResponse | BagResponse | Response:
     with _admission(service).budget.lease() as lease:  # held until the answer is built
         form = _ScanForm(high, low, width, height, scan_id, score_threshold)
-        prepared, response = await _run_detection(service, request, lease, form)
+        scans, response = await _run_detection(service, request, lease, form)
         if wants_dicom(request.headers.get("accept")):
-            tdr = await asyncio.to_thread(tdr_from_response, prepared, response)
+            if isinstance(response, BagResponse):
+                tdr = await asyncio.to_thread(tdr_from_bag, scans, response)
+            else:
+                tdr = await asyncio.to_thread(tdr_from_response, scans[0], response)
             return Response(tdr, media_type=DICOM_MEDIA_TYPE, headers={"X-Scan-Id": response.scan_id})
         return response
 
@@ -350,8 +390,11 @@ async def render(
     score_threshold: ThresholdField = None,
 ) -> Response:
     with _admission(service).budget.lease() as lease:  # the picture counts against it too
+        if len(high) > 1 or len(low) > 1:
+            raise ApiError(422, "one_view_only", "/render draws one view: send one 'high' and one 'low'")
         form = _ScanForm(high, low, width, height, scan_id, score_threshold)
-        prepared, response = await _run_detection(service, request, lease, form)
-        png = await asyncio.to_thread(render_response_png, prepared, response)
-        del prepared
+        scans, response = await _run_detection(service, request, lease, form)
+        assert isinstance(response, DetectResponse)  # one view
+        png = await asyncio.to_thread(render_response_png, scans[0], response)
+        del scans
     return Response(png, media_type="image/png", headers={"X-Scan-Id": response.scan_id})

@@ -17,7 +17,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from xscreen.inference.base import InferenceBackend, ModelInfo
-from xscreen.inference.response import Box, Detection, DetectResponse, ImageSize, ModelSummary
+from xscreen.inference.response import (
+    BagResponse,
+    Box,
+    Detection,
+    DetectResponse,
+    ImageSize,
+    ModelSummary,
+    ViewResult,
+    ViewSource,
+)
 from xscreen.model.classes import CLCXRAY_CLASSES, normalise_name
 from xscreen.scans import (
     ScanError,
@@ -176,6 +185,24 @@ def prepare_scan(
     return PreparedScan(high, low, image, t1 - t0, time.perf_counter() - t1, dicos=pair)
 
 
+def prepare_views(
+    views: list[tuple[bytes, bytes]], *, dicom: list[tuple[bool, bool]] | None = None, **options
+) -> list[PreparedScan]:
+    """``prepare_scan`` on each view of a bag, one after another, with the same ``options``; the views
+    of DICOS DX must share one study (``check_one_study``). An error names the view it came from."""
+    scans = []
+    for i, (high, low) in enumerate(views):
+        try:
+            flags = dicom[i] if dicom is not None else (False, False)
+            scans.append(prepare_scan(high, low, dicom=flags, **options))
+        except ScanError as exc:
+            if len(views) > 1:
+                exc.args = (f"view {i}: {exc.args[0] if exc.args else exc}", *exc.args[1:])
+            raise
+    check_one_study(scans)
+    return scans
+
+
 def prepare_dx_pair(pair: DxPair) -> PreparedScan:
     """A DX pair decoded (and checked) already, converted for the model."""
     t0 = time.perf_counter()
@@ -259,6 +286,11 @@ def model_summary(info: ModelInfo, backend: str, device: str) -> ModelSummary:
     )
 
 
+def is_alarm(detections: list[Detection], threshold: float) -> bool:
+    """The alarm decision: any detection at or above the operating threshold (docs/service.md, "Alarm")."""
+    return any(d.score >= threshold for d in detections)
+
+
 @dataclass(frozen=True)
 class DetectionResult:
     """What detection found in one scan, at which threshold, by which model, in how many seconds."""
@@ -277,6 +309,7 @@ class DetectionResult:
             model=self.model,
             image=ImageSize(width=self.size[0], height=self.size[1]),
             score_threshold=self.score_threshold,
+            alarm=is_alarm(self.detections, self.score_threshold),
             detections=self.detections,
             batch_size=self.batch_size,
             timings=self.timings,
@@ -332,6 +365,99 @@ def detect_scans(
     ]
 
 
+def view_source(part: int, prepared: PreparedScan) -> ViewSource:
+    """A view's identity: its position among the request's parts, and its DX images when it came as DICOS."""
+    if prepared.dicos is None:
+        return ViewSource(part=part)
+    pair = prepared.dicos
+    return ViewSource(
+        part=part,
+        series_uid=pair.high.series_uid or None,
+        high_instance_uid=pair.high.sop_instance_uid or None,
+        low_instance_uid=pair.low.sop_instance_uid or None,
+    )
+
+
+def check_one_study(scans: list[PreparedScan]) -> None:
+    """The views of one bag sent as DICOS DX belong to one study (ScanError otherwise): a bag is a study."""
+    studies = {s.dicos.study_uid for s in scans if s.dicos is not None}
+    if len(studies) > 1:
+        raise ScanError(f"the views' DX belong to {len(studies)} studies; a bag's views share one study")
+    if studies and any(s.dicos is None for s in scans):
+        raise ScanError("some views are DICOS DX and some are not; send every view of a bag the same way")
+
+
+@dataclass(frozen=True)
+class BagResult:
+    """What detection found in each view of a bag (views detected independently, in one batch)."""
+
+    views: list[DetectionResult]
+    sources: list[ViewSource]
+    timings: dict[str, float]
+
+    @property
+    def alarm(self) -> bool:
+        return any(is_alarm(v.detections, v.score_threshold) for v in self.views)
+
+    def response(self, scan_id: str) -> BagResponse:
+        """The ``POST /detect`` body of a bag of several views (``xscreen detect --json`` prints it too)."""
+        first = self.views[0]
+        return BagResponse(
+            scan_id=scan_id,
+            model=first.model,
+            score_threshold=first.score_threshold,
+            alarm=self.alarm,
+            views=[
+                ViewResult(
+                    view=i,
+                    source=source,
+                    image=ImageSize(width=v.size[0], height=v.size[1]),
+                    alarm=is_alarm(v.detections, v.score_threshold),
+                    detections=v.detections,
+                )
+                for i, (v, source) in enumerate(zip(self.views, self.sources, strict=True))
+            ],
+            batch_size=first.batch_size,
+            timings=self.timings,
+        )
+
+
+def bag_result(
+    scans: list[PreparedScan],
+    runs: list[ModelRun],
+    *,
+    backend_name: str,
+    threshold_setting: float | None,
+    started: float,
+    requested_threshold: float | None = None,
+) -> BagResult:
+    """Each view's detections (``detection_result``) and the bag's timings: decode and convert summed over
+    the views, the batch's queue wait, model stages and inference once, total since ``started``."""
+    views = [
+        detection_result(
+            s,
+            r,
+            backend_name=backend_name,
+            threshold_setting=threshold_setting,
+            started=started,
+            requested_threshold=requested_threshold,
+        )
+        for s, r in zip(scans, runs, strict=True)
+    ]
+    timings: dict[str, float] = {}
+    if all(s.decode_seconds is not None for s in scans):
+        timings["decode"] = sum(s.decode_seconds or 0.0 for s in scans)
+    timings["convert"] = sum(s.convert_seconds for s in scans)
+    waits = [r.queue_wait for r in runs if r.queue_wait is not None]
+    if waits:
+        timings["queue_wait"] = max(waits)
+    timings |= runs[0].stage_seconds
+    timings["inference"] = max(r.inference_seconds for r in runs)
+    timings["total"] = time.perf_counter() - started
+    sources = [view_source(i, s) for i, s in enumerate(scans)]
+    return BagResult(views, sources, {k: round(v, 6) for k, v in timings.items()})
+
+
 # -- renderings shared by the front ends -----------------------------------------------------------------
 def render_response_png(prepared: PreparedScan, response: DetectResponse) -> bytes:
     """The scan's pseudo-colour picture with the response's detections on it, as PNG bytes."""
@@ -345,23 +471,43 @@ def render_response_png(prepared: PreparedScan, response: DetectResponse) -> byt
 def tdr_from_response(prepared: PreparedScan, response: DetectResponse) -> bytes:
     """The response as a DICOS Threat Detection Report (docs/dicos.md): one threat object per detection,
     referencing the scan's DX; a scan that did not come as DX references freshly generated UIDs."""
-    if prepared.dicos is not None:
-        references, study = prepared.dicos.references(), prepared.dicos.study_uid
-    else:
-        references, study = [(DX_FOR_PROCESSING, new_uid()), (DX_FOR_PROCESSING, new_uid())], new_uid()
-    finished = dt.datetime.now(dt.UTC)
-    started = finished - dt.timedelta(seconds=float(response.timings.get("total", 0.0)))
-    objects = [
-        ThreatObject((d.box.x1, d.box.y1, d.box.x2, d.box.y2), d.class_name, d.group, d.score)
-        for d in response.detections
+    return _write_tdr([prepared], [response.detections], response.scan_id, response.model, response.timings)
+
+
+def tdr_from_bag(scans: list[PreparedScan], response: BagResponse) -> bytes:
+    """A bag's answer as one TDR: it references every view's DX, and each threat object its own view's."""
+    detections = [v.detections for v in response.views]
+    return _write_tdr(scans, detections, response.scan_id, response.model, response.timings)
+
+
+def _write_tdr(
+    scans: list[PreparedScan],
+    detections: list[list[Detection]],
+    scan_id: str,
+    model: ModelSummary,
+    timings: dict[str, float],
+) -> bytes:
+    study = next((s.dicos.study_uid for s in scans if s.dicos is not None), None) or new_uid()
+    views = [
+        s.dicos.references()
+        if s.dicos is not None
+        else [(DX_FOR_PROCESSING, new_uid()), (DX_FOR_PROCESSING, new_uid())]
+        for s in scans
     ]
-    model = response.model
+    finished = dt.datetime.now(dt.UTC)
+    started = finished - dt.timedelta(seconds=float(timings.get("total", 0.0)))
+    objects = [
+        ThreatObject((d.box.x1, d.box.y1, d.box.x2, d.box.y2), d.class_name, d.group, d.score, view=i)
+        for i, found in enumerate(detections)
+        for d in found
+    ]
     return write_tdr(
         objects,
         atr=AtrIdentity(model.name, model.version, model.sha256),
-        references=references,
+        references=[ref for refs in views for ref in refs],
+        view_references=views,
         study_uid=study,
-        scan_id=response.scan_id,
+        scan_id=scan_id,
         started=started,
         finished=finished,
     )

@@ -34,6 +34,7 @@ class ThreatObject:
     class_name: str
     group: str
     score: float
+    view: int = 0  # the bag's view the box is drawn on (its DX are view_references[view] in write_tdr)
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class TdrReport:
     alarm: str  # ALARM / CLEAR
     tdr_type: str
     algorithm: list[str]
-    references: list[tuple[str, str]]  # (SOP class, SOP instance) of the scan's images
+    references: list[tuple[str, str]]  # (SOP class, SOP instance) of the scan's images, every view's
     study_uid: str
     scan_id: str
 
@@ -130,6 +131,7 @@ def write_tdr(
     atr: AtrIdentity,
     references: Sequence[tuple[str, str]],
     study_uid: str,
+    view_references: Sequence[Sequence[tuple[str, str]]] | None = None,
     scan_id: str = "",
     tdr_type: str = "MACHINE",
     started: dt.datetime | None = None,
@@ -138,7 +140,9 @@ def write_tdr(
     """A DICOS TDR (bytes) with one threat object per entry of ``objects``.
 
     The alarm decision is ALARM when any object is reported (the caller passes only those at or above
-    its threshold), CLEAR otherwise. ``references`` are the DX instances the boxes are drawn on. Every
+    its threshold), CLEAR otherwise. ``references`` are the DX instances of the whole scan (every view of
+    a bag); ``view_references[v]``, when given, those of view ``v``, which a threat object of that view
+    references (docs/dicos.md, "Bags"); without it each object references all of ``references``. Every
     attribute of the conformance table (``xscreen.scans.dicos.conformance``) is written.
     """
     from pydicom.sequence import Sequence as DicomSequence
@@ -148,6 +152,7 @@ def write_tdr(
     ms = max(0.0, (finished - started).total_seconds() * 1000.0)
     t0, t1 = started.strftime("%Y%m%d%H%M%S.%f"), finished.strftime("%Y%m%d%H%M%S.%f")
 
+    times = (t0, t1, ms)
     ds = base_dataset(TDR_SOP_CLASS, new_uid(), EXPLICIT_LE)
     ds.Modality = "TDR"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, new_uid()
@@ -169,7 +174,10 @@ def write_tdr(
     ds.ReferencedInstanceSequence = _references(references)
     ds.TotalProcessingTime = ms
     ds.ThreatSequence = DicomSequence(
-        [_threat_item(i, obj, references, (t0, t1, ms)) for i, obj in enumerate(objects)]
+        [
+            _threat_item(i, obj, references if view_references is None else view_references[obj.view], times)
+            for i, obj in enumerate(objects)
+        ]
     )
     return to_bytes(ds)
 
@@ -177,14 +185,29 @@ def write_tdr(
 _DESCRIPTION = re.compile(r"^(?P<name>.*?)(?: \((?P<group>[^()]*)\))?$")
 
 
+def _view_of(representation, references: list[tuple[str, str]]) -> int:
+    """The view a threat object is drawn on: xscreen lists each view's two DX (high, low) in turn among the
+    report's references, so the first image the object references, at position p, is view p // 2."""
+    refs = representation.get("ReferencedInstanceSequence") or []
+    if not refs or len(refs) == len(references):  # one view, or an object referencing the whole scan
+        return 0
+    first = (str(refs[0].ReferencedSOPClassUID), str(refs[0].ReferencedSOPInstanceUID))
+    return references.index(first) // 2 if first in references else 0
+
+
 def read_tdr(buf: bytes) -> TdrReport:
     """The threat objects, alarm decision and references of a TDR written by ``write_tdr``."""
     ds = parse_dicom(buf, "TDR", False)
     if str(ds.get("SOPClassUID", "")) != TDR_SOP_CLASS:
         raise ScanError(f"not a DICOS TDR (SOP class {ds.get('SOPClassUID', 'missing')})")
+    references = [
+        (str(r.ReferencedSOPClassUID), str(r.ReferencedSOPInstanceUID))
+        for r in ds.get("ReferencedInstanceSequence", [])
+    ]
     objects = []
     for pto in ds.get("ThreatSequence", []):
-        voxel = pto.PTORepresentationSequence[0].ThreatROIVoxelSequence[0]
+        representation = pto.PTORepresentationSequence[0]
+        voxel = representation.ThreatROIVoxelSequence[0]
         x0, y0, _ = (float(v) for v in voxel.ThreatROIBase)
         w, h, _ = (float(v) for v in voxel.ThreatROIExtents)
         assessment = pto.ATDAssessmentSequence[0]
@@ -196,6 +219,7 @@ def read_tdr(buf: bytes) -> TdrReport:
                 class_name=match["name"],
                 group=match["group"] or "",
                 score=float(assessment.ATDAssessmentProbability),
+                view=_view_of(representation, references),
             )
         )
     algorithm = ds.get("ThreatDetectionAlgorithmAndVersion") or []
@@ -204,10 +228,7 @@ def read_tdr(buf: bytes) -> TdrReport:
         alarm=str(ds.get("AlarmDecision", "")),
         tdr_type=str(ds.get("TDRType", "")),
         algorithm=[algorithm] if isinstance(algorithm, str) else [str(a) for a in algorithm],
-        references=[
-            (str(r.ReferencedSOPClassUID), str(r.ReferencedSOPInstanceUID))
-            for r in ds.get("ReferencedInstanceSequence", [])
-        ],
+        references=references,
         study_uid=str(ds.get("StudyInstanceUID", "")),
         scan_id=str(ds.get("PatientID", "")),
     )
