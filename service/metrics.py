@@ -118,7 +118,7 @@ class ServiceMetrics:
         self.bags = Counter(
             "xscreen_bags",
             "Bags answered (one view or several), by source (http, dicos) and alarm decision (true, false): "
-            "the alarm rate a checkpoint watches (docs/service.md, \"Alarm\")",
+            'the alarm rate a checkpoint watches (docs/service.md, "Alarm")',
             ("source", "alarm"),
             registry=r,
         )
