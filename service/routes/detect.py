@@ -147,7 +147,16 @@ async def _reserve(
 ) -> None:
     """Reserve the views' declared pixels before decoding: 503 when no room appears within
     XSCREEN_BUDGET_WAIT_S (and the deadline)."""
-    pixels = await asyncio.to_thread(_view_pixels, views, raw, dicom, service.settings.max_pixels)
+    max_pixels = service.settings.max_pixels
+    pixels = await asyncio.to_thread(_view_pixels, views, raw, dicom, max_pixels)
+    largest = max(lease.budget.capacity, max_pixels)  # what one request may hold alone (docs/service.md)
+    if len(views) > 1 and pixels > largest:
+        raise ApiError(
+            413,
+            "too_many_pixels",
+            f"the bag's {len(views)} views hold {pixels} pixels per energy, more than the {largest} one "
+            "request may hold (XSCREEN_MAX_INFLIGHT_MPIXELS, or XSCREEN_MAX_PIXELS when larger)",
+        )
     wait_until = min(deadline, time.monotonic() + service.settings.budget_wait_s)
     try:
         await lease.acquire(pixels, wait_until)

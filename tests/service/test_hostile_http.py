@@ -14,6 +14,7 @@ import time
 import zlib
 from pathlib import Path
 
+import cv2
 import imagecodecs
 import numpy as np
 import pytest
@@ -141,6 +142,57 @@ def test_too_many_multipart_fields_is_a_json_4xx(server):
     assert 400 <= r.status_code < 500, r.text
     assert r.headers["content-type"] == "application/json" and "error" in r.json()
     assert peak.growth_mb <= 100
+
+
+def post_bag(url: str, views: list[tuple[bytes, bytes]]) -> requests.Response:
+    parts = [
+        (n, (f"{n}{i}.png", d, "image/png"))
+        for i, v in enumerate(views)
+        for n, d in zip(("high", "low"), v, strict=True)
+    ]
+    return requests.post(
+        url + "/detect", files=parts, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60
+    )
+
+
+def blank_png(side: int) -> bytes:
+    """A 16-bit PNG of side x side pixels that compresses to a few tens of kB."""
+    return cv2.imencode(".png", np.full((side, side), 30000, np.uint16))[1].tobytes()
+
+
+def test_bag_of_many_huge_views_is_refused_from_the_headers(server):
+    """8 views of 5000 x 5000 (the per-image limit each) declare 200 Mpx: over what one request may hold
+    (the 100 Mpx budget), so 413 before any view is decoded, in bounded time and memory."""
+    view = blank_png(5000)
+    assert len(view) < 1_000_000
+    with PeakRss(server.proc.pid) as peak:
+        t0 = time.monotonic()
+        r = post_bag(server.url, [(view, view)] * 8)
+        elapsed = time.monotonic() - t0
+    assert r.status_code == 413 and r.json()["error"] == "too_many_pixels", r.text
+    assert "8 views hold 200000000 pixels" in r.json()["detail"]
+    print(f"8 x 25 Mpx bag: 413 in {elapsed:.2f} s, peak +{peak.growth_mb:.1f} MB")
+    assert elapsed < 5.0 and peak.growth_mb <= 200
+
+
+def test_bag_of_a_thousand_views_is_refused_before_decoding(server):
+    tiny = blank_png(8)
+    with PeakRss(server.proc.pid) as peak:
+        t0 = time.monotonic()
+        r = post_bag(server.url, [(tiny, tiny)] * 490)  # 980 parts: under the multipart parser's limit
+        elapsed = time.monotonic() - t0
+    assert r.status_code == 422 and r.json()["error"] == "too_many_views", r.text
+    print(f"490-view bag: 422 in {elapsed:.2f} s, peak +{peak.growth_mb:.1f} MB")
+    assert elapsed < 5.0 and peak.growth_mb <= 100
+
+
+def test_bomb_in_the_second_view_is_named_and_bounded(server, demo):
+    good = demo.scans[0].png()
+    with PeakRss(server.proc.pid) as peak:
+        r = post_bag(server.url, [good, (png_idat_bomb(), png_idat_bomb())])
+    assert r.status_code == 400 and r.json()["detail"].startswith("view 1: "), r.text
+    assert peak.growth_mb <= 300
+    assert post_bag(server.url, [good, good]).status_code == 200  # serves on
 
 
 @pytest.mark.parametrize("syntax", [files.JPEG_LS_LOSSLESS, files.DEFLATED_LE])
