@@ -201,9 +201,18 @@ def test_unknown_flag_example_is_what_xscreen_prints(checkout: Path):
     assert proc.stderr.strip().splitlines()[-1] == lines[1]
 
 
+def _assert_same_scan(new: np.ndarray, shipped: np.ndarray, name: str) -> None:
+    """The same 16-bit image up to one count in a few pixels: the synthetic scanner's physics runs numpy's
+    vectorised exp/log, whose last bit differs between CPUs (AVX2, AVX-512), and a few pixels round the
+    other way. Anything more is a changed generator."""
+    assert new.dtype == shipped.dtype == np.uint16 and new.shape == shipped.shape, name
+    diff = np.abs(new.astype(np.int32) - shipped.astype(np.int32))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01, f"{name}: {(diff > 0).sum()} pixels differ"
+
+
 def test_examples_come_from_the_recorded_synth_command(tmp_path: Path):
-    """examples/README.md's `xscreen synth` line, run again, gives the shipped PNGs and ground truth byte
-    for byte, and DX files with the same pixels."""
+    """examples/README.md's `xscreen synth` line, run again, gives the shipped ground truth byte for byte,
+    and PNG and DX files with the same pixels (up to a count of CPU rounding, ``_assert_same_scan``)."""
     text = (EXAMPLES / "README.md").read_text()
     command = re.search(r"^xscreen synth .*$", text, re.M).group(0)
     run_block(command + "\n", tmp_path, timeout=300)
@@ -213,6 +222,10 @@ def test_examples_come_from_the_recorded_synth_command(tmp_path: Path):
     for src, dst in copies:
         if dst.endswith(".dcm"):
             new, shipped = pydicom.dcmread(made / src), pydicom.dcmread(EXAMPLES / dst)
-            assert (new.pixel_array == shipped.pixel_array).all() and new.ImageType == shipped.ImageType
+            _assert_same_scan(new.pixel_array, shipped.pixel_array, dst)
+            assert new.ImageType == shipped.ImageType
+        elif dst.endswith(".png"):
+            read = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in (made / src, EXAMPLES / dst)]
+            _assert_same_scan(read[0], read[1], dst)
         else:
             assert (made / src).read_bytes() == (EXAMPLES / dst).read_bytes(), dst
