@@ -111,6 +111,10 @@ def test_every_vendored_file_and_its_license_is_served_as_recorded(server):
     assert check_tree(load_record()) == []  # the tree, the record and the README table agree
     for bad in ("/static/%2e%2e/app.py", "/static/vendor/../../app.py", "/static/nothing.js"):
         assert requests.get(server.url + bad, timeout=30).status_code == 404, bad
+    # one metrics label for the whole tree, never a client's path
+    metrics = requests.get(server.url + "/metrics", timeout=30).text
+    assert 'xscreen_http_requests_total{method="GET",route="/static/",status="200"}' in metrics
+    assert 'route="/static/",status="404"' in metrics and 'route="/static/v' not in metrics
 
 
 def _directives(header: str) -> dict[str, list[str]]:
