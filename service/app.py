@@ -1,5 +1,5 @@
 """The FastAPI application: lifespan (backend, batcher, warm-up, audit, SIGHUP), middleware, error handlers,
-routers, and the OpenAPI document behind the same key rule as the API."""
+routers, the OpenAPI document with its two viewers, and the package's static files."""
 
 from __future__ import annotations
 
@@ -10,15 +10,13 @@ import signal
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import Depends, FastAPI
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi import FastAPI
 from starlette.formparsers import MultiPartParser
 
 from xscreen import __version__
 from xscreen.inference.backend import InferenceBackend, make_backend
 from xscreen.service.audit import AuditLog
-from xscreen.service.auth import ApiKeys, require_api_key
+from xscreen.service.auth import ApiKeys
 from xscreen.service.batching import MicroBatcher
 from xscreen.service.budget import ScanAdmission
 from xscreen.service.dicos_spool import Spool
@@ -32,13 +30,14 @@ from xscreen.service.middleware import (
 )
 from xscreen.service.model_switch import ModelManager, warmup_scan
 from xscreen.service.routes import admin, detect, health, model
+from xscreen.service.routes.docs import OPENAPI_PATH, STATIC_PATH, docs_router, static_files
 from xscreen.service.settings import Settings
 from xscreen.service.state import ServiceState
 
 log = logging.getLogger("xscreen.service")
 
 UPLOAD_PATHS = {"/detect", "/render"}
-SCAN_KEY_PATHS = {"/model", "/openapi.json", "/docs", "/redoc"}
+SCAN_KEY_PATHS = {"/model"}
 __all__ = ["create_app", "warmup_scan"]
 
 
@@ -83,7 +82,7 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None) -> F
         version=__version__,
         description="Threat detection on dual-energy X-ray scans: ATSS + Label-aware Mechanism.",
         lifespan=_lifespan(service, backend, keys),
-        openapi_url=None,  # served below, behind the API key rule
+        openapi_url=None,  # served by routes.docs: the scan key rule with protect_docs, pages from /static
         docs_url=None,
         redoc_url=None,
     )
@@ -100,7 +99,8 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None) -> F
     app.include_router(model.router)
     app.include_router(admin.router)
     app.include_router(health.router)
-    _add_docs_routes(app)
+    app.include_router(docs_router(protect_openapi=settings.protect_docs))
+    app.mount(STATIC_PATH, static_files(), name="static")
     # Added last = outermost: observability sees every answer, including the guard's refusals.
     app.add_middleware(
         RequestGuardMiddleware,
@@ -109,7 +109,13 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None) -> F
         admin_keys=service.admin_keys,
     )
     known = UPLOAD_PATHS | SCAN_KEY_PATHS | {"/healthz", "/readyz", "/metrics", "/admin/model"}
-    app.add_middleware(ObservabilityMiddleware, metrics=service.metrics, known_paths=known)
+    known |= {OPENAPI_PATH, "/docs", "/redoc"}
+    app.add_middleware(
+        ObservabilityMiddleware,
+        metrics=service.metrics,
+        known_paths=known,
+        known_prefixes=(STATIC_PATH + "/",),
+    )
     return app
 
 
@@ -199,7 +205,7 @@ def _log_started(service: ServiceState, backend: InferenceBackend, keys: list[st
     settings = service.settings
     if not keys:
         log.warning(
-            "no API keys configured: /detect, /render, /model and /docs are open (loopback host %s)",
+            "no API keys configured: /detect, /render, /model and /openapi.json are open (loopback host %s)",
             settings.host,
         )
     info = backend.info
@@ -221,15 +227,17 @@ def _log_started(service: ServiceState, backend: InferenceBackend, keys: list[st
 
 
 def guard_policy(settings: Settings) -> GuardPolicy:
-    """The request guard's table. Scan key: the uploads (``max_upload_bytes``), /model, the OpenAPI
-    document and, with ``protect_metrics``, /metrics; admin key: anything under /admin/ (a 404 there too:
-    no body is read before the key); every other body gets ``max_json_bytes``. A route that depends on
+    """The request guard's table. Scan key: the uploads (``max_upload_bytes``), /model and, with
+    ``protect_docs`` and ``protect_metrics``, the OpenAPI document and /metrics; admin key: anything
+    under /admin/ (a 404 there too: no body is read before the key); every other body (the /docs and
+    /redoc pages and /static are open) gets ``max_json_bytes``. A route that depends on
     require_api_key or require_admin_key but is missing here answers 500 (auth._checked_by_guard), never
     serves unchecked."""
     small = settings.max_json_bytes
     upload = RouteRule("scan", settings.max_upload_bytes, upload=True)
     paths = {path: upload for path in UPLOAD_PATHS}
     scan_key = SCAN_KEY_PATHS | ({"/metrics"} if settings.protect_metrics else set())
+    scan_key |= {OPENAPI_PATH} if settings.protect_docs else set()
     paths |= {path: RouteRule("scan", small) for path in scan_key}
     return GuardPolicy(
         paths=paths,
@@ -238,20 +246,3 @@ def guard_policy(settings: Settings) -> GuardPolicy:
         body_idle_timeout_s=settings.body_idle_timeout_s,
         upload_timeout_s=settings.upload_timeout_s,
     )
-
-
-def _add_docs_routes(app: FastAPI) -> None:
-    """/openapi.json, /docs, /redoc: open without keys, else a scan key is needed (like /detect)."""
-    guarded = [Depends(require_api_key)]
-
-    @app.get("/openapi.json", include_in_schema=False, dependencies=guarded)
-    async def openapi() -> JSONResponse:
-        return JSONResponse(app.openapi())
-
-    @app.get("/docs", include_in_schema=False, dependencies=guarded)
-    async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="xscreen API")
-
-    @app.get("/redoc", include_in_schema=False, dependencies=guarded)
-    async def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url="/openapi.json", title="xscreen API")

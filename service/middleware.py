@@ -75,18 +75,21 @@ def request_identity(headers: dict[str, str]) -> dict[str, str]:
 class ObservabilityMiddleware:
     """Latency histogram and counter by route template/method/status, in-flight gauge, access log line."""
 
-    def __init__(self, app: ASGIApp, metrics, known_paths: set[str]):
+    def __init__(self, app: ASGIApp, metrics, known_paths: set[str], known_prefixes: tuple[str, ...] = ()):
         self.app = app
         self.metrics = metrics
         self.known_paths = known_paths
+        self.known_prefixes = known_prefixes  # mounted file trees (/static/): one label per tree
 
     def _route(self, scope: Scope) -> str:
         route = scope.get("route")
         path = getattr(route, "path", None)
         if path:
             return path
-        # Rejected before routing (guard) or not routed at all: never label with a raw client path.
-        return scope["path"] if scope["path"] in self.known_paths else "unmatched"
+        # Rejected before routing (guard), not routed at all or a mount: never label with a raw client path.
+        if scope["path"] in self.known_paths:
+            return scope["path"]
+        return next((p for p in self.known_prefixes if scope["path"].startswith(p)), "unmatched")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -104,6 +104,11 @@ class Settings(InferenceSettings):
     )
     api_keys_file: Path | None = Field(None, description="one key per line ('#' comments)")
     protect_metrics: bool = Field(False, description="require an API key for /metrics")
+    protect_docs: bool = Field(
+        True,
+        description="require an API key for /openapi.json (the /docs and /redoc pages ask for it); "
+        "false: the API description is public",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     warmup: bool = Field(True, description="run one inference before /readyz says ready")
     graceful_timeout_s: float = Field(30.0, gt=0, le=3600, description="wait for in-flight requests on stop")
