@@ -313,3 +313,33 @@ def test_bag_views_setting_and_restart_recovery(demo, dest, tmp_path):
             assoc.release()
         assert report.references == references(waiting)
         assert completed(srv, "views") == 1
+
+
+def test_send_refuses_a_bad_bag_before_connecting(tmp_path, capsys):
+    (h0, l0), (h1, l1) = small_bag(190, 2)
+    (oh, ol) = small_bag(200, 1)[0]  # another study
+    paths = {}
+    for name, data in {"h0": h0, "l0": l0, "h1": h1, "l1": l1, "oh": oh, "ol": ol}.items():
+        paths[name] = str(tmp_path / f"{name}.dcm")
+        Path(paths[name]).write_bytes(data)
+    p = paths
+    cases = {
+        "2 --high and 1 --low": ["--high", p["h0"], "--low", p["l0"], "--high", p["h1"]],
+        "not the views the listener would see": [
+            "--high",
+            p["h0"],
+            "--low",
+            p["l1"],
+            "--high",
+            p["h1"],
+            "--low",
+            p["l0"],
+        ],
+        f"view 1 (series {dx.read_dx(h1).series_uid}) has 1 DX file(s)": [p["h0"], p["l0"], p["h1"]],
+        "the files belong to 2 studies": [p["h0"], p["l0"], p["oh"], p["ol"]],
+        "not both": [p["h0"], "--high", p["h1"], "--low", p["l1"]],
+    }
+    for words, files_ in cases.items():
+        assert main(["send", "--port", str(free_port()), *files_]) == 2, words
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("xscreen send: error: ") and words in err[0], (words, err)
