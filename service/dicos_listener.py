@@ -310,6 +310,8 @@ class DicosListener:
         study, instance = self.spool.study_dir(uid), image.sop_instance_uid or uuid.uuid4().hex
         with self._lock:
             refused = self._check(image, study, instance, calling)
+            if refused == STATUS_SUCCESS and uid in self._bags:  # a DX sent again: its release counts too
+                self._senders.setdefault(assoc, set()).add(uid)
             if refused is not None:
                 return refused
             self._writing.add(study)  # written outside the lock: other studies' C-STOREs go on meanwhile

@@ -200,6 +200,20 @@ def test_a_bag_sent_over_two_associations_completes_on_the_release_that_pairs_it
     assert completed(server, "release") == before + 1
 
 
+def test_an_aborted_association_completes_nothing_and_a_resend_completes_on_release(server, dest):
+    pairs = small_bag(105, 2)
+    before = completed(server, "release")
+    dropped = associate(server)
+    assert [store(dropped, part) for pair in pairs for part in pair] == [0, 0, 0, 0]
+    dropped.abort()  # the scanner did not see the end: it sends the bag again
+    again = associate(server)
+    assert [store(again, part) for pair in pairs for part in pair] == [0, 0, 0, 0]  # kept once
+    again.release()
+    report = tdr.read_tdr(next_tdr(dest))
+    assert report.references == references(pairs)
+    assert completed(server, "release") == before + 1
+
+
 def test_an_open_association_gets_its_bag_detected_after_the_wait(server, dest):
     pairs = small_bag(110, 2)
     before = completed(server, "wait")
