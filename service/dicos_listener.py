@@ -1,11 +1,14 @@
-"""The DICOS network listener: a pynetdicom SCP that pairs the two DX energies of a scan, runs detection
-through the HTTP app's batcher and C-STOREs the TDR to a destination (docs/dicos.md, "Network").
+"""The DICOS network listener: a pynetdicom SCP that groups the DX of a bag (one study: views of a HIGH and
+a LOW DX each), runs detection through the HTTP app's batcher and C-STOREs one TDR per bag to a destination
+(docs/dicos.md, "Network" and "Bags").
 
-pynetdicom runs each association in its own thread. A C-STORE handler checks a half from its encoded bytes
+pynetdicom runs each association in its own thread. A C-STORE handler checks a DX from its encoded bytes
 (never ``event.dataset``), writes it to the spool (service/dicos_spool.py, fsync'd) and only then answers
-0000; pairing is by Study Instance UID. Two worker threads take spooled pairs through detection (the app's
-``MicroBatcher`` on the event loop: same model, queue and limits as HTTP) and delivery; a full queue or a
-destination down puts the pair back to wait, and only a delivered TDR removes it from the spool.
+0000; grouping is by Study Instance UID, then Series Instance UID (service/dicos_bags.py says when a bag is
+complete: its view count reached, its sender's association released, or a quiet wait). Two worker threads
+take complete bags through detection (the app's ``MicroBatcher`` on the event loop: same model, queue and
+limits as HTTP; a bag's views in one batch) and delivery; a full queue or a destination down puts the bag
+back to wait, and only a delivered TDR removes it from the spool.
 P-DATA bytes are counted as they arrive, so an over-size dataset aborts its association before it is whole.
 """
 
@@ -24,10 +27,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xscreen.inference.pipeline import detection_result, prepare_dx_pair, tdr_from_response
-from xscreen.inference.response import DetectResponse
+from xscreen.inference.response import BagResponse
 from xscreen.scans import ScanError
-from xscreen.scans.dicos.dx import DxImage, DxPair, dx_from_encoded, dx_pair
+from xscreen.scans.dicos.dx import DxImage, dx_from_encoded
 from xscreen.scans.dicos.files import (
     DEFLATED_LE,
     DICOS_CT_SOP_CLASS,
@@ -43,9 +45,11 @@ from xscreen.scans.dicos.files import (
     TDR_SOP_CLASS,
 )
 from xscreen.scans.dicos.tdr import read_tdr
-from xscreen.scans.energy import check_energy_order
-from xscreen.service.audit import AuditError, audit_record
+from xscreen.service.audit import AuditError
 from xscreen.service.batching import BatcherStoppedError, DeadlineExceededError, QueueFullError
+from xscreen.service.dicos_bags import RECOVERED, Bag, BagRules, shape_only
+from xscreen.service.dicos_delivery import send_tdr
+from xscreen.service.dicos_detect import ModelNotLoadedError, detect_bag, load_bag
 from xscreen.service.dicos_limits import MAX_PDU_BYTES, ByteLimits, bounded_request_handler
 from xscreen.service.dicos_spool import TDR_PREFIX, Spool, SpoolError, read_half, write_durably
 from xscreen.service.state import ServiceState
@@ -75,10 +79,6 @@ _KEYWORDS = {
 }
 
 
-class _ModelNotLoaded(RuntimeError):
-    """No model to run yet (start-up, or a switch in progress): a spooled pair waits."""
-
-
 def dataset_limit(settings) -> int:
     """One C-STORE dataset's encoded bytes at most: the setting, or 2 x max_pixels + 1 MiB."""
     if settings.dicos_max_dataset_bytes is not None:
@@ -102,27 +102,20 @@ _TRANSIENT = (
     BatcherStoppedError,
     AuditError,
     SpoolError,
-    _ModelNotLoaded,
+    ModelNotLoadedError,
     TimeoutError,  # no answer from the event loop in time (concurrent.futures)
 )
 
 
 @dataclass
-class _Pending:
-    image: DxImage
-    arrived: float  # time.monotonic()
-    calling_ae: str
-    study: Path  # its spool folder
-
-
-@dataclass
 class _Job:
-    """A spooled pair on its way to a delivered TDR."""
+    """A complete, spooled bag on its way to a delivered TDR."""
 
     study: Path
     study_uid: str
     calling_ae: str
-    t_paired: float  # time.perf_counter()
+    t_complete: float  # time.perf_counter()
+    order: list[str] = field(default_factory=list)  # SOP Instance UIDs in arrival order (the views' order)
     scan_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     tdr: bytes | None = None
     tries: int = 0  # transient setbacks so far (queue full, destination down, ...)
@@ -136,8 +129,10 @@ class DicosListener:
     def __init__(self, service: ServiceState, loop: asyncio.AbstractEventLoop):
         self.service, self.loop = service, loop
         self.settings, self.metrics = service.settings, service.metrics
-        self._pending: OrderedDict[str, _Pending] = OrderedDict()
-        self._active: set[Path] = set()  # spool folders of pairs in detection or delivery
+        self.rules = BagRules.from_settings(self.settings)
+        self._bags: OrderedDict[str, Bag] = OrderedDict()  # by Study Instance UID: bags not complete yet
+        self._senders: dict[object, set[str]] = {}  # open association -> studies it sent DX of
+        self._active: set[Path] = set()  # spool folders of bags in detection or delivery
         self._writing: set[Path] = set()  # spool folders a C-STORE is writing to (outside the lock)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -198,7 +193,13 @@ class DicosListener:
         for uid in DX_SOP_CLASSES:
             ae.add_supported_context(uid, SCP_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_PDU_RECV, self._limits.on_pdu)]
+        handlers = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_PDU_RECV, self._limits.on_pdu),
+            (evt.EVT_RELEASED, self._on_released),
+            (evt.EVT_ABORTED, self._on_closed),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
+        ]
         server = ae.make_server(
             (s.dicos_host, s.dicos_port),
             evt_handlers=handlers,
@@ -236,13 +237,14 @@ class DicosListener:
         for thread in self._threads:
             thread.join(timeout=self.settings.request_timeout_s + 30)
         with self._lock:
-            waiting = len(self._pending)
-            self._pending.clear()
+            waiting = len(self._bags)
+            self._bags.clear()
+            self._senders.clear()
             self.metrics.dicos_pending.set(0)
         left = len(self._due)
         if waiting or left:
             log.warning(
-                f"DICOS listener stopped with {waiting} first energies and {left} pairs in the spool "
+                f"DICOS listener stopped with {waiting} bags not complete and {left} complete in the spool "
                 f"{self.spool.root}" + (" (temporary: not read again)" if self._temporary_spool else "")
             )
         if self.spool is not None:
@@ -291,7 +293,7 @@ class DicosListener:
                 "refused", status, "DICOS C-STORE refused", calling_ae=calling, error=str(exc)
             )
         try:
-            return self._file(image, raw, syntax, calling)
+            return self._file(image, raw, syntax, calling, event.assoc)
         except SpoolError as exc:
             return self._refuse(
                 "spool_error",
@@ -301,12 +303,15 @@ class DicosListener:
                 error=str(exc),
             )
 
-    def _file(self, image: DxImage, raw: bytes, syntax: str, calling: str) -> int:
-        """Spool a checked half (durable before the answer), then keep it waiting or queue its pair."""
+    def _file(self, image: DxImage, raw: bytes, syntax: str, calling: str, assoc) -> int:
+        """Spool a checked DX (durable before the answer), add it to its study's bag, and queue the bag
+        when this DX completes it (XSCREEN_DICOS_BAG_VIEWS)."""
         uid = image.study_uid
         study, instance = self.spool.study_dir(uid), image.sop_instance_uid or uuid.uuid4().hex
         with self._lock:
             refused = self._check(image, study, instance, calling)
+            if refused == STATUS_SUCCESS and uid in self._bags:  # a DX sent again: its release counts too
+                self._senders.setdefault(assoc, set()).add(uid)
             if refused is not None:
                 return refused
             self._writing.add(study)  # written outside the lock: other studies' C-STOREs go on meanwhile
@@ -317,25 +322,27 @@ class DicosListener:
                 self._writing.discard(study)
         self.metrics.dicos_spool_bytes.set(self.spool.bytes)
         self.metrics.dicos_received.labels(result="accepted").inc()
+        now = time.monotonic()
         with self._lock:
-            first = self._pending.pop(uid, None)
-            if first is None:
-                self._pending[uid] = _Pending(image, time.monotonic(), calling, study)
-            else:
-                self._active.add(study)
-            self.metrics.dicos_pending.set(len(self._pending))
-        if first is not None:
-            self.metrics.dicos_paired.inc()
-            self._schedule(_Job(study, uid, first.calling_ae, time.perf_counter()), 0.0)
+            bag = self._bags.get(uid)
+            if bag is None:  # no completion can take a study that is being written (see _check)
+                bag = self._bags[uid] = Bag(uid, study, calling, now)
+            bag.add(image, now)
+            self._senders.setdefault(assoc, set()).add(uid)
+            rule = self.rules.complete(bag, now)
+            job = self._complete(bag, rule) if rule is not None else None
+            self.metrics.dicos_pending.set(len(self._bags))
+        if job is not None:
+            self._schedule(job, 0.0)
         return STATUS_SUCCESS
 
     def _check(self, image: DxImage, study: Path, instance: str, calling: str) -> int | None:
-        """The C-STORE status of a half that is not to be spooled, or None (called under the lock)."""
+        """The C-STORE status of a DX that is not to be spooled, or None (called under the lock)."""
         uid = image.study_uid
         if self.spool.half_path(study, instance).exists():
             self.metrics.dicos_received.labels(result="duplicate").inc()
             return STATUS_SUCCESS  # sent again (our answer was lost?): it is spooled already
-        if study in self._writing:  # the study's other half is being written right now: send again later
+        if study in self._writing:  # another DX of the study is being written right now: send again later
             return self._refuse(
                 "busy",
                 STATUS_OUT_OF_RESOURCES,
@@ -347,58 +354,104 @@ class DicosListener:
             return self._refuse(
                 "refused",
                 STATUS_CANNOT_UNDERSTAND,
-                "DICOS C-STORE refused: the study's pair is complete",
+                "DICOS C-STORE refused: the study's bag is complete",
                 calling_ae=calling,
                 study_uid=uid,
             )
-        first = self._pending.get(uid)
-        if first is None and len(self._pending) + len(self._writing) >= self.settings.dicos_max_pending:
+        bag = self._bags.get(uid)
+        if bag is None and len(self._bags) + len(self._writing) >= self.settings.dicos_max_pending:
             return self._refuse(
                 "pending_full",
                 STATUS_OUT_OF_RESOURCES,
-                "DICOS C-STORE refused: too many first energies waiting",
+                "DICOS C-STORE refused: too many bags waiting to be complete",
                 calling_ae=calling,
                 study_uid=uid,
             )
-        if first is not None:
-            try:
-                dx_pair(first.image, image)
-            except ScanError as exc:  # two HIGHs, sizes differ: refuse this one, the first keeps waiting
-                return self._refuse(
-                    "refused",
-                    STATUS_CANNOT_UNDERSTAND,
-                    "DICOS C-STORE refused",
-                    calling_ae=calling,
-                    study_uid=uid,
-                    error=str(exc),
-                )
+        refusal = self.rules.refusal(bag, image)  # a third DX of a view, two HIGHs, too many views
+        if refusal is not None:
+            result, why = refusal
+            return self._refuse(
+                result,
+                STATUS_CANNOT_UNDERSTAND,
+                "DICOS C-STORE refused",
+                calling_ae=calling,
+                study_uid=uid,
+                series_uid=image.series_uid,
+                error=why,
+            )
         return None
 
+    def _complete(self, bag: Bag, rule: str) -> _Job:
+        """Take a complete bag off the waiting list (under the lock): its job, for ``_schedule``."""
+        self._bags.pop(bag.study_uid, None)
+        self._active.add(bag.study)
+        self.metrics.dicos_bags_complete.labels(rule=rule).inc()
+        views = len(bag.views())
+        self.metrics.dicos_paired.inc(views)
+        log.info(
+            "DICOS bag complete",
+            extra={"study_uid": bag.study_uid, "rule": rule, "views": views, "dx": len(bag.images)},
+        )
+        return _Job(bag.study, bag.study_uid, bag.calling_ae, time.perf_counter(), order=bag.order())
+
+    def _on_released(self, event) -> None:
+        """An association was released: the bags it sent DX of are complete if each view has both energies
+        (without XSCREEN_DICOS_BAG_VIEWS; a study being written to waits for the sweep)."""
+        now, jobs = time.monotonic(), []
+        with self._lock:
+            for uid in sorted(self._senders.pop(event.assoc, ())):
+                bag = self._bags.get(uid)
+                if bag is None or bag.study in self._writing:
+                    continue
+                rule = self.rules.complete(bag, now, released=True)
+                if rule is not None:
+                    jobs.append(self._complete(bag, rule))
+            self.metrics.dicos_pending.set(len(self._bags))
+        for job in jobs:
+            self._schedule(job, 0.0)
+
+    def _on_closed(self, event) -> None:
+        """An association aborted or its connection closed: forget it (its bags wait, see ``_sweep``)."""
+        with self._lock:
+            self._senders.pop(event.assoc, None)
+
     def _sweep(self) -> None:
-        """Move first energies whose second did not arrive within the pairing timeout to rejected/."""
-        timeout = self.settings.dicos_pair_timeout_s
-        while not self._stopping.wait(min(1.0, timeout / 4)):
-            now = time.monotonic()
-            with self._lock:
-                expired = [  # a study being written to waits for the next sweep
-                    self._pending.pop(k)
-                    for k, p in list(self._pending.items())
-                    if now - p.arrived > timeout and p.study not in self._writing
-                ]
-                self.metrics.dicos_pending.set(len(self._pending))
-                for p in expired:
-                    self._reject(p.study, "timeout", f"second energy not received within {timeout:g} s")
-            for p in expired:
-                self.metrics.dicos_timed_out.inc()
-                log.warning(
-                    "DICOS: second energy never arrived; first moved to rejected/",
-                    extra={
-                        "study_uid": p.image.study_uid,
-                        "energy": p.image.energy,
-                        "calling_ae": p.calling_ae,
-                        "waited_s": round(now - p.arrived, 3),
-                    },
-                )
+        """Complete the bags whose wait is over; move those still missing an energy (or a view) after the
+        pairing timeout to rejected/."""
+        s = self.settings
+        tick = min(1.0, s.dicos_pair_timeout_s / 4, s.dicos_bag_wait_s / 4)
+        while not self._stopping.wait(tick):
+            self._tick(time.monotonic())
+
+    def _tick(self, now: float) -> None:
+        jobs, expired = [], []
+        with self._lock:
+            for bag in list(self._bags.values()):
+                if bag.study in self._writing:  # a DX of it is being written: the next sweep sees it
+                    continue
+                rule = self.rules.complete(bag, now)
+                why = None if rule is not None else self.rules.expired(bag, now)
+                if rule is not None:
+                    jobs.append(self._complete(bag, rule))
+                elif why is not None:
+                    del self._bags[bag.study_uid]
+                    self._reject(bag.study, "timeout", why)
+                    expired.append((bag, why))
+            self.metrics.dicos_pending.set(len(self._bags))
+        for job in jobs:
+            self._schedule(job, 0.0)
+        for bag, why in expired:
+            self.metrics.dicos_timed_out.inc()
+            log.warning(
+                "DICOS: bag not complete in time; moved to rejected/",
+                extra={
+                    "study_uid": bag.study_uid,
+                    "calling_ae": bag.calling_ae,
+                    "dx": len(bag.images),
+                    "detail": why,
+                    "waited_s": round(now - bag.last, 3),
+                },
+            )
 
     def _reject(self, study: Path, reason: str, detail: str) -> None:
         self.metrics.dicos_rejected.labels(reason=reason).inc()
@@ -414,38 +467,53 @@ class DicosListener:
 
     # restart ---------------------------------------------------------------------------------
     def _recover(self) -> None:
-        """Take up what the spool holds: waiting first energies, pairs without a TDR, undelivered TDRs."""
-        pairs = waiting = 0
+        """Take up what the spool holds: undelivered TDRs are delivered, complete bags without a TDR are
+        detected, the others wait again for their missing DX (their timeout counts from the last one)."""
+        delivering = complete = waiting = 0
         for study in self.spool.studies():
             halves, tdr = self.spool.halves(study), self.spool.tdr(study)
             try:
-                first = read_half(halves[0]) if halves else None
-                if len(halves) == 2 or (tdr is not None and halves):
-                    job = _Job(study, "", first.calling_ae, time.perf_counter())
-                    if tdr is not None:
-                        job.scan_id, job.tdr = tdr.stem.removeprefix(TDR_PREFIX), tdr.read_bytes()
-                        job.study_uid = read_tdr(job.tdr).study_uid
+                if tdr is not None and halves:
+                    job = _Job(study, "", read_half(halves[0]).calling_ae, time.perf_counter())
+                    job.scan_id, job.tdr = tdr.stem.removeprefix(TDR_PREFIX), tdr.read_bytes()
+                    job.study_uid = read_tdr(job.tdr).study_uid
                     self._active.add(study)
                     self._schedule(job, 0.0)
-                    pairs += 1
-                elif len(halves) == 1:
-                    image = dx_from_encoded(
-                        first.raw, first.transfer_syntax, max_pixels=self.settings.max_pixels
-                    )
-                    age = max(0.0, time.time() - halves[0].stat().st_mtime)
-                    self._pending[image.study_uid] = _Pending(
-                        image, time.monotonic() - age, first.calling_ae, study
-                    )
-                    waiting += 1
-                else:
+                    delivering += 1
+                elif not halves:
                     self._reject(
                         study, "spool", f"unexpected content: {sorted(p.name for p in study.iterdir())}"
                     )
+                elif self._recover_bag(study, halves):
+                    complete += 1
+                else:
+                    waiting += 1
             except (ScanError, OSError, ValueError, KeyError, AttributeError) as exc:
-                self._reject(study, "scan", f"cannot read spooled half: {exc}")
-        self.metrics.dicos_pending.set(len(self._pending))
-        if pairs or waiting:
-            log.info("DICOS spool recovered", extra={"pairs": pairs, "first_energies": waiting})
+                self._reject(study, "scan", f"cannot read spooled DX: {exc}")
+        self.metrics.dicos_pending.set(len(self._bags))
+        if delivering or complete or waiting:
+            log.info(
+                "DICOS spool recovered",
+                extra={"tdrs": delivering, "complete_bags": complete, "waiting_bags": waiting},
+            )
+
+    def _recover_bag(self, study: Path, halves: list[Path]) -> bool:
+        """A spooled study's DX back as its bag, in arrival order (the files' modification times): queued
+        when complete (every view paired, and with XSCREEN_DICOS_BAG_VIEWS that many views), else waiting."""
+        by_arrival = sorted(halves, key=lambda p: (p.stat().st_mtime_ns, p.name))
+        spooled = [read_half(p) for p in by_arrival]
+        age = max(0.0, time.time() - by_arrival[-1].stat().st_mtime)
+        images = [
+            dx_from_encoded(h.raw, h.transfer_syntax, max_pixels=self.settings.max_pixels) for h in spooled
+        ]
+        bag = Bag(images[0].study_uid, study, spooled[0].calling_ae, time.monotonic() - age)
+        bag.images = [shape_only(image) for image in images]
+        # its senders are gone: a bag whose every view is paired counts as released
+        if self.rules.complete(bag, time.monotonic(), released=True) is not None:
+            self._schedule(self._complete(bag, RECOVERED), 0.0)
+            return True
+        self._bags[bag.study_uid] = bag
+        return False
 
     # processing ------------------------------------------------------------------------------
     def _schedule(self, job: _Job, delay: float) -> None:
@@ -471,12 +539,12 @@ class DicosListener:
             try:
                 self._run(job)
             except Exception as exc:  # never lose a spooled job to a bug: it waits and is tried again
-                log.exception("DICOS: unexpected error; pair kept in the spool", extra={"error": repr(exc)})
+                log.exception("DICOS: unexpected error; bag kept in the spool", extra={"error": repr(exc)})
                 job.tries += 1
                 self._schedule(job, self._backoff(job.tries))
 
     def _run(self, job: _Job) -> None:
-        """One step of a spooled pair: detection (if no TDR yet), then delivery; retried or rejected."""
+        """One step of a spooled bag: detection (if no TDR yet), then delivery; retried or rejected."""
         if job.tdr is None and not self._detect_step(job):
             return
         s = self.settings
@@ -485,7 +553,7 @@ class DicosListener:
         if "folder" in targets - job.delivered and self._write_folder(job):
             job.delivered.add("folder")
         if "scp" in targets - job.delivered:
-            if self._send(job.tdr, job.scan_id, job.study_uid):
+            if send_tdr(s, job.tdr, job.scan_id, job.study_uid, self._stopping):
                 job.delivered.add("scp")
             else:
                 self.metrics.dicos_tdr_failed.labels(reason="destination").inc()
@@ -503,36 +571,24 @@ class DicosListener:
         self.metrics.dicos_spool_bytes.set(self.spool.bytes)
         for to in job.delivered:
             self.metrics.dicos_tdr_sent.labels(to=to).inc()
-        self.metrics.dicos_latency.observe(time.perf_counter() - job.t_paired)
+        self.metrics.dicos_latency.observe(time.perf_counter() - job.t_complete)
         log.info(
             "DICOS TDR delivered",
             extra={"scan_id": job.scan_id, "study_uid": job.study_uid, "delivered": sorted(job.delivered)},
         )
 
-    def _load_pair(self, job: _Job) -> DxPair:
-        halves = [read_half(p) for p in self.spool.halves(job.study)]
-        if len(halves) != 2:
-            raise ScanError(f"the spool holds {len(halves)} energies for this study, not 2")
-        images = [
-            dx_from_encoded(
-                h.raw,
-                h.transfer_syntax,
-                name=f"DICOS from {h.calling_ae}",
-                max_pixels=self.settings.max_pixels,
-            )
-            for h in halves
-        ]
-        pair = dx_pair(images[0], images[1])
-        if self.settings.check_energy_order:  # pixels that contradict Image Type (docs/method.md 1a)
-            check_energy_order(pair.high.pixels, pair.low.pixels, labelled_by="Image Type (0008,0008)")
-        return pair
-
     def _detect_step(self, job: _Job) -> bool:
         """Run detection and spool the TDR; False when the job was put back to wait or rejected."""
         try:
-            pair = self._load_pair(job)
-            job.study_uid = pair.study_uid
-            tdr, response = self._detect(pair, job.scan_id, job.calling_ae)
+            pairs = load_bag(
+                self.spool,
+                job.study,
+                job.order,
+                max_pixels=self.settings.max_pixels,
+                check_energy=self.settings.check_energy_order,
+            )
+            job.study_uid = pairs[0].study_uid
+            tdr, response = detect_bag(self.service, self.loop, pairs, job.scan_id, job.calling_ae)
             self.spool.put_tdr(job.study, job.scan_id, tdr)
         except _TRANSIENT as exc:  # queue full, deadline, audit or spool trouble: wait, then try again
             job.tries += 1
@@ -544,7 +600,7 @@ class DicosListener:
         except (ScanError, OSError) as exc:
             self._reject(job.study, "scan", str(exc))
             return False
-        except Exception as exc:  # the backend raised on this pair's batch: maybe the scan, maybe not
+        except Exception as exc:  # the backend raised on this bag's batch: maybe the scan, maybe not
             job.failures += 1
             self.metrics.dicos_tdr_failed.labels(reason="detection").inc()
             log.error(
@@ -562,13 +618,15 @@ class DicosListener:
             return False
         job.tdr = tdr
         self.metrics.dicos_spool_bytes.set(self.spool.bytes)
+        views = response.views if isinstance(response, BagResponse) else [response]
         log.info(
             "DICOS TDR",
             extra={
                 "scan_id": job.scan_id,
-                "study_uid": pair.study_uid,
-                "alarm": "ALARM" if response.detections else "CLEAR",
-                "detections": [(d.class_name, d.score) for d in response.detections],
+                "study_uid": job.study_uid,
+                "alarm": "ALARM" if response.alarm else "CLEAR",
+                "views": len(views),
+                "detections": [(d.class_name, d.score) for v in views for d in v.detections],
             },
         )
         return True
@@ -582,81 +640,3 @@ class DicosListener:
         except OSError as exc:
             log.error("DICOS: cannot write TDR", extra={"scan_id": job.scan_id, "error": str(exc)})
             return False
-
-    def _detect(self, pair: DxPair, scan_id: str, calling_ae: str) -> tuple[bytes, DetectResponse]:
-        service, s = self.service, self.settings
-        batcher, backend = service.batcher, service.backend
-        if batcher is None or backend is None:
-            raise _ModelNotLoaded("the model is not loaded")
-        t0 = time.perf_counter()
-        prepared = prepare_dx_pair(pair)
-        future = asyncio.run_coroutine_threadsafe(
-            batcher.submit(prepared.image, time.monotonic() + s.request_timeout_s), self.loop
-        )
-        run = future.result(timeout=s.request_timeout_s + 5)
-        prepared.drop_image()
-        result = detection_result(
-            prepared, run, backend_name=s.backend, threshold_setting=s.score_threshold, started=t0
-        )
-        response = result.response(scan_id)
-        self.metrics.count_answer(response, source="dicos")
-        if (
-            service.audit is not None
-        ):  # no TDR leaves without its audit record (docs/service.md "Audit trail")
-            record = audit_record(response, time.perf_counter() - t0, route="dicos", calling_ae=calling_ae)
-            try:
-                asyncio.run_coroutine_threadsafe(service.audit.append(record), self.loop).result(timeout=60)
-            except AuditError as exc:
-                self.metrics.audit_failures.labels(reason=exc.reason).inc()
-                raise
-            self.metrics.audit_records.inc()
-        return tdr_from_response(prepared, response), response
-
-    def _send(self, tdr: bytes, scan_id: str, study_uid: str) -> bool:
-        """C-STORE the TDR to the destination: 1 + dicos_retries attempts, backoff doubling each time."""
-        import io
-
-        import pydicom
-        from pynetdicom import AE
-
-        s = self.settings
-        ds = pydicom.dcmread(io.BytesIO(tdr))
-        attempts = 1 + s.dicos_retries
-        for attempt in range(1, attempts + 1):
-            error = None
-            ae = AE(ae_title=s.dicos_ae_title)
-            ae.add_requested_context(TDR_SOP_CLASS, EXPLICIT_LE)
-            ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = 10
-            try:
-                assoc = ae.associate(s.dicos_dest_host, s.dicos_dest_port, ae_title=s.dicos_dest_ae_title)
-                if assoc.is_established:
-                    status = assoc.send_c_store(ds)
-                    assoc.release()
-                    code = getattr(status, "Status", None)
-                    if code == STATUS_SUCCESS:
-                        return True
-                    error = f"C-STORE status {code:#06x}" if code is not None else "no C-STORE response"
-                else:
-                    error = (
-                        "association rejected or aborted" if assoc.is_rejected else "destination unreachable"
-                    )
-            except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            finally:
-                ae.shutdown()
-            log.warning(
-                "DICOS: TDR C-STORE failed",
-                extra={"scan_id": scan_id, "study_uid": study_uid, "attempt": attempt, "error": error},
-            )
-            if attempt < attempts and self._stopping.wait(s.dicos_retry_backoff_s * 2 ** (attempt - 1)):
-                break  # shutting down: no more waiting
-        log.error(
-            "DICOS: TDR not delivered after retries",
-            extra={
-                "scan_id": scan_id,
-                "study_uid": study_uid,
-                "destination": f"{s.dicos_dest_ae_title}@{s.dicos_dest_host}:{s.dicos_dest_port}",
-                "attempts": attempts,
-            },
-        )
-        return False

@@ -145,19 +145,28 @@ class ServiceMetrics:
             "xscreen_dicos_received", "DX images received over DICOS, by result", ("result",), registry=r
         )
         self.dicos_paired = Counter(
-            "xscreen_dicos_paired", "DX pairs complete and sent to detection", registry=r
+            "xscreen_dicos_paired", "Views (HIGH + LOW DX) of complete bags sent to detection", registry=r
+        )
+        self.dicos_bags_complete = Counter(
+            "xscreen_dicos_bags_complete",
+            "Bags complete and sent to detection, by the rule that completed them "
+            "(views, release, wait, recovered)",
+            ("rule",),
+            registry=r,
         )
         self.dicos_timed_out = Counter(
-            "xscreen_dicos_timed_out", "First energies dropped because the second never arrived", registry=r
+            "xscreen_dicos_timed_out",
+            "Bags rejected because a view's energy (or a view) never arrived",
+            registry=r,
         )
         self.dicos_pending = Gauge(
-            "xscreen_dicos_pending", "First energies waiting for the second", registry=r
+            "xscreen_dicos_pending", "Studies (bags) waiting to be complete", registry=r
         )
         self.dicos_tdr_sent = Counter(
             "xscreen_dicos_tdr_sent", "TDRs delivered, by where (scp, folder, log)", ("to",), registry=r
         )
         self.dicos_tdr_failed = Counter(
-            "xscreen_dicos_tdr_failed", "Pairs without a delivered TDR, by reason", ("reason",), registry=r
+            "xscreen_dicos_tdr_failed", "Bags without a delivered TDR, by reason", ("reason",), registry=r
         )
         self.dicos_aborted = Counter(
             "xscreen_dicos_aborted",
@@ -167,7 +176,7 @@ class ServiceMetrics:
         )
         self.dicos_retries = Counter(
             "xscreen_dicos_retries",
-            "Spooled pairs put back to wait, by stage (detection: queue full or model busy; delivery)",
+            "Spooled bags put back to wait, by stage (detection: queue full or model busy; delivery)",
             ("stage",),
             registry=r,
         )
@@ -182,7 +191,7 @@ class ServiceMetrics:
         )
         self.dicos_latency = Histogram(
             "xscreen_dicos_latency_seconds",
-            "Second energy received -> TDR delivered",
+            "Bag complete -> TDR delivered",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -221,6 +230,8 @@ class ServiceMetrics:
             self.bag_views.labels(source=source)
             for alarm in ("true", "false"):
                 self.bags.labels(source=source, alarm=alarm)
+        for rule in ("views", "release", "wait", "recovered"):
+            self.dicos_bags_complete.labels(rule=rule)
         for stage in PREPARE_STAGES + tuple(MODEL_STAGES) + BACKEND_STAGES:
             self.stage_seconds.labels(stage=stage)
         for route in SCAN_ROUTES:

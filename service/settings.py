@@ -140,9 +140,28 @@ class Settings(InferenceSettings):
     dicos_dest_host: str | None = Field(None, min_length=1, description="TDR destination host")
     dicos_dest_port: int | None = Field(None, ge=1, le=65535, description="TDR destination port")
     dicos_output_dir: Path | None = Field(None, description="also write each TDR into this folder")
-    dicos_pair_timeout_s: float = Field(30.0, gt=0, le=3600, description="wait for the second energy")
+    dicos_pair_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="a study with a view still missing an energy this long after its last DX is rejected",
+    )
     dicos_max_pending: int = Field(
-        32, ge=1, le=10_000, description="first halves held waiting for the second"
+        32, ge=1, le=10_000, description="studies (bags) held waiting to be complete"
+    )
+    dicos_bag_views: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="views in every bag: a study is complete as soon as this many views have both "
+        "energies, and not before (unset: on the sender's release, or after dicos_bag_wait_s)",
+    )
+    dicos_bag_wait_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="without dicos_bag_views: a study whose views all have both energies is complete this "
+        "long after its last DX even if the association stays open",
     )
     dicos_retries: int = Field(3, ge=0, le=100, description="TDR C-STORE retries after the first attempt")
     dicos_retry_backoff_s: float = Field(
@@ -191,6 +210,11 @@ class Settings(InferenceSettings):
         if any(v is not None for v in dest) and not all(v is not None for v in dest):
             raise ValueError(
                 "a DICOS destination needs all of XSCREEN_DICOS_DEST_AE_TITLE, _DEST_HOST and _DEST_PORT"
+            )
+        if self.dicos_bag_views is not None and self.dicos_bag_views > self.max_views:
+            raise ValueError(
+                f"XSCREEN_DICOS_BAG_VIEWS={self.dicos_bag_views} is more than "
+                f"XSCREEN_MAX_VIEWS={self.max_views}"
             )
         if self.dicos_port is not None and not self.dicos_allowed_aets and not is_loopback(self.dicos_host):
             raise ValueError(

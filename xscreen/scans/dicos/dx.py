@@ -270,6 +270,44 @@ def dx_pair(first: DxImage, second: DxImage) -> DxPair:
     return DxPair(first, second)
 
 
+def group_views(images: Sequence[DxImage]) -> list[list[DxImage]]:
+    """The DX images of one bag (one study) grouped into views, the bag rule of docs/dicos.md ("Bags"):
+    one view per Series Instance UID, in the order each series first appears in ``images``. A view may
+    hold one image (its other energy not there yet) or more (refused by ``bag_pairs``).
+
+    One exception keeps single-view scanners that give each energy its own series working as before: a
+    study whose only two images are in two series, with different (or unstated) energies and the same
+    size, is one view."""
+    views: dict[str, list[DxImage]] = {}
+    for image in images:
+        views.setdefault(image.series_uid, []).append(image)
+    groups = list(views.values())
+    if len(groups) == 2 and all(len(g) == 1 for g in groups):
+        a, b = groups[0][0], groups[1][0]
+        same_energy = a.energy is not None and a.energy == b.energy
+        if not same_energy and a.pixels.shape == b.pixels.shape:
+            return [[a, b]]
+    return groups
+
+
+def bag_pairs(images: Sequence[DxImage]) -> list[DxPair]:
+    """A complete bag's views as checked pairs (``group_views``, then ``dx_pair`` on each view); a view
+    without exactly one HIGH and one LOW raises ``ScanError`` naming it."""
+    pairs = []
+    for i, view in enumerate(group_views(images)):
+        if len(view) != 2:
+            raise ScanError(
+                f"view {i} (series {view[0].series_uid or '?'}) has {len(view)} DX image(s); "
+                "a view is one HIGH and one LOW"
+            )
+        try:
+            pairs.append(dx_pair(view[0], view[1]))
+        except ScanError as exc:
+            exc.args = (f"view {i} (series {view[0].series_uid or '?'}): {exc}", *exc.args[1:])
+            raise
+    return pairs
+
+
 def read_dx_pair(
     high: bytes,
     low: bytes,
