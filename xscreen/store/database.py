@@ -41,9 +41,9 @@ def _sqlite_engine(config: StoreConfig) -> Engine:
     def _connect(dbapi_connection, _record) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={int(config.db_timeout_s * 1000)}")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={int(config.db_timeout_s * 1000)}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -114,12 +114,18 @@ def describe_db_error(exc: BaseException) -> str:
     return text[0][:300] if text else type(cause).__name__
 
 
+# What a lost database raises: the driver's errors as SQLAlchemy wraps them, the pool's timeout, and a bare
+# socket error (pg8000 lets ConnectionResetError through when the pool's pre-ping meets a cut connection).
+DATABASE_ERRORS = (sa.exc.DBAPIError, sa.exc.TimeoutError, OSError)
+
+
 @contextlib.contextmanager
 def unavailable_on_error() -> Iterator[None]:
-    """Turn the database's failures (connection lost, timeout, refused) into StoreUnavailable."""
+    """Turn the database's failures (connection lost, timeout, refused) into StoreUnavailable. Only for
+    blocks that touch no file: an OSError in them is the database's socket."""
     try:
         yield
-    except (sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
+    except DATABASE_ERRORS as exc:
         raise StoreUnavailable(
             f"the scan store's database is unavailable: {describe_db_error(exc)}"
         ) from None

@@ -19,7 +19,8 @@ from xscreen.store.errors import BagNotFound, StoreConfigError
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
-TEMP_PREFIX = ".tmp-"
+TEMP_PREFIX = ".tmp-"  # a bag being written
+DELETE_PREFIX = ".del-"  # a bag being deleted
 
 
 def _fsync_dir(path: Path) -> None:
@@ -102,17 +103,28 @@ class BagFolders:
             raise
 
     def remove(self, request_id: str) -> None:
-        """Delete a bag's folder; a missing one is not an error. Other OSErrors are raised."""
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(self.path(request_id))
+        """Delete a bag's folder; a missing one is not an error.
 
-    def remove_stale_temp(self, older_than_s: float) -> int:
-        """Delete temporary folders left by writers that died (older than ``older_than_s``)."""
+        The folder is first renamed out of the way in one step, so a folder that cannot be deleted (an
+        unwritable store: the OSError is raised) is left whole, never half emptied."""
+        doomed = self.root / f"{DELETE_PREFIX}{request_id}-{secrets.token_hex(4)}"
+        try:
+            os.rename(self.path(request_id), doomed)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(doomed)
+
+    def remove_leftovers(self, older_than_s: float) -> int:
+        """Delete what writers and deleters that died left: temporary folders older than ``older_than_s``
+        (a live writer's is younger) and every folder renamed for deletion."""
         removed = 0
         cutoff = time.time() - older_than_s
         with contextlib.suppress(OSError):
             for entry in os.scandir(self.root):
-                if entry.name.startswith(TEMP_PREFIX) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                temp = (
+                    entry.name.startswith(TEMP_PREFIX) and entry.stat(follow_symlinks=False).st_mtime < cutoff
+                )
+                if temp or entry.name.startswith(DELETE_PREFIX):
                     shutil.rmtree(entry.path, ignore_errors=True)
                     removed += 1
         return removed

@@ -19,6 +19,7 @@ from xscreen.store import queries, retention, verdicts
 from xscreen.store.bag import NewBag, View, check_request_id, encode_bag
 from xscreen.store.config import StoreConfig
 from xscreen.store.database import (
+    DATABASE_ERRORS,
     create_engine,
     describe_db_error,
     migrate,
@@ -90,7 +91,7 @@ class ScanStore(queries.StoreQueries, verdicts.StoreVerdicts):
                 raise StoreUnavailable(self._last_error)
             try:
                 migrate(self.engine)
-            except (sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
+            except DATABASE_ERRORS as exc:
                 self._fail_ready(f"the scan store's database is unavailable: {describe_db_error(exc)}")
             except Exception as exc:  # alembic: e.g. the index is at a revision newer than this code
                 self._fail_ready(f"the scan store's index cannot be migrated: {exc}")
@@ -126,10 +127,8 @@ class ScanStore(queries.StoreQueries, verdicts.StoreVerdicts):
             return _failed("duplicate", f"bag {bag.request_id} is stored already")
         except StoreUnavailable as exc:
             return _failed("database", str(exc))
-        except (sa.exc.SQLAlchemyError, StoreError) as exc:
+        except (sa.exc.SQLAlchemyError, StoreError, OSError) as exc:  # files: evict() returns their errors
             return _failed("database", describe_db_error(exc))
-        except OSError as exc:
-            return _failed(os_error_reason(exc), str(exc))
         return self._write_and_publish(bag.request_id, bag_id, encoded.files, size, eviction)
 
     def _write_and_publish(self, request_id, bag_id, files, size, eviction) -> PutResult:
@@ -141,7 +140,7 @@ class ScanStore(queries.StoreQueries, verdicts.StoreVerdicts):
         try:
             with transaction(self.engine, locked=True) as conn:
                 published = retention.publish(conn, bag_id)
-        except sa.exc.SQLAlchemyError as exc:
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
             published, detail = False, describe_db_error(exc)
         else:
             detail = "its reservation was evicted as abandoned"
@@ -156,7 +155,7 @@ class ScanStore(queries.StoreQueries, verdicts.StoreVerdicts):
         try:
             with transaction(self.engine, write=True) as conn:
                 retention.delete_rows(conn, [bag_id])
-        except sa.exc.SQLAlchemyError as exc:
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
             log.warning("scan store: cannot drop a failed bag's reservation: %s", describe_db_error(exc))
 
     def _remove_quietly(self, request_id: str) -> None:
@@ -172,7 +171,7 @@ class ScanStore(queries.StoreQueries, verdicts.StoreVerdicts):
         self._ensure_ready()
         with unavailable_on_error(), transaction(self.engine, locked=True) as conn:
             eviction = retention.evict(conn, self.folders, self.config, 0, time.time())
-        self.folders.remove_stale_temp(self.config.stale_write_s)
+        self.folders.remove_leftovers(self.config.stale_write_s)
         if eviction.error is not None:
             raise StoreError(f"cannot delete an evicted bag's files: {eviction.error}")
         return eviction.evicted
