@@ -17,6 +17,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from xscreen.inference.base import MODEL_STAGES
 from xscreen.model.classes import CLASS_NAMES
+from xscreen.store.errors import FAILURE_REASONS as STORE_FAILURE_REASONS
 
 # The /detect latency SLO that deploy/prometheus/alerts.yml checks: p99 of successful answers under 2 s.
 LATENCY_SLO_SECONDS = 2.0
@@ -57,6 +58,7 @@ class ServiceMetrics:
         self._add_pipeline_metrics(r)
         self._add_dicos_metrics(r)
         self._add_model_and_audit_metrics(r)
+        self._add_store_metrics(r)
         self._preinitialise()
 
     def _add_http_metrics(self, r: CollectorRegistry) -> None:
@@ -217,12 +219,31 @@ class ServiceMetrics:
             registry=r,
         )
 
+    def _add_store_metrics(self, r: CollectorRegistry) -> None:
+        """The scan store's (xscreen/store, docs/operations.md "Scan store"); only moved when it is on."""
+        self.store_failures = Counter(
+            "xscreen_store_failures",
+            "Answered bags the scan store did not keep, by reason (disk_full, unwritable, database, ...)",
+            ("reason",),
+            registry=r,
+        )
+        self.store_bags = Gauge(
+            "xscreen_store_bags", "Bags in the scan store (being written included)", registry=r
+        )
+        self.store_bytes = Gauge(
+            "xscreen_store_bytes",
+            "Disk bytes of the scan store's bags (XSCREEN_STORE_MAX_BYTES bounds it)",
+            registry=r,
+        )
+
     def _preinitialise(self) -> None:
         """Create the series of every known label value at 0 (``labels()`` alone exports them)."""
         for reason in REJECT_REASONS:
             self.rejected.labels(reason=reason)
         for reason in AUDIT_FAILURE_REASONS:
             self.audit_failures.labels(reason=reason)
+        for reason in STORE_FAILURE_REASONS:
+            self.store_failures.labels(reason=reason)
         for name in CLASS_NAMES:
             self.detections.labels(class_name=name)
             self.alarm_classes.labels(class_name=name)

@@ -22,6 +22,14 @@ from xscreen.inference.settings import (
     SettingsError,
     describe_validation,
 )
+from xscreen.store.config import (
+    DEFAULT_MAX_AGE_S,
+    DEFAULT_MAX_BAGS,
+    DEFAULT_MAX_BYTES,
+    StoreConfig,
+    normalise_database_url,
+)
+from xscreen.store.errors import StoreConfigError
 
 MIN_API_KEY_LENGTH = 16
 
@@ -193,6 +201,23 @@ class Settings(InferenceSettings):
     audit_path: Path | None = Field(None, description="JSON-lines audit file, one record per answered scan")
     audit_max_bytes: int = Field(100 * 1024 * 1024, ge=4096, description="rotate the audit file past this")
     audit_keep: int = Field(10, ge=1, le=10_000, description="rotated audit files kept (audit.jsonl.1 ...)")
+    # -- scan store (docs/operations.md "Scan store"): off unless store_dir is set -------------------------
+    store_dir: Path | None = Field(
+        None, description="keep each answered bag's raw views, answer and model here (unset: nothing is kept)"
+    )
+    store_database_url: str | None = Field(
+        None,
+        repr=False,
+        description="the store's index: postgresql://USER:PASSWORD@HOST:PORT/DB (pg8000) for replicas "
+        "sharing one store; unset: SQLite in store_dir; never logged",
+    )
+    store_max_bags: int = Field(DEFAULT_MAX_BAGS, gt=0, description="bags kept at most; the oldest go first")
+    store_max_bytes: int = Field(
+        DEFAULT_MAX_BYTES,
+        gt=0,
+        description="disk bytes of bag files kept at most (whole blocks, as du counts)",
+    )
+    store_max_age_s: float = Field(DEFAULT_MAX_AGE_S, gt=0, description="bags older than this are deleted")
 
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
@@ -232,6 +257,35 @@ class Settings(InferenceSettings):
             if not value:
                 raise ValueError("at least one format must be accepted (png, tiff, npy, raw, dicom)")
         return value
+
+    @field_validator("store_database_url")
+    @classmethod
+    def _check_store_url(cls, value: str | None) -> str | None:
+        try:
+            return None if value is None else normalise_database_url(value)
+        except StoreConfigError as exc:
+            raise ValueError(str(exc)) from None  # the message names the scheme, never the URL
+
+    @model_validator(mode="after")
+    def _check_store(self) -> Settings:
+        if self.store_database_url is not None and self.store_dir is None:
+            raise ValueError(
+                "XSCREEN_STORE_DATABASE_URL needs XSCREEN_STORE_DIR too: the bags' images are kept in that "
+                "folder (shared by all replicas), the database holds their index"
+            )
+        return self
+
+    def store_config(self) -> StoreConfig | None:
+        """The scan store's configuration, or None when it is off (no store_dir)."""
+        if self.store_dir is None:
+            return None
+        return StoreConfig(
+            self.store_dir,
+            database_url=self.store_database_url,
+            max_bags=self.store_max_bags,
+            max_bytes=self.store_max_bytes,
+            max_age_s=self.store_max_age_s,
+        )
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -27,6 +27,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("xscreen.commands.eval", "evaluate weights or detections with COCO metrics"),
     "threshold": ("xscreen.commands.threshold", "show, set or re-pick the operating threshold of weights"),
     "release": ("xscreen.commands.release", "write the fp16, versioned copy of weights that gets shipped"),
+    "store-purge": (
+        "xscreen.commands.store_purge",
+        "delete bags from the scan store (all, older ones, or by id)",
+    ),
     "import-mmdet": ("xscreen.commands.import_mmdet", "import the authors' released mmdetection checkpoint"),
     "la-experiment": (
         "xscreen.commands.la_experiment",

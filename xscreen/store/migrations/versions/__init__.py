@@ -1,0 +1,1 @@
+"""One module per revision of the index's tables (Alembic skips this file)."""
