@@ -31,6 +31,7 @@ from xscreen.service.middleware import (
 from xscreen.service.model_switch import ModelManager, warmup_scan
 from xscreen.service.routes import admin, detect, health, model
 from xscreen.service.routes.docs import OPENAPI_PATH, STATIC_PATH, docs_router, static_files
+from xscreen.service.scan_store import StoreWriter
 from xscreen.service.settings import Settings
 from xscreen.service.state import ServiceState
 
@@ -136,6 +137,7 @@ def _service_state(settings: Settings, keys: list[str]) -> ServiceState:
     metrics.budget_in_use.set_function(lambda: service.admission.budget.in_use)
     if settings.dicos_port is not None and settings.dicos_spool_dir is not None:
         service.dicos_spool = Spool(settings.dicos_spool_dir)  # a locked spool: one line before binding
+    service.store = StoreWriter.open(settings, metrics)  # an unwritable store: one line before binding
     return service
 
 
@@ -157,6 +159,8 @@ def _lifespan(service: ServiceState, backend: InferenceBackend | None, keys: lis
 
             dicos = DicosListener(service, asyncio.get_running_loop())
             await asyncio.to_thread(dicos.start)
+        if service.store is not None:
+            service.store.start_pruning()
         warm = None
         if settings.warmup:
             warm = asyncio.create_task(_warm_up(service))
@@ -177,6 +181,8 @@ def _lifespan(service: ServiceState, backend: InferenceBackend | None, keys: lis
             await service.batcher.stop(drain_timeout_s=settings.graceful_timeout_s)
             if service.audit is not None:
                 service.audit.close()
+            if service.store is not None:
+                await asyncio.to_thread(service.store.close)
             service.admission.shutdown()
             log.info("stopped")
 

@@ -74,14 +74,19 @@ def detect_bag(
     response = bag.views[0].response(scan_id) if len(scans) == 1 else bag.response(scan_id)
     metrics.count_answer(response, source="dicos")
     # no TDR leaves without its audit record (docs/service.md "Audit trail")
+    request_id = f"dicos-{scan_id}"  # the bag's key in the audit trail and the scan store
     if service.audit is not None:
-        record = audit_record(response, time.perf_counter() - t0, route="dicos", calling_ae=calling_ae)
+        record = audit_record(
+            response, time.perf_counter() - t0, route="dicos", request_id=request_id, calling_ae=calling_ae
+        )
         try:
             asyncio.run_coroutine_threadsafe(service.audit.append(record), loop).result(timeout=60)
         except AuditError as exc:
             metrics.audit_failures.labels(reason=exc.reason).inc()
             raise
         metrics.audit_records.inc()
+    if service.store is not None:
+        service.store.keep(request_id, scans, response.model_dump(mode="json"), f"DICOS AE {calling_ae}")
     if isinstance(response, BagResponse):
         return tdr_from_bag(scans, response), response
     return tdr_from_response(scans[0], response), response

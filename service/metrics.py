@@ -242,7 +242,7 @@ class ServiceMetrics:
             self.rejected.labels(reason=reason)
         for reason in AUDIT_FAILURE_REASONS:
             self.audit_failures.labels(reason=reason)
-        for reason in STORE_FAILURE_REASONS:
+        for reason in (*STORE_FAILURE_REASONS, "backlog"):  # backlog: service/scan_store.py
             self.store_failures.labels(reason=reason)
         for name in CLASS_NAMES:
             self.detections.labels(class_name=name)

@@ -15,6 +15,7 @@ from xscreen.service.budget import ScanAdmission
 from xscreen.service.dicos_spool import Spool
 from xscreen.service.metrics import ServiceMetrics
 from xscreen.service.model_switch import ModelManager
+from xscreen.service.scan_store import StoreWriter
 from xscreen.service.settings import Settings
 
 
@@ -28,6 +29,7 @@ class ServiceState:
     audit: AuditLog | None = None
     admission: ScanAdmission | None = None  # memory budget and decode pools (docs/service.md)
     dicos_spool: Spool | None = None  # opened (and locked) by create_app, before binding
+    store: StoreWriter | None = None  # the scan store (XSCREEN_STORE_DIR), docs/operations.md
     batcher: MicroBatcher | None = None
     ready: bool = False
     ready_detail: str = "loading weights"

@@ -16,9 +16,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
+from tests.support.service_fixtures import DemoModel, demo_model
 from tests.support.tools import CONTAINER_BASE
 
 
@@ -80,3 +82,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)
     _skip_marked(items, "cuda", _cuda_missing)
     _skip_marked(items, "container", _container_missing)
+
+
+@pytest.fixture(scope="session")
+def demo(request: pytest.FixtureRequest) -> DemoModel:
+    """A small LAcls detector overfitted to known synthetic scans (cached across runs in .pytest_cache);
+    the service and store tests share it."""
+    return demo_model(Path(request.config.cache.mkdir("xscreen-service")))

@@ -38,6 +38,7 @@ from xscreen.service.batching import (
 )
 from xscreen.service.budget import BudgetExhaustedError, Lease, ScanAdmission
 from xscreen.service.errors import ApiError, scan_error_to_api
+from xscreen.service.scan_store import store_key
 from xscreen.service.schemas import SCAN_ID_PATTERN, ErrorResponse
 from xscreen.service.state import ServiceDep, ServiceState
 from xscreen.service.tdr import DICOM_MEDIA_TYPE, wants_dicom
@@ -312,6 +313,12 @@ async def _run_detection(
     request.state.timings = response.timings
     request.state.detections = sum(len(v.detections) for v in bag.views)
     await _audit(service, request, response, time.perf_counter() - t_start)
+    if service.store is not None:  # kept after the answer's record; never fails or delays the answer
+        state = request.state
+        key = store_key(getattr(state, "request_id", None), getattr(state, "trace_id", None), scan_id)
+        kid = getattr(state, "key_id", None)
+        source = request.url.path + (f" key {kid}" if kid else "")
+        service.store.keep(key, scans, response.model_dump(mode="json"), source)
     return scans, response
 
 
