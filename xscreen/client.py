@@ -7,7 +7,8 @@ uint16 with ``width``/``height``.
 
 Answers are the service's own pydantic models (``xscreen.inference.response``): ``detect`` answers a
 ``DetectResponse`` (one view), ``detect_bag`` a ``BagResponse`` (views in the order given, the bag's
-``alarm``), ``detect_tdr`` the DICOS TDR's bytes. ``scan_form`` encodes a request once for sending many
+``alarm``), ``detect_tdr`` the DICOS TDR's bytes, ``render`` the picture with the boxes (PNG bytes,
+one view). ``scan_form`` encodes a request once for sending many
 times (``detect_form``), as the benchmarks do.
 
 An answer other than 200 raises ``ApiError`` with the status and the API's JSON ``error`` code and
@@ -245,6 +246,13 @@ class Client:
             raise TransportError(f"POST {self.base_url}/detect: answered {content_type!r}, not a DICOS TDR")
         return data
 
+    def render(self, high: Scan, low: Scan, **fields: Any) -> bytes:
+        """One view's pseudo-colour picture with its detections drawn (``POST /render``): PNG bytes."""
+        data, content_type = self._post("/render", scan_form([(high, low)], **fields), "image/png")
+        if content_type != "image/png":
+            raise TransportError(f"POST {self.base_url}/render: answered {content_type!r}, not a PNG")
+        return data
+
     def detect_form(self, form: ScanForm) -> DetectResponse | BagResponse:
         """Send a request encoded by ``scan_form``: the answer as the service gave it."""
         data, _ = self._post("/detect", form, "application/json")
@@ -320,6 +328,10 @@ class AsyncClient:
     async def detect_tdr(self, views: Sequence[View], **fields: Any) -> bytes:
         """As ``Client.detect_tdr``."""
         return await asyncio.to_thread(self._client.detect_tdr, views, **fields)
+
+    async def render(self, high: Scan, low: Scan, **fields: Any) -> bytes:
+        """As ``Client.render``."""
+        return await asyncio.to_thread(self._client.render, high, low, **fields)
 
     async def detect_form(self, form: ScanForm) -> DetectResponse | BagResponse:
         """As ``Client.detect_form``."""

@@ -216,6 +216,14 @@ def test_tdr_answers_are_bytes_and_a_json_answer_is_refused():
         xs.detect_tdr([(b"H", b"L")])
 
 
+def test_render_answers_png_bytes():
+    png = {"Content-Type": "image/png"}
+    with Peer(body=b"PNG-bytes", headers=png) as peer, client.Client(peer.url) as xs:
+        assert xs.render(b"H", b"L", scan_id="r-1") == b"PNG-bytes"
+    assert peer.requests[0][2]["Accept"] == "image/png"
+    assert [p[0] for p in peer.requests[0][1]] == ["high", "low", "scan_id"]
+
+
 def test_input_and_transport_errors(tmp_path):
     xs = client.Client(f"http://127.0.0.1:{free_port()}", timeout=5)
     with pytest.raises(client.InputError, match="missing.png"):
