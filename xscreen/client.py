@@ -202,8 +202,9 @@ _RESET = (ConnectionResetError, BrokenPipeError)  # http.client.RemoteDisconnect
 class Client:
     """``Client("http://host:8000", api_key="...").detect("high.png", "low.png")`` -> ``DetectResponse``.
 
-    Safe to share between threads: each thread keeps its own keep-alive connection; ``close()`` (or the
-    ``with`` block's end, or the client's garbage collection) closes them."""
+    Safe to share between threads: each calling thread keeps its own keep-alive connection (until
+    ``close()``, the ``with`` block's end or the client's garbage collection closes them all; close it
+    when no call is in flight)."""
 
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 60.0):
         url = urlsplit(base_url)
