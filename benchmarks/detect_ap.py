@@ -29,6 +29,7 @@ from pathlib import Path
 import requests
 
 from xscreen.argtypes import non_negative_int, positive_int, size_pair
+from xscreen.client import ApiError, Client
 from xscreen.tables import markdown_table
 
 XSCREEN = str(Path(sys.executable).with_name("xscreen"))
@@ -104,26 +105,21 @@ def detect_all(url: str, data: Path, gt: dict, threshold: float | None) -> tuple
 
     cat_of = {normalise_name(c["name"]): int(c["id"]) for c in gt["categories"]}
     results, used = [], None
-    with requests.Session() as session:
+    with Client(url, timeout=600) as xs:
         for im in gt["images"]:
-            files = {
-                "high": ("high.png", (data / im["raw_high"]).read_bytes(), "image/png"),
-                "low": ("low.png", (data / im["raw_low"]).read_bytes(), "image/png"),
-            }
-            fields = {} if threshold is None else {"score_threshold": str(threshold)}
-            r = session.post(url + "/detect", files=files, data=fields, timeout=600)
-            if r.status_code != 200:
-                raise RuntimeError(f"POST /detect answered {r.status_code}: {r.text[:500]}")
-            body = r.json()
-            used = body["score_threshold"]
-            for d in body["detections"]:
-                b = d["box"]
+            try:
+                answer = xs.detect(data / im["raw_high"], data / im["raw_low"], score_threshold=threshold)
+            except ApiError as exc:
+                raise RuntimeError(f"POST /detect answered {exc}") from None
+            used = answer.score_threshold
+            for d in answer.detections:
+                b = d.box
                 results.append(
                     {
                         "image_id": int(im["id"]),
-                        "category_id": cat_of[normalise_name(d["class_name"])],
-                        "bbox": [b["x1"], b["y1"], b["x2"] - b["x1"], b["y2"] - b["y1"]],
-                        "score": d["score"],
+                        "category_id": cat_of[normalise_name(d.class_name)],
+                        "bbox": [b.x1, b.y1, b.x2 - b.x1, b.y2 - b.y1],
+                        "score": d.score,
                     }
                 )
     return results, float(used)

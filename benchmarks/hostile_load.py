@@ -62,7 +62,8 @@ def valid_pair(size: int, seed: int = 0) -> tuple[bytes, bytes]:
 def _post(url: str, pair: tuple[bytes, bytes], timeout: float) -> int:
     """POST /detect through xscreen.client: the HTTP status, 0 when no answer came (refused, timed out)."""
     try:
-        Client(url, timeout=timeout).detect(pair[0], pair[1])
+        with Client(url, timeout=timeout) as xs:  # one connection per scan, closed after it
+            xs.detect(pair[0], pair[1])
     except ApiError as exc:
         return exc.status
     except TransportError:

@@ -28,6 +28,7 @@ import numpy as np
 import requests
 
 from xscreen.argtypes import int_list, positive_int
+from xscreen.client import ApiError, Client
 from xscreen.tables import markdown_table
 
 
@@ -92,27 +93,27 @@ def zero_pair(side: int) -> tuple[bytes, bytes]:
     return png, png
 
 
-def post(url: str, route: str, pair: tuple[bytes, bytes], timeout: float = 600) -> requests.Response:
-    files = {"high": ("high.png", pair[0], "image/png"), "low": ("low.png", pair[1], "image/png")}
-    return requests.post(url + route, files=files, timeout=timeout)
+def post(xs: Client, route: str, pair: tuple[bytes, bytes], side: int) -> None:
+    """One scan to ``route`` (/detect or /render) through xscreen.client; RuntimeError unless answered 200."""
+    try:
+        (xs.detect if route == "/detect" else xs.render)(*pair)
+    except ApiError as exc:
+        raise RuntimeError(f"{route} {side}x{side}: {exc}") from None
 
 
 def measure(url: str, pid: int, side: int, repeats: int) -> dict[str, float]:
     """Largest peak growth (MB) of one request per route at ``side`` x ``side`` over ``repeats`` probes."""
     pair = zero_pair(side)
     out: dict[str, float] = {}
-    for route in ("/detect", "/render"):
-        r = post(url, route, pair)  # unmeasured: this size's first pass through the allocator
-        if r.status_code != 200:
-            raise RuntimeError(f"{route} {side}x{side}: HTTP {r.status_code} {r.text[:200]}")
-        peaks = []
-        for _ in range(repeats):
-            with peak_growth_mb(pid) as growth:
-                r = post(url, route, pair)
-            if r.status_code != 200:
-                raise RuntimeError(f"{route} {side}x{side}: HTTP {r.status_code} {r.text[:200]}")
-            peaks.append(growth[0])
-        out[route] = max(peaks)
+    with Client(url, timeout=600) as xs:
+        for route in ("/detect", "/render"):
+            post(xs, route, pair, side)  # unmeasured: this size's first pass through the allocator
+            peaks = []
+            for _ in range(repeats):
+                with peak_growth_mb(pid) as growth:
+                    post(xs, route, pair, side)
+                peaks.append(growth[0])
+            out[route] = max(peaks)
     return out
 
 

@@ -16,9 +16,7 @@ goes. A model latency measured in this process before the server starts is print
 from __future__ import annotations
 
 import argparse
-import http.client
 import io
-import json
 import os
 import signal
 import socket
@@ -33,7 +31,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import requests
-from urllib3 import encode_multipart_formdata
 
 from xscreen.argtypes import (
     choice_list,
@@ -42,6 +39,7 @@ from xscreen.argtypes import (
     non_negative_int,
     positive_int,
 )
+from xscreen.client import ApiError, Client, ScanForm, scan_form
 from xscreen.tables import markdown_table
 from xscreen.training.synth import MIN_SIDE
 
@@ -80,15 +78,13 @@ def make_scans(n: int, size: int, seed: int) -> list[tuple[np.ndarray, np.ndarra
     return [(s.high, s.low) for s in scans]
 
 
-def encode_requests(scans: list[tuple[np.ndarray, np.ndarray]], fmt: str) -> list[tuple[bytes, str]]:
-    """One multipart body (and its content type) per scan, with both parts in ``fmt``."""
+def encode_requests(scans: list[tuple[np.ndarray, np.ndarray]], fmt: str) -> list[ScanForm]:
+    """One request body per scan (xscreen.client.scan_form), with both parts in ``fmt``."""
     out = []
     for high, low in scans:
-        fields: dict = {"high": (f"high.{fmt}", _encode(high, fmt)), "low": (f"low.{fmt}", _encode(low, fmt))}
-        if fmt == "raw":
-            fields.update(width=str(high.shape[1]), height=str(high.shape[0]))
+        size = {"width": high.shape[1], "height": high.shape[0]} if fmt == "raw" else {}
         # the multipart body is encoded once, as a scanner client streaming its own bytes would
-        out.append(encode_multipart_formdata(fields))
+        out.append(scan_form([(_encode(high, fmt), _encode(low, fmt))], **size))
     return out
 
 
@@ -126,35 +122,28 @@ def metric(text: str, name: str, **labels: str) -> float:
     )
 
 
-def run_level(url: str, bodies: list[tuple[bytes, str]], concurrency: int, n: int) -> dict:
+def run_level(url: str, forms: list[ScanForm], concurrency: int, n: int) -> dict:
     lat: list[float] = []
     model: list[float] = []  # the backend's own predict time for the batch that held each scan
     stages: dict[str, list[float]] = {}  # the server's own timings per request
     statuses: list[int] = []
     lock = threading.Lock()
-    conns = threading.local()
-    opened: list[http.client.HTTPConnection] = []
-    host, port = url.removeprefix("http://").split(":")
+    # xscreen.client keeps one keep-alive connection per thread and sends the bodies encoded in advance,
+    # as a scanner's own client would: the client's share of the end-to-end time is its HTTP round trip
+    # and parsing the answer into the service's model, not building the request.
+    xs = Client(url, timeout=600)
 
     def one(i: int) -> None:
-        # A bare keep-alive http.client connection per thread with the body encoded in advance, as a
-        # scanner's own client would send it: the client's share of the end-to-end time is its HTTP
-        # round trip, not the request-building and response-parsing layers of a convenience library.
-        if not hasattr(conns, "c"):
-            conns.c = http.client.HTTPConnection(host, int(port), timeout=600)
-            with lock:
-                opened.append(conns.c)
-        body, ctype = bodies[i % len(bodies)]
         t0 = time.perf_counter()
-        conns.c.request("POST", "/detect", body=body, headers={"Content-Type": ctype})
-        r = conns.c.getresponse()
-        payload = r.read()
+        try:
+            timings, status = xs.detect_form(forms[i % len(forms)]).timings, 200
+        except ApiError as exc:
+            timings, status = {}, exc.status
         dt = time.perf_counter() - t0
         with lock:
-            statuses.append(r.status)
-            if r.status == 200:
+            statuses.append(status)
+            if status == 200:
                 lat.append(dt)
-                timings = json.loads(payload)["timings"]
                 model.append(timings["inference"])
                 for k in ("decode", "convert", "queue_wait", "inference", "total"):
                     stages.setdefault(k, []).append(timings[k])
@@ -170,8 +159,7 @@ def run_level(url: str, bodies: list[tuple[bytes, str]], concurrency: int, n: in
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, range(n)))
     wall = time.perf_counter() - t0
-    for conn in opened:
-        conn.close()
+    xs.close()
     after = requests.get(url + "/metrics").text
     batches = metric(after, "xscreen_batch_size_count") - metric(before, "xscreen_batch_size_count")
     scans_in = metric(after, "xscreen_batch_size_sum") - metric(before, "xscreen_batch_size_sum")
@@ -184,7 +172,7 @@ def run_level(url: str, bodies: list[tuple[bytes, str]], concurrency: int, n: in
         before, "xscreen_http_request_duration_seconds_sum", **ok
     )
     return {
-        "bytes": statistics.mean(len(b) for b, _ in bodies),
+        "bytes": statistics.mean(len(f.body) for f in forms),
         "concurrency": concurrency,
         "requests": n,
         "ok": statuses.count(200),
@@ -307,9 +295,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             time.sleep(0.2)
         for fmt in args.formats:
-            bodies = encode_requests(scans, fmt)
-            run_level(url, bodies, 1, 3)  # warm this format's decode path, the HTTP path and the allocator
-            rows += [{"format": fmt, **run_level(url, bodies, c, args.requests)} for c in levels]
+            forms = encode_requests(scans, fmt)
+            run_level(url, forms, 1, 3)  # warm this format's decode path, the HTTP path and the allocator
+            rows += [{"format": fmt, **run_level(url, forms, c, args.requests)} for c in levels]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)

@@ -63,6 +63,7 @@ def test_contracts_hold_on_every_module_of_the_installed_layout(tmp_path):
 
 
 DETECT_CONTRACT = "xscreen detect and render run without the service"
+CLIENT_CONTRACT = "xscreen.client loads neither the service nor the model"
 
 
 @pytest.mark.parametrize(
@@ -77,6 +78,7 @@ DETECT_CONTRACT = "xscreen detect and render run without the service"
         ("xscreen/commands/detect.py", "import xscreen.service.tdr", DETECT_CONTRACT),
         ("xscreen/inference/pipeline.py", "import xscreen.service.errors", DETECT_CONTRACT),
         ("xscreen/commands/render.py", "import xscreen.service.settings", DETECT_CONTRACT),
+        ("xscreen/client.py", "import xscreen.inference.pipeline", CLIENT_CONTRACT),
     ],
 )
 def test_a_backward_import_or_a_cycle_breaks_a_contract(repo_copy, module, line, broken):

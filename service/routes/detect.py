@@ -20,8 +20,7 @@ from xscreen.inference.pipeline import (
     bag_result,
     prepare_views,
     render_response_png,
-    tdr_from_bag,
-    tdr_from_response,
+    tdr_from_answer,
 )
 from xscreen.inference.response import BagResponse, DetectResponse
 from xscreen.scans import ScanError
@@ -308,7 +307,7 @@ async def _run_detection(
         started=t_start,
         requested_threshold=form.score_threshold,
     )
-    response = bag.views[0].response(scan_id) if len(scans) == 1 else bag.response(scan_id)
+    response = bag.answer(scan_id)
     service.metrics.count_answer(response, source="http")
     request.state.timings = response.timings
     request.state.detections = sum(len(v.detections) for v in bag.views)
@@ -381,10 +380,7 @@ async def detect(
         form = _ScanForm(high, low, width, height, scan_id, score_threshold)
         scans, response = await _run_detection(service, request, lease, form)
         if wants_dicom(request.headers.get("accept")):
-            if isinstance(response, BagResponse):
-                tdr = await asyncio.to_thread(tdr_from_bag, scans, response)
-            else:
-                tdr = await asyncio.to_thread(tdr_from_response, scans[0], response)
+            tdr = await asyncio.to_thread(tdr_from_answer, scans, response)
             return Response(tdr, media_type=DICOM_MEDIA_TYPE, headers={"X-Scan-Id": response.scan_id})
         return response
 

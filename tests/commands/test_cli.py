@@ -96,6 +96,7 @@ def test_detect_prints_detections_without_loading_the_service():
     assert lines[-1] == "LOADED []"
     head = lines[0].split()
     assert head[1:5] == ["detection(s)", "in", "256x256", "scan"], lines[0]
+    assert lines[0].endswith(" s): ALARM"), lines[0]  # the alarm decision, as in the JSON's "alarm"
     found = int(head[0])
     # the bag holds a knife, a swiss army knife and scissors (examples/bag_truth.json)
     assert found >= 3 and len(lines) == 1 + found + 1  # the scan line, one per detection, LOADED

@@ -21,6 +21,7 @@ from tests.support.service_fixtures import (
     metric_value,
     post_scan,
 )
+from xscreen import client
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -50,59 +51,61 @@ def server(demo, tmp_path_factory):
         srv.stop()
 
 
+@pytest.fixture(scope="module")
+def xs(server):
+    """The Python client an integrator uses, for the requests that are plain scans."""
+    with client.Client(server.url, api_key=API_KEY) as c:
+        yield c
+
+
 @pytest.mark.parametrize("fmt", ["png", "tiff"])
-def test_detects_the_objects_in_16bit_scans(server, demo, fmt):
+def test_detects_the_objects_in_16bit_scans(xs, demo, fmt):
     hits = []
     for i, scan in enumerate(demo.scans):
         high, low = getattr(scan, fmt)()
-        r = post_scan(server.url, high, low, scan_id=f"scan-{fmt}-{i}")
-        assert r.status_code == 200, r.text
-        body = r.json()
-        assert body["scan_id"] == f"scan-{fmt}-{i}"
-        assert body["image"] == {"width": scan.high.shape[1], "height": scan.high.shape[0]}
-        assert body["model"]["sha256"] and len(body["model"]["sha256"]) == 64
-        assert body["model"]["backend"] == "torch" and body["model"]["device"] == "cpu"
+        body = xs.detect(high, low, scan_id=f"scan-{fmt}-{i}")
+        assert body.scan_id == f"scan-{fmt}-{i}"
+        assert (body.image.width, body.image.height) == (scan.high.shape[1], scan.high.shape[0])
+        assert body.model.sha256 and len(body.model.sha256) == 64
+        assert body.model.backend == "torch" and body.model.device == "cpu"
         for stage in ("decode", "convert", "queue_wait", "backbone_fpn", "la_grad", "head_second", "total"):
-            assert body["timings"][stage] >= 0.0
-        scores = [d["score"] for d in body["detections"]]
+            assert body.timings[stage] >= 0.0
+        scores = [d.score for d in body.detections]
         assert scores == sorted(scores, reverse=True) and all(s >= demo.score_threshold for s in scores)
-        for d in body["detections"]:
-            b = d["box"]
-            assert (
-                0 <= b["x1"] < b["x2"] <= scan.high.shape[1] + 1
-                and 0 <= b["y1"] < b["y2"] <= scan.high.shape[0] + 1
-            )
-            assert d["group"] in ("cutter", "liquid container")
-        found = matched(body["detections"], scan)
-        assert any(found), f"no object of {scan.names} found in scan {i}: {body['detections']}"
+        assert body.alarm == bool(scores)  # every answered detection is at or above the threshold
+        for d in body.detections:
+            b = d.box
+            assert 0 <= b.x1 < b.x2 <= scan.high.shape[1] + 1 and 0 <= b.y1 < b.y2 <= scan.high.shape[0] + 1
+            assert d.group in ("cutter", "liquid container")
+        found = matched([d.model_dump() for d in body.detections], scan)
+        assert any(found), f"no object of {scan.names} found in scan {i}: {body.detections}"
         hits += found
     assert sum(hits) >= 0.5 * len(hits), f"found {sum(hits)} of {len(hits)} objects"
 
 
-def test_npy_and_raw_buffers_give_the_png_answer(server, demo):
+def test_npy_and_raw_buffers_give_the_png_answer(xs, demo):
     scan = demo.scans[0]
-    ref = post_scan(server.url, *scan.png(), score_threshold=0.05).json()["detections"]
+    ref = xs.detect(*scan.png(), score_threshold=0.05).detections
+    height, width = scan.high.shape
     for body in (
-        post_scan(server.url, *scan.npy(), score_threshold=0.05).json(),
-        post_scan(
-            server.url, *scan.raw(), width=scan.high.shape[1], height=scan.high.shape[0], score_threshold=0.05
-        ).json(),
+        xs.detect(*scan.npy(), score_threshold=0.05),
+        xs.detect(*scan.raw(), width=width, height=height, score_threshold=0.05),
     ):
-        got = body["detections"]
-        assert [d["class_name"] for d in got] == [d["class_name"] for d in ref]
+        got = body.detections
+        assert [d.class_name for d in got] == [d.class_name for d in ref]
         for a, b in zip(got, ref, strict=True):
-            assert abs(a["score"] - b["score"]) < 1e-3
-            assert all(abs(a["box"][k] - b["box"][k]) < 0.1 for k in ("x1", "y1", "x2", "y2"))
+            assert abs(a.score - b.score) < 1e-3
+            assert all(abs(getattr(a.box, k) - getattr(b.box, k)) < 0.1 for k in ("x1", "y1", "x2", "y2"))
 
 
-def test_score_threshold_filters(server, demo):
+def test_score_threshold_filters(xs, demo):
     scan = demo.scans[0]
-    low_t = post_scan(server.url, *scan.png(), score_threshold=0.05).json()
-    assert low_t["score_threshold"] == 0.05
-    high_t = post_scan(server.url, *scan.png(), score_threshold=0.99).json()
-    assert all(d["score"] >= 0.99 for d in high_t["detections"])
-    assert len(high_t["detections"]) <= len(low_t["detections"])
-    assert len(low_t["detections"]) > 0
+    low_t = xs.detect(*scan.png(), score_threshold=0.05)
+    assert low_t.score_threshold == 0.05
+    high_t = xs.detect(*scan.png(), score_threshold=0.99)
+    assert all(d.score >= 0.99 for d in high_t.detections)
+    assert len(high_t.detections) <= len(low_t.detections)
+    assert len(low_t.detections) > 0
 
 
 def test_render_returns_the_picture(server, demo):

@@ -1,8 +1,12 @@
 """Bags of several views over HTTP on a real uvicorn server: one answer with an alarm decision and each
-view's detections equal to that view sent alone; one TDR referencing every view's DX; bad bags -> 4xx."""
+view's detections equal to that view sent alone; one TDR referencing every view's DX; bad bags -> 4xx.
+
+Normal requests go through ``xscreen.client`` (what an integrator uses); the raw ``post`` is for what the
+client never sends: parts out of order, unpaired or declared application/dicom, a bag to /render."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -16,6 +20,8 @@ from tests.support.service_fixtures import (
     metric_value,
     synthetic_scans,
 )
+from xscreen import client
+from xscreen.inference.response import BagResponse, ViewSource
 from xscreen.scans.dicos import dx, files, tdr
 
 pytestmark = pytest.mark.timeout(600)
@@ -69,18 +75,21 @@ def png_parts(scans) -> list[tuple[str, bytes, str]]:
 
 
 @pytest.fixture(scope="module")
-def alone(server, views):
-    """Each view's answer sent as a single-view request."""
-    answers = []
-    for scan in views:
-        r = post(server.url, png_parts([scan]))
-        assert r.status_code == 200, r.text
-        answers.append(r.json())
-    return answers
+def xs(server):
+    with client.Client(server.url, api_key=API_KEY, timeout=120) as c:
+        yield c
 
 
-def test_single_view_answer_keeps_its_shape_with_an_alarm(alone):
-    body = alone[0]
+@pytest.fixture(scope="module")
+def alone(xs, views):
+    """Each view's answer sent as a single-view request (as JSON dicts)."""
+    return [xs.detect(*scan.png()).model_dump(mode="json") for scan in views]
+
+
+def test_single_view_answer_keeps_its_shape_with_an_alarm(server, views):
+    r = post(server.url, png_parts(views[:1]))
+    assert r.status_code == 200, r.text
+    body = r.json()
     assert set(body) == {
         "scan_id", "model", "image", "score_threshold", "alarm", "detections", "batch_size", "timings"
     }  # fmt: skip
@@ -88,22 +97,35 @@ def test_single_view_answer_keeps_its_shape_with_an_alarm(alone):
     assert "view" not in json.dumps(body)
 
 
-def test_two_view_bag_answers_each_view_as_alone(server, views, alone):
-    # the two views' parts interleaved in order: high0, low0, high1, low1
-    r = post(server.url, png_parts(views), scan_id="bag-1")
-    assert r.status_code == 200, r.text
-    bag = r.json()
-    assert bag["scan_id"] == "bag-1" and bag["score_threshold"] == THRESHOLD
-    assert [v["view"] for v in bag["views"]] == [0, 1]
-    none = {"series_uid": None, "high_instance_uid": None, "low_instance_uid": None}  # not DICOS
-    assert [v["source"] for v in bag["views"]] == [{"part": 0, **none}, {"part": 1, **none}]
-    for view, single in zip(bag["views"], alone, strict=True):
-        assert view["image"] == single["image"]
-        assert_same_detections(view["detections"], single["detections"])
-        assert view["alarm"] == single["alarm"]
-    assert bag["alarm"] == any(a["alarm"] for a in alone)
-    assert bag["batch_size"] >= 2  # the bag's views went through the model in one batch
-    assert {"decode", "convert", "inference", "total"} <= set(bag["timings"])
+def assert_bag_equals_alone(bag: BagResponse, alone: list[dict]) -> None:
+    """Each view of the bag answers what that view answers alone; the bag alarms when any view does."""
+    assert [v.view for v in bag.views] == list(range(len(alone)))
+    for view, single in zip(bag.views, alone, strict=True):
+        assert view.image.model_dump() == single["image"]
+        assert_same_detections([d.model_dump() for d in view.detections], single["detections"])
+        assert view.alarm == single["alarm"]
+    assert bag.alarm == any(a["alarm"] for a in alone)
+
+
+def test_two_view_bag_answers_each_view_as_alone(xs, views, alone):
+    # the client sends the two views' parts interleaved in order: high0, low0, high1, low1
+    bag = xs.detect_bag([s.png() for s in views], scan_id="bag-1")
+    assert bag.scan_id == "bag-1" and bag.score_threshold == THRESHOLD
+    assert [v.source for v in bag.views] == [ViewSource(part=0), ViewSource(part=1)]  # not DICOS: no UIDs
+    assert_bag_equals_alone(bag, alone)
+    assert bag.batch_size >= 2  # the bag's views went through the model in one batch
+    assert {"decode", "convert", "inference", "total"} <= set(bag.timings)
+
+
+def test_async_bag_and_the_view_limit_through_the_client(server, views, alone):
+    async def send() -> BagResponse:
+        async with client.AsyncClient(server.url, api_key=API_KEY, timeout=120) as xs:
+            return await xs.detect_bag([s.png() for s in views])
+
+    assert_bag_equals_alone(asyncio.run(send()), alone)
+    with client.Client(server.url, api_key=API_KEY) as xs, pytest.raises(client.ApiError) as caught:
+        xs.detect_bag([views[0].png()] * 4)  # max_views is 3
+    assert (caught.value.status, caught.value.code) == (422, "too_many_views")
 
 
 def test_bag_parts_in_any_order_pair_by_position(server, views, alone):
@@ -115,22 +137,18 @@ def test_bag_parts_in_any_order_pair_by_position(server, views, alone):
         assert_same_detections(view["detections"], single["detections"])
 
 
-def test_dx_bag_answers_one_tdr_referencing_every_view(server, views, alone):
+def test_dx_bag_answers_one_tdr_referencing_every_view(xs, views, alone):
     study = files.new_uid()
     pairs = [dx.write_dx_pair(s.high, s.low, study_uid=study) for s in views]
-    parts = [(n, d, "application/dicom") for h, lo in pairs for n, d in (("high", h), ("low", lo))]
-    body = post(server.url, parts)
-    assert body.status_code == 200, body.text
-    sources = [v["source"] for v in body.json()["views"]]
+    bag = xs.detect_bag(pairs)
     expected = [dx.read_dx_pair(h, lo) for h, lo in pairs]
-    assert [s["series_uid"] for s in sources] == [p.high.series_uid for p in expected]
-    assert [s["low_instance_uid"] for s in sources] == [p.low.sop_instance_uid for p in expected]
+    assert [v.source.series_uid for v in bag.views] == [p.high.series_uid for p in expected]
+    assert [v.source.low_instance_uid for v in bag.views] == [p.low.sop_instance_uid for p in expected]
 
-    r = post(server.url, parts, accept="application/dicom")
-    assert r.status_code == 200, r.text
-    assert_conformant(r.content)
-    report = tdr.read_tdr(r.content)
-    assert report.study_uid == study and report.alarm == ("ALARM" if body.json()["alarm"] else "CLEAR")
+    answer = xs.detect_tdr(pairs)
+    assert_conformant(answer)
+    report = tdr.read_tdr(answer)
+    assert report.study_uid == study and report.alarm == ("ALARM" if bag.alarm else "CLEAR")
     assert report.references == [ref for p in expected for ref in p.references()]  # all four DX
     by_view = [[o for o in report.objects if o.view == i] for i in range(2)]
     for objects, single in zip(by_view, alone, strict=True):
@@ -148,12 +166,11 @@ def test_dx_views_of_two_studies_are_refused(server, views):
     assert "2 studies" in r.json()["detail"]
 
 
-def test_a_bad_view_is_named(server, views):
-    parts = png_parts(views)
-    parts[3] = ("low", b"not an image", "image/png")
-    r = post(server.url, parts)
-    assert r.status_code in (400, 415), r.text
-    assert r.json()["detail"].startswith("view 1: ")
+def test_a_bad_view_is_named(xs, views):
+    high, _ = views[1].png()
+    with pytest.raises(client.ApiError) as caught:
+        xs.detect_bag([views[0].png(), (high, b"not an image")])
+    assert caught.value.status in (400, 415) and caught.value.detail.startswith("view 1: ")
 
 
 @pytest.mark.parametrize(
@@ -172,25 +189,24 @@ def test_render_draws_one_view_only(server, views):
     assert r.status_code == 422 and r.json()["error"] == "one_view_only"
 
 
-def test_bags_are_counted_and_audited_once(server, views):
+def test_bags_are_counted_and_audited_once(server, xs, views):
     before = requests.get(server.url + "/metrics", timeout=10).text
-    r = post(server.url, png_parts(views), scan_id="bag-audited")
-    assert r.status_code == 200
+    body = xs.detect_bag([s.png() for s in views], scan_id="bag-audited").model_dump(mode="json")
     after = requests.get(server.url + "/metrics", timeout=10).text
-    alarm = "true" if r.json()["alarm"] else "false"
+    alarm = "true" if body["alarm"] else "false"
     for name, labels, step in [
         ("xscreen_bags_total", {"source": "http", "alarm": alarm}, 1),
         ("xscreen_bag_views_total", {"source": "http"}, 2),
     ]:
         assert metric_value(after, name, **labels) - metric_value(before, name, **labels) == step
-    found = sum(len(v["detections"]) for v in r.json()["views"])
+    found = sum(len(v["detections"]) for v in body["views"])
     assert (
         metric_value(after, "xscreen_detections_total") - metric_value(before, "xscreen_detections_total")
         == found
     )
     records = [json.loads(line) for line in server.audit.read_text().splitlines()]
     mine = [rec for rec in records if rec["scan_id"] == "bag-audited"]
-    assert len(mine) == 1 and mine[0]["alarm"] == r.json()["alarm"]
+    assert len(mine) == 1 and mine[0]["alarm"] == body["alarm"]
     assert [v["detections"] for v in mine[0]["views"]] == [
-        [{**d, "box": list(d["box"].values())} for d in v["detections"]] for v in r.json()["views"]
+        [{**d, "box": list(d["box"].values())} for d in v["detections"]] for v in body["views"]
     ]

@@ -17,9 +17,9 @@ from tests.support.service_fixtures import (
     ServiceProcess,
     bundled_weights,
     matched,
-    post_scan,
     synthetic_scans,
 )
+from xscreen.client import Client
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -45,13 +45,13 @@ def test_default_weights_are_the_bundled_file_and_find_the_objects(bundled_serve
     header = read_header(bundled_weights())
     own = json.loads(header["operating_point"])["score_threshold"]
     found, right, answered, answers = [], 0, 0, {}
+    xs = Client(bundled_server.url)
     for i, scan in enumerate(SCANS):
         high, low = scan.png() if i % 2 == 0 else scan.tiff()
-        r = post_scan(bundled_server.url, high, low, key=None)  # no score_threshold: the model's own
-        assert r.status_code == 200, r.text
-        body = r.json()
-        assert body["model"]["sha256"] == header["sha256"] and body["model"]["name"] == header["name"]
-        dets = body["detections"]
+        body = xs.detect(high, low)  # no score_threshold: the model's own
+        assert body.model.sha256 == header["sha256"] and body.model.name == header["name"]
+        assert body.score_threshold == own and body.alarm == bool(body.detections)
+        dets = [d.model_dump() for d in body.detections]
         assert all(d["score"] >= own for d in dets), "the model's own threshold must filter the answer"
         found += matched(dets, scan)
         # a detection is right when some object of its class overlaps it at IoU >= 0.5

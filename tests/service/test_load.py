@@ -13,9 +13,9 @@ import requests
 from tests.support.service_fixtures import (
     ServiceProcess,
     metric_value,
-    post_scan,
     synthetic_scans,
 )
+from xscreen import client
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -54,10 +54,14 @@ def test_concurrent_load_is_answered_200_or_503_and_counted(server):
             depths.append(metric_value(requests.get(server.url + "/metrics").text, "xscreen_queue_depth"))
             time.sleep(0.02)
 
+    xs = client.Client(server.url, timeout=180)  # shared: each thread keeps its own connection
+
     def one(i: int):
         time.sleep(0.01 * (i % THREADS))  # stagger a little so accepted and refused scans interleave
-        r = post_scan(server.url, high, low, key=None, scan_id=f"load-{i}", timeout=180)
-        return r.status_code, r.headers.get("retry-after"), r.json()
+        try:
+            return 200, None, xs.detect(high, low, scan_id=f"load-{i}")
+        except client.ApiError as exc:
+            return exc.status, exc.retry_after, exc
 
     watcher = threading.Thread(target=watch_queue, daemon=True)
     watcher.start()
@@ -65,17 +69,18 @@ def test_concurrent_load_is_answered_200_or_503_and_counted(server):
         results = list(pool.map(one, range(REQUESTS)))
     stop.set()
     watcher.join()
+    xs.close()
     after = requests.get(server.url + "/metrics").text
 
     statuses = [s for s, _, _ in results]
     assert set(statuses) <= {200, 503}, sorted(set(statuses))
     n200, n503 = statuses.count(200), statuses.count(503)
     assert n200 > 0 and n503 > 0, (n200, n503)
-    for status, retry, body in results:
+    for status, retry, answer in results:
         if status == 503:
-            assert body["error"] == "queue_full" and int(retry) >= 1
+            assert answer.code == "queue_full" and retry >= 1
         else:
-            assert body["scan_id"].startswith("load-") and 1 <= body["batch_size"] <= 2
+            assert answer.scan_id.startswith("load-") and 1 <= answer.batch_size <= 2
     assert depths and max(depths) <= QUEUE_SIZE
     assert metric_value(after, "xscreen_queue_capacity") == QUEUE_SIZE
 

@@ -346,25 +346,6 @@ def detection_result(
     )
 
 
-def detect_scans(
-    backend: InferenceBackend,
-    scans: list[PreparedScan],
-    *,
-    backend_name: str,
-    threshold_setting: float | None,
-    started: float,
-) -> list[DetectionResult]:
-    """Run the model on ``scans`` as one batch and return each scan's detections (``xscreen detect``; the
-    service batches through its ``MicroBatcher`` and calls ``detection_result`` per scan)."""
-    runs = run_model(backend, [s.image for s in scans])
-    return [
-        detection_result(
-            s, r, backend_name=backend_name, threshold_setting=threshold_setting, started=started
-        )
-        for s, r in zip(scans, runs, strict=True)
-    ]
-
-
 def view_source(part: int, prepared: PreparedScan) -> ViewSource:
     """A view's identity: its position among the request's parts, and its DX images when it came as DICOS."""
     if prepared.dicos is None:
@@ -399,8 +380,13 @@ class BagResult:
     def alarm(self) -> bool:
         return any(is_alarm(v.detections, v.score_threshold) for v in self.views)
 
+    def answer(self, scan_id: str) -> DetectResponse | BagResponse:
+        """The ``POST /detect`` body (``xscreen detect --json`` prints the same): one view answers a
+        ``DetectResponse`` as a single scan always has, several views a ``BagResponse``."""
+        return self.views[0].response(scan_id) if len(self.views) == 1 else self.response(scan_id)
+
     def response(self, scan_id: str) -> BagResponse:
-        """The ``POST /detect`` body of a bag of several views (``xscreen detect --json`` prints it too)."""
+        """The body of a bag of several views (``xscreen detect --json`` prints it too)."""
         first = self.views[0]
         return BagResponse(
             scan_id=scan_id,
@@ -458,6 +444,23 @@ def bag_result(
     return BagResult(views, sources, {k: round(v, 6) for k, v in timings.items()})
 
 
+def detect_views(
+    backend: InferenceBackend,
+    scans: list[PreparedScan],
+    *,
+    backend_name: str,
+    threshold_setting: float | None,
+    started: float,
+) -> BagResult:
+    """Run the model on ``scans`` (the views of one bag, or one scan) as one batch: each view's detections
+    and the bag's timings (``xscreen detect``; the service batches through its ``MicroBatcher`` and calls
+    ``bag_result`` on its share of a batch)."""
+    runs = run_model(backend, [s.image for s in scans])
+    return bag_result(
+        scans, runs, backend_name=backend_name, threshold_setting=threshold_setting, started=started
+    )
+
+
 # -- renderings shared by the front ends -----------------------------------------------------------------
 def render_response_png(prepared: PreparedScan, response: DetectResponse) -> bytes:
     """The scan's pseudo-colour picture with the response's detections on it, as PNG bytes."""
@@ -478,6 +481,13 @@ def tdr_from_bag(scans: list[PreparedScan], response: BagResponse) -> bytes:
     """A bag's answer as one TDR: it references every view's DX, and each threat object its own view's."""
     detections = [v.detections for v in response.views]
     return _write_tdr(scans, detections, response.scan_id, response.model, response.timings)
+
+
+def tdr_from_answer(scans: list[PreparedScan], response: DetectResponse | BagResponse) -> bytes:
+    """The TDR of an answer: ``tdr_from_response`` for one view, ``tdr_from_bag`` for a bag."""
+    if isinstance(response, BagResponse):
+        return tdr_from_bag(scans, response)
+    return tdr_from_response(scans[0], response)
 
 
 def _write_tdr(

@@ -62,6 +62,16 @@ class DetectResponse(BaseModel):
         "backbone_fpn, head_first, la_grad, head_second, postprocess; per batch), inference, total"
     )
 
+    @property
+    def width(self) -> int:
+        """``image.width`` (a shorthand that xscreen.client's answers have always had)."""
+        return self.image.width
+
+    @property
+    def height(self) -> int:
+        """``image.height``."""
+        return self.image.height
+
 
 class ViewSource(BaseModel):
     """Where a view of a bag came from: its parts' position in the request, and for DICOS DX its images."""
