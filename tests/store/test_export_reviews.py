@@ -7,6 +7,7 @@ import datetime
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -17,6 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.support.review_recipe import review_recipe
 from tests.support.store_bags import MODEL, T0, bag
 from tests.support.unreadable import NO_DAC
 from xscreen.cli import main
@@ -248,3 +250,21 @@ def test_an_unwritable_place_is_one_line_and_leaves_nothing(tmp_path):
     message = f"cannot write the export beside --out {locked / 'ds'}: Permission denied"
     assert proc.stderr.strip().splitlines()[-1] == f"xscreen export-reviews: error: {message}"
     assert "Traceback" not in proc.stderr and list(locked.iterdir()) == []
+
+
+def test_every_command_of_the_training_doc_recipe_parses_with_the_real_cli():
+    """The fast check of docs/training.md's recipe (tests/store/test_review_loop.py runs it, slow)."""
+    from xscreen.cli import build_parser
+
+    commands = review_recipe()
+    xscreen = [shlex.split(c)[1:] for c in commands if c.startswith("xscreen ")]
+    assert [argv[0] for argv in xscreen] == ["export-reviews", "train", "eval", "eval", "release"]
+    for argv in xscreen:
+        parser, module = build_parser(argv[0])
+        args, unknown = parser.parse_known_args(argv)  # SystemExit on a missing required flag
+        assert module is not None and unknown == [], (argv, unknown)
+    train = build_parser("train")[0].parse_args(xscreen[1])
+    assert train.init_weights and train.config == "small_lacls_release_demo"
+    assert [build_parser("eval")[0].parse_args(a).split for a in xscreen[2:4]] == ["test", "test"]
+    curl = commands[-1]
+    assert curl.startswith("curl ") and "-X POST" in curl and curl.endswith("/admin/model")
