@@ -222,10 +222,8 @@ class DatasetWriter:
             bgr = cv2.cvtColor(converted, cv2.COLOR_RGB2BGR)  # as training.scans.write_converted
             _write_png(self.root / "images" / split / f"{stem}.png", bgr, PNG_PARAMS["converted"])
             ids.append(self._image(split, bag, i, stem, view.high.shape))
-        for box, out in [(b, self.truth[split]) for b in bag.truth] + [
-            (b, self.false_alarms[split]) for b in bag.false_alarms
-        ]:
-            out.append(self._annotation(len(out) + 1, ids[box.view], box, bag))
+        for boxes, found in ((bag.truth, self.truth[split]), (bag.false_alarms, self.false_alarms[split])):
+            found += [self._annotation(len(found) + i + 1, ids[b.view], b, bag) for i, b in enumerate(boxes)]
         self.bags[split] += 1
         key = (bag.model.name, bag.model.version, bag.model.sha256)
         self.models[key] = self.models.get(key, 0) + 1
@@ -331,6 +329,8 @@ def export_reviews(
         for bag in chosen.bags:
             if not writer.add(store, bag):
                 chosen.vanished.append(bag.request_id)
+        if writer.next_image_id == 1:
+            raise ExportError("every reviewed bag was evicted or purged from the store during the export")
         manifest = _manifest(store, rule, chosen, writer, since, until)
         writer.finish(
             {"description": "xscreen site reviews", **{k: manifest[k] for k in ("exported", "split")}}

@@ -268,3 +268,32 @@ def test_every_command_of_the_training_doc_recipe_parses_with_the_real_cli():
     assert [build_parser("eval")[0].parse_args(a).split for a in xscreen[2:4]] == ["test", "test"]
     curl = commands[-1]
     assert curl.startswith("curl ") and "-X POST" in curl and curl.endswith("/admin/model")
+
+
+class _PurgedMidway(ScanStore):
+    """A store whose ``doomed`` bags are purged (for real) between the listing and the copy of their
+    views, as an operator's store-purge or another replica's eviction can do."""
+
+    doomed: tuple[str, ...] = ()
+
+    def view(self, request_id: str, index: int):
+        if request_id in self.doomed:
+            self.purge(request_ids=[request_id])
+        return super().view(request_id, index)
+
+
+def test_a_bag_evicted_during_the_export_is_left_out_and_named(tmp_path):
+    store = _PurgedMidway(StoreConfig(tmp_path / "store"))
+    for name, minutes in (("c", 0), ("d", 1)):
+        assert store.put_bag(bag(name, minutes=minutes, detections=(("knife", 0.9),))).stored
+        store.set_detection_verdict(name, 0, 0, "confirm", "rev")
+    store.doomed = ("d",)
+    manifest = review_export.export_reviews(store, tmp_path / "ds", SplitRule(single="all"))
+    assert manifest["left_out"] == {"not_fully_reviewed": [], "gone_from_store": ["d"]}
+    assert [im["request_id"] for im in _coco(tmp_path / "ds", "all")["images"]] == ["c"]
+    assert sorted(p.name for p in (tmp_path / "ds" / "images" / "all").iterdir()) == ["c_v0.png"]
+    store.doomed = ("c",)
+    with pytest.raises(review_export.ExportError, match="every reviewed bag was evicted or purged"):
+        review_export.export_reviews(store, tmp_path / "ds2", SplitRule(single="all"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "store"]  # nothing half written
+    store.close()
