@@ -95,6 +95,8 @@ def test_unusable_bags_store_nothing(make_store):
     ]
     for b in unusable:
         assert store.put_bag(b).reason == "invalid", b.request_id
+    result = store.put_bag(NewBag("no-views", None, {}, MODEL, "s", False))  # a caller's bug: no raise either
+    assert (result.stored, result.reason) == (False, "internal") and "TypeError" in result.detail
     assert store.usage().bags == 0 and bag_folders(store.config.store_dir) == []
 
 

@@ -109,3 +109,33 @@ def test_replicas_migrating_an_empty_index_at_once(tmp_path, database_url):
     assert sorted(b.request_id for b in opened[3].recent_bags().bags) == ["m0", "m1", "m2", "m3"]
     for store in opened:
         store.close()
+
+
+def test_reviewers_at_once_on_one_detection_leave_one_current_verdict(tmp_path, database_url):
+    stores = [ScanStore(StoreConfig(tmp_path / "store", database_url=database_url)) for _ in range(2)]
+    assert stores[0].put_bag(bag("rv")).stored
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def review(r: int) -> None:
+        try:
+            barrier.wait()
+            for i in range(6):
+                stores[r].set_detection_verdict(
+                    "rv", 0, 0, ("confirm", "false_alarm")[i % 2], f"reviewer-{r}"
+                )
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=review, args=(r,)) for r in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    got = stores[1].get_bag("rv")
+    history = [v for v in got.history if v.detection == 0]
+    assert len(history) == 12 and [v.current for v in history].count(True) == 1
+    assert history[-1].current and got.detections[0].verdict == history[-1]
+    for store in stores:
+        store.close()

@@ -75,6 +75,8 @@ class StoreConfig:
         for name in ("max_bags", "max_bytes", "max_age_s", "db_timeout_s", "stale_write_s"):
             if not getattr(self, name) > 0:
                 raise StoreConfigError(f"store {name} must be > 0, got {getattr(self, name)!r}")
+        if self.retry_s < 0:
+            raise StoreConfigError(f"store retry_s must be >= 0, got {self.retry_s!r}")
         if self.database_url is not None:
             object.__setattr__(self, "database_url", normalise_database_url(self.database_url))
 

@@ -32,7 +32,11 @@ def _sqlite_engine(config: StoreConfig) -> Engine:
     (SQLAlchemy's SQLite docs, "Enabling Non-Legacy SQLite Transactional Modes")."""
     path = Path(make_url(config.url).database)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # SQLite would create it 0644; -wal and -shm follow
-    os.close(fd)
+    try:
+        with contextlib.suppress(PermissionError):  # another user's file: its owner chose its mode
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
     engine = sa.create_engine(
         config.url, connect_args={"check_same_thread": False, "timeout": config.db_timeout_s}
     )
@@ -125,6 +129,8 @@ def unavailable_on_error() -> Iterator[None]:
     blocks that touch no file: an OSError in them is the database's socket."""
     try:
         yield
+    except sa.exc.IntegrityError:
+        raise  # a constraint, not the database's health: the caller's own business
     except DATABASE_ERRORS as exc:
         raise StoreUnavailable(
             f"the scan store's database is unavailable: {describe_db_error(exc)}"

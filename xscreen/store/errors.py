@@ -15,8 +15,10 @@ from xscreen.errors import XscreenError
 #   unwritable  EACCES / EPERM / EROFS: the store folder cannot be written
 #   io_error    any other OSError (EIO, ...)
 #   database    the index cannot be reached or written (the bag's files are removed again)
+#   internal    a bug in the store (logged with its traceback)
 FAILURE_REASONS = (
-    "invalid", "duplicate", "too_large", "no_room", "disk_full", "unwritable", "io_error", "database",
+    "invalid", "duplicate", "too_large", "no_room",
+    "disk_full", "unwritable", "io_error", "database", "internal",
 )  # fmt: skip
 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}

@@ -6,6 +6,7 @@ STORE_DIR/bags/<request id>/view<i>_high.npy, view<i>_low.npy, bag.json
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import shutil
@@ -17,6 +18,7 @@ import numpy as np
 from xscreen.store.bag import check_request_id, view_file_names
 from xscreen.store.errors import BagNotFound, StoreConfigError
 
+log = logging.getLogger("xscreen.store")
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 TEMP_PREFIX = ".tmp-"  # a bag being written
@@ -50,6 +52,16 @@ def private_dir(path: Path) -> None:
     os.chmod(path, DIR_MODE)
 
 
+def _tighten(path: Path) -> None:
+    """The store folder 0700 if this user may change it (a volume's root may belong to root: then its
+    bags/ folder, 0700 and ours, is what keeps the bags private)."""
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    try:
+        os.chmod(path, DIR_MODE)
+    except PermissionError:
+        log.warning("cannot make the store folder %s mode 0700 (not its owner); bags/ in it is", path)
+
+
 class BagFolders:
     """One folder per bag under ``STORE_DIR/bags``, named by its request id."""
 
@@ -60,7 +72,7 @@ class BagFolders:
     def open(self) -> None:
         """Create the folders (0700) and check that files can be made in them: StoreConfigError if not."""
         try:
-            private_dir(self.root.parent)
+            _tighten(self.root.parent)
             private_dir(self.root)
             probe = self.root / f"{TEMP_PREFIX}probe-{secrets.token_hex(4)}"
             _write_file(probe, b"")

@@ -105,7 +105,16 @@ class ScanStore(queries.StoreQueries, verdicts.StoreVerdicts):
     # -- writing -----------------------------------------------------------------------------------
     def put_bag(self, bag: NewBag) -> PutResult:
         """Store one answered bag: room made first (oldest evicted), files written atomically, then the
-        bag made visible. Returns why not instead of raising; nothing half-written is ever visible."""
+        bag made visible. Returns why not instead of raising; nothing half-written is ever visible.
+
+        Blocking (fsyncs and database round trips, tens of ms): call it off the event loop."""
+        try:
+            return self._put(bag)
+        except Exception as exc:  # a bug here must not fail the detection that was answered
+            log.exception("scan store: bag not kept")
+            return _failed("internal", f"{type(exc).__name__}: {exc}")
+
+    def _put(self, bag: NewBag) -> PutResult:
         try:
             encoded = encode_bag(bag)
         except StoreInputError as exc:

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 from xscreen.store import schema as t
 from xscreen.store.bag import check_request_id
 from xscreen.store.database import transaction, unavailable_on_error
-from xscreen.store.errors import BagNotFound, StoreInputError
+from xscreen.store.errors import BagNotFound, StoreError, StoreInputError
 from xscreen.store.queries import Verdict, _verdict
 
 DETECTION_VERDICTS = ("confirm", "false_alarm")
@@ -96,16 +96,19 @@ class StoreVerdicts:
             try:
                 with unavailable_on_error(), transaction(self.engine, write=True) as conn:
                     bag = _stored_bag(conn, request_id)
-                    found = conn.execute(
-                        sa.select(t.detections).where(d.bag_id == bag.id, d.view == view, d.idx == detection)
-                    ).first()
+                    # the detection's row locked (PostgreSQL; SQLite's write lock is whole) to the commit:
+                    # reviewers at once on one detection take turns, the later one replacing the earlier
+                    where = (d.bag_id == bag.id, d.view == view, d.idx == detection)
+                    found = conn.execute(sa.select(t.detections).where(*where).with_for_update()).first()
                     if found is None:
                         raise BagNotFound(f"bag {request_id} has no detection {detection} in view {view}")
                     new_id = _replace_current(conn, bag.id, found, verdict, reviewer)
                     return _read_verdict(conn, new_id)
             except sa.exc.IntegrityError:
                 if attempt == 2:
-                    raise
+                    raise StoreError(
+                        "other reviewers keep changing this detection's verdict; try again"
+                    ) from None
         raise AssertionError("unreachable")
 
     def add_missed_object(self, request_id: str, view: int, box, class_name: str, reviewer: str) -> Verdict:
