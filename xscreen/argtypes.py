@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import math
 import re
 from collections.abc import Callable
@@ -99,3 +100,14 @@ def size_pair(minimum: int, example: str) -> Callable[[str], tuple[int, int]]:
         return a, b
 
     return parse
+
+
+def aware_time(text: str) -> datetime.datetime:
+    """An ISO 8601 time with its time zone: 2026-03-01T00:00:00Z or 2026-03-01T01:00:00+01:00."""
+    try:
+        value = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no time zone: e.g. 2026-03-01T00:00:00Z or ...+01:00")
+    return value

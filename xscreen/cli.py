@@ -31,6 +31,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "xscreen.commands.store_purge",
         "delete bags from the scan store (all, older ones, or by id)",
     ),
+    "export-reviews": (
+        "xscreen.commands.export_reviews",
+        "write the scan store's reviewed bags as a training/evaluation dataset",
+    ),
     "import-mmdet": ("xscreen.commands.import_mmdet", "import the authors' released mmdetection checkpoint"),
     "la-experiment": (
         "xscreen.commands.la_experiment",

@@ -13,22 +13,12 @@ storing meanwhile (docs/operations.md "Scan store").
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import time
 from pathlib import Path
 
+from xscreen.argtypes import aware_time
 from xscreen.errors import XscreenError
-
-
-def _aware_time(text: str) -> datetime.datetime:
-    try:
-        value = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
-    if value.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r} has no time zone: e.g. 2026-03-01T00:00:00Z or ...+01:00")
-    return value
 
 
 def _positive_days(text: str) -> float:
@@ -51,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--all", action="store_true", help="every bag, and every leftover temporary folder")
-    which.add_argument("--before", type=_aware_time, help="bags whose time is before this ISO 8601 time")
+    which.add_argument("--before", type=aware_time, help="bags whose time is before this ISO 8601 time")
     which.add_argument("--older-than-days", type=_positive_days, help="bags older than this many days")
     which.add_argument("--request-id", action="append", help="this bag (repeat for several)")
 
