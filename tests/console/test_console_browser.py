@@ -137,6 +137,7 @@ def _review_the_bag(driver, srv, tmp_path):
     return corners
 
 
+@pytest.mark.slow  # ~20 s: a server, Chromium's start and the whole review on a 2-core machine
 def test_review_a_bag_in_chromium(demo, tmp_path):
     from selenium.webdriver.common.by import By
 
