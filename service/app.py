@@ -19,6 +19,10 @@ from xscreen.service.audit import AuditLog
 from xscreen.service.auth import ApiKeys
 from xscreen.service.batching import MicroBatcher
 from xscreen.service.budget import ScanAdmission
+from xscreen.service.console import actions as console_actions
+from xscreen.service.console import pages as console_pages
+from xscreen.service.console.deps import ConsoleState
+from xscreen.service.console.security import ConsoleError
 from xscreen.service.dicos_spool import Spool
 from xscreen.service.errors import install_error_handlers
 from xscreen.service.metrics import ServiceMetrics
@@ -101,6 +105,10 @@ def create_app(settings: Settings, backend: InferenceBackend | None = None) -> F
     app.include_router(admin.router)
     app.include_router(health.router)
     app.include_router(docs_router(protect_openapi=settings.protect_docs))
+    app.state.console = ConsoleState.create(service)  # docs/console.md
+    app.include_router(console_pages.router)
+    app.include_router(console_actions.router)
+    app.add_exception_handler(ConsoleError, console_pages.console_error)
     app.mount(STATIC_PATH, static_files(), name="static")
     # Added last = outermost: observability sees every answer, including the guard's refusals.
     app.add_middleware(
@@ -161,6 +169,7 @@ def _lifespan(service: ServiceState, backend: InferenceBackend | None, keys: lis
             await asyncio.to_thread(dicos.start)
         if service.store is not None:
             service.store.start_pruning()
+        app.state.console.start(service)
         warm = None
         if settings.warmup:
             warm = asyncio.create_task(_warm_up(service))
@@ -172,6 +181,7 @@ def _lifespan(service: ServiceState, backend: InferenceBackend | None, keys: lis
         finally:
             service.ready, service.ready_detail = False, "shutting down"
             service.metrics.ready.set(0)
+            app.state.console.stop()
             if hup:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             if warm is not None and not warm.done():
@@ -235,8 +245,9 @@ def _log_started(service: ServiceState, backend: InferenceBackend, keys: list[st
 def guard_policy(settings: Settings) -> GuardPolicy:
     """The request guard's table. Scan key: the uploads (``max_upload_bytes``), /model and, with
     ``protect_docs`` and ``protect_metrics``, the OpenAPI document and /metrics; admin key: anything
-    under /admin/ (a 404 there too: no body is read before the key); every other body (the /docs and
-    /redoc pages and /static are open) gets ``max_json_bytes``. A route that depends on
+    under /admin/ (a 404 there too: no body is read before the key); /console and below: no key at all
+    (reviewer sessions only, service/console; any Authorization header is refused); every other body
+    (the /docs and /redoc pages and /static are open) gets ``max_json_bytes``. A route that depends on
     require_api_key or require_admin_key but is missing here answers 500 (auth._checked_by_guard), never
     serves unchecked."""
     small = settings.max_json_bytes
@@ -247,7 +258,7 @@ def guard_policy(settings: Settings) -> GuardPolicy:
     paths |= {path: RouteRule("scan", small) for path in scan_key}
     return GuardPolicy(
         paths=paths,
-        prefixes={"/admin/": RouteRule("admin", small)},
+        prefixes={"/admin/": RouteRule("admin", small), "/console/": RouteRule("console", small)},
         default=RouteRule("open", small),
         body_idle_timeout_s=settings.body_idle_timeout_s,
         upload_timeout_s=settings.upload_timeout_s,

@@ -58,6 +58,13 @@ class ErrorCode(enum.StrEnum):
     sha256_mismatch = "sha256_mismatch"
     invalid_model = "invalid_model"
     model_switch_in_progress = "model_switch_in_progress"
+    # the review console (service/console, docs/console.md): its JSON answers to the page's script
+    console_session_only = "console_session_only"  # a Bearer key on /console: sessions only
+    signed_out = "signed_out"
+    csrf = "csrf"
+    cross_site = "cross_site"
+    store_off = "store_off"
+    store_unavailable = "store_unavailable"
 
 
 # Default codes for HTTP errors raised by the framework itself (404, 405, body parse errors...).

@@ -34,6 +34,7 @@ REJECT_REASONS = ("queue_full", "deadline", "memory_budget")
 # counted by errno in xscreen_audit_failures_total (XscreenAuditWriteFailing) and as the route's 503.
 AUDIT_FAILURE_REASONS = ("ENOSPC", "EROFS", "EACCES", "EIO", "other")
 SCAN_ROUTES = ("/detect", "/render")
+REVIEW_VERDICTS = ("confirm", "false_alarm", "missed", "missed_removed")
 SCAN_STATUSES = ("200", "500", "503", "504")
 PREPARE_STAGES = ("decode", "convert")
 BACKEND_STAGES = ("transfer",)  # what the torch backend times around the model's own MODEL_STAGES
@@ -59,6 +60,7 @@ class ServiceMetrics:
         self._add_dicos_metrics(r)
         self._add_model_and_audit_metrics(r)
         self._add_store_metrics(r)
+        self._add_review_metrics(r)
         self._preinitialise()
 
     def _add_http_metrics(self, r: CollectorRegistry) -> None:
@@ -236,6 +238,41 @@ class ServiceMetrics:
             registry=r,
         )
 
+    def _add_review_metrics(self, r: CollectorRegistry) -> None:
+        """The review console's (service/console, docs/console.md "Metrics"): verdicts as they are posted,
+        and the shift summary's figures for the last XSCREEN_CONSOLE_SESSION_TTL_S (refreshed every minute
+        while the store is on, and whenever the summary page is shown)."""
+        self.review_verdicts = Counter(
+            "xscreen_review_verdicts",
+            "Reviewers' verdicts posted in the console, by class and verdict "
+            "(confirm, false_alarm, missed, missed_removed)",
+            ("class_name", "verdict"),
+            registry=r,
+        )
+        self.review_alarm_rate = Gauge(
+            "xscreen_review_shift_alarm_rate",
+            "Alarmed bags / bags of the shift window (NaN: no bag)",
+            registry=r,
+        )
+        self.review_false_alarm_ratio = Gauge(
+            "xscreen_review_shift_false_alarm_ratio",
+            "False alarms / (confirmed + false alarms) among the shift's reviewed detections (NaN: none)",
+            registry=r,
+        )
+        self.review_score_ks = Gauge(
+            "xscreen_review_score_ks_statistic",
+            "Two-sample KS statistic of the shift's detection scores against the model's reference",
+            registry=r,
+        )
+        self.review_drift = Gauge(
+            "xscreen_review_score_drift",
+            "1: the shift's scores part from the reference (KS, alpha 0.01); 0: they do not; -1: too few",
+            registry=r,
+        )
+        for gauge in (self.review_alarm_rate, self.review_false_alarm_ratio, self.review_score_ks):
+            gauge.set(float("nan"))
+        self.review_drift.set(-1)
+
     def _preinitialise(self) -> None:
         """Create the series of every known label value at 0 (``labels()`` alone exports them)."""
         for reason in REJECT_REASONS:
@@ -245,6 +282,8 @@ class ServiceMetrics:
         for reason in (*STORE_FAILURE_REASONS, "backlog"):  # backlog: service/scan_store.py
             self.store_failures.labels(reason=reason)
         for name in CLASS_NAMES:
+            for verdict in REVIEW_VERDICTS:
+                self.review_verdicts.labels(class_name=name, verdict=verdict)
             self.detections.labels(class_name=name)
             self.alarm_classes.labels(class_name=name)
         for source in ("http", "dicos"):

@@ -140,7 +140,7 @@ class RouteRule:
     """What the request guard enforces on one path: whose key, how many body bytes, whether it is a scan
     upload (multipart/form-data, empty body refused)."""
 
-    keys: Literal["scan", "admin", "open"]
+    keys: Literal["scan", "admin", "open", "console"]  # console: reviewer sessions only, no Bearer key
     max_body: int
     upload: bool = False
 
@@ -162,6 +162,11 @@ class GuardPolicy:
             if path.startswith(prefix) or path == prefix.rstrip("/"):
                 return rule
         return self.default
+
+
+# The console (service/console) takes reviewer sessions only: a scan or admin key is refused there, so a
+# leaked scan key never reads travellers' pictures and no script can use a key to post verdicts.
+CONSOLE_BEARER = "the console takes reviewer sessions only (sign in at /console/login); keys are refused here"
 
 
 class BodyTimeout(Exception):
@@ -271,7 +276,10 @@ class RequestGuardMiddleware:
     ) -> bool:
         """The checks that need no body byte: the key (stored in ``state``), an upload's content type, the
         declared length. True when ``reject`` has answered."""
-        if rule.keys != "open":
+        if rule.keys == "console" and "authorization" in headers:
+            await reject(403, "console_session_only", CONSOLE_BEARER)
+            return True
+        if rule.keys not in ("open", "console"):
             keys = self.keys[rule.keys]
             token = parse_bearer(headers.get("authorization"))
             refusal = key_refusal(keys, token, admin=rule.keys == "admin")

@@ -218,8 +218,19 @@ class Settings(InferenceSettings):
         description="disk bytes of bag files kept at most (whole blocks, as du counts)",
     )
     store_max_age_s: float = Field(DEFAULT_MAX_AGE_S, gt=0, description="bags older than this are deleted")
+    # -- review console (docs/console.md): needs the scan store and at least one reviewer key --------------
+    reviewer_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        repr=False,
+        description="keys that sign in to /console (comma-separated; separate from scan and admin keys); "
+        "none: nobody can sign in",
+    )
+    reviewer_keys_file: Path | None = Field(None, description="one reviewer key per line ('#' comments)")
+    console_session_ttl_s: float = Field(
+        8 * 3600.0, gt=0, le=7 * 24 * 3600, description="a console sign-in lasts this long (cookie Max-Age)"
+    )
 
-    @field_validator("api_keys", "admin_keys", mode="before")
+    @field_validator("api_keys", "admin_keys", "reviewer_keys", mode="before")
     @classmethod
     def _parse_keys(cls, value: Any) -> Any:
         return _split_keys(value)
@@ -313,13 +324,36 @@ class Settings(InferenceSettings):
             raise ValueError(
                 f"admin keys must be at least {MIN_API_KEY_LENGTH} characters ({len(short)} too short)"
             )
+        self._check_reviewer_keys(set(keys) | set(admin))
         return self
+
+    def _check_reviewer_keys(self, other_keys: set[str]) -> None:
+        """Reviewer keys: printable, long enough, and none of them a scan or admin key (one key, one role)."""
+        reviewer = self.all_reviewer_keys()
+        _check_key_characters(reviewer, "reviewer keys (XSCREEN_REVIEWER_KEYS, XSCREEN_REVIEWER_KEYS_FILE)")
+        short = [k for k in reviewer if len(k) < MIN_API_KEY_LENGTH]
+        if short:
+            raise ValueError(
+                f"reviewer keys must be at least {MIN_API_KEY_LENGTH} characters ({len(short)} too short)"
+            )
+        shared = [k for k in reviewer if k in other_keys]
+        if shared:
+            raise ValueError(
+                f"{len(shared)} reviewer key(s) are also scan or admin keys: give each role its own keys"
+            )
 
     def all_admin_keys(self) -> list[str]:
         """Keys from XSCREEN_ADMIN_KEYS plus those in XSCREEN_ADMIN_KEYS_FILE."""
         keys = list(self.admin_keys)
         if self.admin_keys_file is not None:
             keys += read_keys_file(self.admin_keys_file)
+        return keys
+
+    def all_reviewer_keys(self) -> list[str]:
+        """Keys from XSCREEN_REVIEWER_KEYS plus those in XSCREEN_REVIEWER_KEYS_FILE."""
+        keys = list(self.reviewer_keys)
+        if self.reviewer_keys_file is not None:
+            keys += read_keys_file(self.reviewer_keys_file)
         return keys
 
     def all_api_keys(self) -> list[str]:

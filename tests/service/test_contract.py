@@ -70,7 +70,7 @@ def test_openapi_declares_bearer_security_errors_and_retry_after(server):
 
 def test_every_error_code_the_service_uses_is_in_the_enum():
     codes: set[str] = set()
-    pattern = re.compile(r'(?:ApiError|reject|ModelSwitchError)\(\s*\d+,\s*"([a-z_]+)"')
+    pattern = re.compile(r'(?:ApiError|reject|ModelSwitchError|ConsoleError)\(\s*\d+,\s*"([a-z_]+)"')
     for path in (REPO / "service").rglob("*.py"):
         codes |= set(pattern.findall(path.read_text()))
     from xscreen.service import errors

@@ -105,7 +105,7 @@ def test_replicas_migrating_an_empty_index_at_once(tmp_path, database_url):
     for i, store in enumerate(opened):
         assert store.put_bag(bag(f"m{i}", minutes=i)).stored
     with opened[0].engine.connect() as conn:
-        assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0001"]
+        assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0002"]
     assert sorted(b.request_id for b in opened[3].recent_bags().bags) == ["m0", "m1", "m2", "m3"]
     for store in opened:
         store.close()

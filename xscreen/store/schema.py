@@ -85,3 +85,14 @@ verdicts = sa.Table(
     sa.Column("is_current", sa.Boolean, nullable=False),
     sa.Column("replaced_by", ID),
 )
+
+# Signed-in console reviewers (migration 0002). Only the SHA-256 of a session's random id is kept, so a
+# copy of the table signs nobody in; every replica sharing the index shares the sessions.
+console_sessions = sa.Table(
+    "xscreen_console_sessions",
+    metadata,
+    sa.Column("id_sha256", sa.String(64), primary_key=True),
+    sa.Column("reviewer", sa.String(128), nullable=False),  # the reviewer key's id, never the key
+    sa.Column("created_s", sa.Double, nullable=False),
+    sa.Column("expires_s", sa.Double, nullable=False),
+)
