@@ -2,7 +2,13 @@
 the request line and headers within ``header_timeout_s`` (counted from the connection, or from the
 previous answer on a kept-alive connection) gets a JSON 408, one whose head passes ``max_header_bytes``
 a JSON 431, and the connection is closed. uvicorn has neither: its keep-alive timeout ends only idle
-connections (any byte received cancels it), and httptools keeps every header in memory."""
+connections (any byte received cancels it), and httptools keeps every header in memory.
+
+It also closes like nginx's lingering close: a request answered before its body was read (401 without a
+key, 413, ...) has its connection half-closed after the answer, and the rest of the body is read and
+dropped for at most ``LINGER_S`` (``LINGER_IDLE_S`` without a byte) before the close. Closed at once, the
+unread bytes make the kernel reset the connection, and a client still sending (or a proxy: Go's, in
+Caddy, drops its client when more than 256 KiB of body are left) sees a reset instead of the answer."""
 
 from __future__ import annotations
 
@@ -11,6 +17,9 @@ import json
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+LINGER_S = 5.0  # longest read-and-drop of an answered request's unread body
+LINGER_IDLE_S = 2.0  # ... and without a byte from the client
 
 
 def _answer(status: str, code: str, detail: str) -> bytes:
@@ -21,6 +30,20 @@ def _answer(status: str, code: str, detail: str) -> bytes:
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
     )
     return head.encode() + body
+
+
+class _LingeringTransport:
+    """The connection's transport as uvicorn sees it: ``close()`` asks the protocol, which lingers when the
+    answered request's body is still on its way; everything else is the transport's."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: HeadTimeoutProtocol):
+        self._transport, self._protocol = transport, protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        self._protocol.close_lingering()
 
 
 class HeadTimeoutProtocol(HttpToolsProtocol):
@@ -36,6 +59,9 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0  # bytes received since the timer was armed
+        self._raw: asyncio.Transport | None = None  # the transport itself (self.transport wraps it)
+        self._linger: asyncio.TimerHandle | None = None
+        self._linger_until = self._linger_last = 0.0
 
     def _arm(self) -> None:
         self._disarm()
@@ -62,10 +88,39 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         self._refuse("408 Request Timeout", "request_timeout", detail)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        self._raw = transport
+        super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
         self._arm()
 
+    def close_lingering(self) -> None:
+        """Close now, or, when the request being answered still has body bytes to come, half-close after
+        the answer and drop what arrives until the client stops sending (or the linger time ends)."""
+        raw, cycle = self._raw, self.cycle
+        assert raw is not None
+        unread = cycle is not None and cycle.more_body and not cycle.disconnected
+        if self._linger is not None or not unread or raw.is_closing() or not raw.can_write_eof():
+            raw.close()
+            return
+        self._disarm()
+        raw.write_eof()  # the answer, then FIN: the client reads it while its body drains
+        raw.resume_reading()
+        now = self.loop.time()
+        self._linger_until, self._linger_last = now + LINGER_S, now
+        self._linger = self.loop.call_later(LINGER_IDLE_S, self._linger_check)
+
+    def _linger_check(self) -> None:
+        now = self.loop.time()
+        if now >= self._linger_until or now - self._linger_last >= LINGER_IDLE_S:
+            assert self._raw is not None
+            self._raw.close()
+            return
+        due = min(self._linger_until, self._linger_last + LINGER_IDLE_S)
+        self._linger = self.loop.call_at(due, self._linger_check)
+
     def data_received(self, data: bytes) -> None:
+        if self._linger is not None:  # the rest of an answered request's body: dropped
+            self._linger_last = self.loop.time()
+            return
         if self._head_timer is not None:
             self._head_bytes += len(data)
         super().data_received(data)
@@ -86,6 +141,8 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._linger is not None:
+            self._linger.cancel()
         super().connection_lost(exc)
 
 

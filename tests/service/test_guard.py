@@ -504,3 +504,49 @@ def test_caddy_cuts_slow_heads_and_passes_the_service_408_for_slow_bodies(caddy)
     a = exchange(caddy, head, (b"0" * 1024 for _ in range(3600)), IDLE_S / 2)
     assert (a.status, a.body["error"]) == (408, "request_timeout")
     assert UPLOAD_S - 0.5 <= a.seconds <= UPLOAD_S + SLACK_S
+
+
+@pytest.mark.parametrize("via", ["direct", "caddy"])
+def test_a_scan_sent_without_a_key_reads_its_401(server, caddy, via):
+    """A lane with a wrong key sends its whole scan before it reads the answer: the 401 comes before any
+    body byte is read, and the rest of the body is then read and dropped (lingering close), so the client
+    gets the JSON 401, not a reset; behind Caddy too (Go drops a client with over 256 KiB unread)."""
+    port = server.port if via == "direct" else caddy
+    body = os.urandom(3 * MiB)
+    with PeakRss(server.proc.pid) as peak:
+        r = requests.post(
+            f"http://127.0.0.1:{port}/detect",
+            files={"high": ("h.png", body), "low": ("l.png", body)},
+            headers={"Authorization": "Bearer wrong-key-0123456789abcdef"},
+            timeout=60,
+        )
+    assert r.status_code == 401 and r.json()["error"] == "unauthorized", r.text
+    assert peak.growth_mb < 20  # dropped, not kept
+
+
+def _sends_fail(sock: socket.socket, within: float) -> bool:
+    """True once sending 64 KiB chunks fails (the server closed the connection) within ``within`` s."""
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        try:
+            sock.sendall(b"x" * 65536)
+        except OSError:  # EPIPE or ECONNRESET: the server is gone
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_after_the_401_the_body_is_dropped_then_the_connection_closed(server):
+    """The answer and a half-close come at once; the client may go on sending (its bytes are read and
+    dropped, no reset) until it pauses for LINGER_IDLE_S, or LINGER_S pass: then the server closes."""
+    from xscreen.service.http_protocol import LINGER_IDLE_S, LINGER_S
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"POST /detect HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                     b"Content-Length: 100000000\r\n\r\n" + b"x" * 100_000)  # fmt: skip
+        assert _read_to_close(sock).startswith(b"HTTP/1.1 401")  # answer, then the server's FIN
+        assert not _sends_fail(sock, within=LINGER_IDLE_S / 2)  # still read and dropped
+        t0 = time.monotonic()
+        time.sleep(LINGER_IDLE_S + 0.5)  # a pause: the server stops lingering
+        assert _sends_fail(sock, within=LINGER_S + SLACK_S)
+        assert time.monotonic() - t0 <= LINGER_IDLE_S + LINGER_S + SLACK_S
