@@ -145,3 +145,49 @@ def test_servicemonitor_scrapes_the_service():
     # /metrics is protected (XSCREEN_PROTECT_METRICS), so the scrape sends a key from a Secret
     assert endpoint["authorization"]["type"] == "Bearer"
     assert set(endpoint["authorization"]["credentials"]) == {"name", "key"}
+
+
+def _merge(base, patch):
+    """A strategic merge as kubectl applies it to these fields: maps merge, lists of named items merge by
+    name (containers, env, volumeMounts, volumes), other values are replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        return {k: _merge(base[k], v) if k in base else v for k, v in {**base, **patch}.items()}
+    if isinstance(base, list) and isinstance(patch, list) and all(isinstance(i, dict) and "name" in i
+                                                                  for i in base + patch):  # fmt: skip
+        merged = {i["name"]: i for i in base}
+        for item in patch:
+            merged[item["name"]] = _merge(merged[item["name"]], item) if item["name"] in merged else item
+        return list(merged.values())
+    return patch
+
+
+def test_console_component_adds_a_shared_store_and_reviewer_keys():
+    """deploy/k8s/console: off by default; once added, every replica keeps its bags on one ReadWriteMany
+    volume with a PostgreSQL index, and reads the reviewer keys; the result validates and the service
+    reads every variable it sets."""
+    folder = K8S / "console"
+    component = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    assert component["kind"] == "Component"
+    assert "components" not in yaml.safe_load((K8S / "kustomization.yaml").read_text())  # off by default
+    (pvc,) = [yaml.safe_load((folder / r).read_text()) for r in component["resources"]]
+    assert pvc["kind"] == "PersistentVolumeClaim" and pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    patch = yaml.safe_load((folder / component["patches"][0]["path"]).read_text())
+    merged = _merge(DEPLOY, patch)
+    for version in VERSIONS:
+        kubernetes_validate.validate(pvc, version, strict=True)
+        kubernetes_validate.validate(merged, version, strict=True)
+    pod = merged["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    settings = {f"XSCREEN_{name.upper()}" for name in Settings.model_fields}
+    assert set(env) <= settings | {"HOME"}, set(env) - settings
+    assert set(ENV) < set(env)  # the base settings kept
+    assert env["XSCREEN_STORE_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "xscreen-store"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert set(mounts) == set(volumes)
+    assert volumes["store"]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    assert env["XSCREEN_STORE_DIR"]["value"] == mounts["store"]
+    assert env["XSCREEN_REVIEWER_KEYS_FILE"]["value"].startswith(mounts["reviewer-keys"] + "/")
+    limit = int(env["XSCREEN_STORE_MAX_BYTES"]["value"])
+    assert limit < int(pvc["spec"]["resources"]["requests"]["storage"].removesuffix("Gi")) * 2**30

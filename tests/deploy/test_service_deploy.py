@@ -279,7 +279,12 @@ def test_secrets_recipe_creates_every_compose_secret_readable_by_its_container(t
     secrets = _make_secrets(tmp_path)
     files = {name: Path(spec["file"]).name for name, spec in COMPOSE["secrets"].items()}
     assert set(files) == set(SECRET_READERS)
-    assert {p.name for p in secrets.iterdir()} == set(files.values())
+    # and the review console's (deploy/compose.console.yml, only when it is added): the detector reads it
+    console = yaml.safe_load((REPO / "deploy" / "compose.console.yml").read_text())["secrets"]
+    (reviewers,) = [Path(spec["file"]).name for spec in console.values()]
+    assert {p.name for p in secrets.iterdir()} == set(files.values()) | {reviewers}
+    st = (secrets / reviewers).stat()
+    assert st.st_uid == SECRET_READERS["xscreen_api_keys"] and not st.st_mode & (stat.S_IRGRP | stat.S_IROTH)
     for name, filename in files.items():
         st = (secrets / filename).stat()
         assert st.st_size > 0
@@ -300,6 +305,8 @@ def test_secrets_recipe_creates_every_compose_secret_readable_by_its_container(t
     assert "all 8 secrets" in proc.stdout
     admin = (secrets / "admin_keys.txt").read_text().split()
     assert len(admin) == 1 and len(admin[0]) >= 16 and not set(admin) & set(keys)
+    reviewer = (secrets / reviewers).read_text().split()
+    assert len(reviewer) == 1 and len(reviewer[0]) >= 16 and not set(reviewer) & set(keys + admin)
     # the proxy's configuration loads the recipe's certificate
     proc = _caddy_validate(tmp_path, secrets / "tls_cert.pem", secrets / "tls_key.pem")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -452,3 +459,29 @@ def test_grafana_provisioning_and_dashboard():
     for panel in dash["panels"]:
         assert panel["datasource"]["uid"] == uid and panel["targets"]
         assert all(t["expr"] for t in panel["targets"])
+
+
+def test_console_override_turns_on_the_store_and_reviewer_keys(tmp_path):
+    """deploy/compose.console.yml: real settings (the store in the detector's state volume, the reviewer
+    keys from a compose secret the secrets recipe creates), valid against the Compose specification."""
+    override = yaml.safe_load((REPO / "deploy" / "compose.console.yml").read_text())
+    detector = override["services"]["detector"]
+    env = detector["environment"]
+    fields = {f"XSCREEN_{name.upper()}" for name in Settings.model_fields}
+    assert set(env) <= fields, set(env) - fields
+    assert env["XSCREEN_STORE_DIR"].startswith("/var/lib/xscreen/")  # the detector-state volume
+    (secret,) = detector["secrets"]
+    assert env["XSCREEN_REVIEWER_KEYS_FILE"] == f"/run/secrets/{secret}"
+    source = override["secrets"][secret]["file"]
+    assert source.startswith("./deploy/secrets/")  # paths resolve from the project folder
+    recipe = (REPO / "deploy" / "secrets" / "README.md").read_text()
+    assert f"> {Path(source).name}" in recipe and f"`{secret}`" in recipe
+    path = str(REPO / "deploy" / "compose.console.yml")
+    proc = subprocess.run(
+        [CHECK_JSONSCHEMA, "--builtin-schema", "vendor.compose-spec", path],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    values = {k.removeprefix("XSCREEN_").lower(): v for k, v in env.items() if not k.endswith("_FILE")}
+    s = Settings(**values, api_keys="k" * 32)
+    assert s.store_max_bytes == 20 * 2**30 and s.store_max_age_s == 7 * 24 * 3600
