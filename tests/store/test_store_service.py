@@ -108,14 +108,19 @@ def test_store_off_writes_nothing(demo, tmp_path, monkeypatch):
 
 
 def test_two_replicas_on_one_postgresql_see_each_others_bags(demo, tmp_path, postgres_url):
-    shared = tmp_path / "shared"  # the ReadWriteMany volume of deploy/k8s
-    settings = {"store_dir": shared, "store_database_url": postgres_url}
+    """Two services sharing one PostgreSQL and one folder (the Kubernetes replicas): one index of every
+    replica's bags, and one console: a reviewer signed in on one replica sees and opens the other's bags,
+    with the same session (sessions live in the shared database)."""
+    from tests.support.console import REVIEWER_KEY, sign_in
+
+    shared = tmp_path / "shared"  # the ReadWriteMany volume of deploy/k8s/console
+    settings = {"store_dir": shared, "store_database_url": postgres_url, "reviewer_keys": REVIEWER_KEY}
     with serve(demo, tmp_path / "a", **settings) as a, serve(demo, tmp_path / "b", **settings) as b:
-        ids = []
+        ids = {}
         for srv in (a, b, a, b):
             r = post(srv.url, demo.scans[:1])
             assert r.status_code == 200
-            ids.append(r.headers["X-Request-ID"])
+            ids[r.headers["X-Request-ID"]] = srv
         store = open_store(StoreConfig(shared, database_url=postgres_url))
         try:
             bags = wait_for_bags(store, 4)
@@ -123,3 +128,11 @@ def test_two_replicas_on_one_postgresql_see_each_others_bags(demo, tmp_path, pos
             assert len({store.view(i, 0).high.tobytes() for i in ids}) == 1  # the same scan, four times
         finally:
             store.close()
+        session = sign_in(a.url, REVIEWER_KEY)
+        for replica in (a, b):  # the session made on a works on b
+            listing = session.get(replica.url + "/console", timeout=30)
+            assert listing.status_code == 200 and all(i in listing.text for i in ids)
+            for request_id, answered_by in ids.items():
+                if answered_by is not replica:  # the other replica's bag, opened here
+                    page = session.get(f"{replica.url}/console/bags/{request_id}", timeout=30)
+                    assert page.status_code == 200 and request_id in page.text
