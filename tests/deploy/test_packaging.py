@@ -138,8 +138,8 @@ def clone_wheel(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_a_clone_without_symlinks_builds_the_full_wheel(clone_wheel):
-    """Every module of the four folders, the bundled configs and weights and the static files of /docs,
-    under xscreen/, nothing else."""
+    """Every module of the four folders, the bundled configs and weights, the static files of /docs and
+    the console and the console's templates, under xscreen/, nothing else."""
     clone, wheel = clone_wheel
     tracked = subprocess.run(["git", "ls-files"], cwd=clone, capture_output=True, text=True, check=True)
     expected = set()
@@ -149,7 +149,7 @@ def test_a_clone_without_symlinks_builds_the_full_wheel(clone_wheel):
             expected.add(f"{WHEEL_PLACE[folder]}/{rest}")
         if folder == "model" and rest.startswith(("configs/", "weights/")):
             expected.add(f"xscreen/model/{rest}")
-        if folder == "service" and rest.startswith("static/"):  # what /static serves: all of it
+        if folder == "service" and rest.startswith(("static/", "console/templates/")):  # all of them
             expected.add(f"xscreen/service/{rest}")
     names = zipfile.ZipFile(wheel).namelist()
     dist_info = f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"
@@ -160,6 +160,7 @@ def test_a_clone_without_symlinks_builds_the_full_wheel(clone_wheel):
     assert "xscreen/model/weights/xscreen-small-lacls.safetensors" in expected
     assert "xscreen/model/configs/small_lacls_release_demo.json" in expected
     assert "xscreen/service/static/vendor/swagger_ui/swagger-ui-bundle.js" in expected
+    assert "xscreen/service/console/templates/bag.html" in expected
 
 
 def test_the_sdist_holds_the_sources_of_the_wheel_and_no_tests(clone_wheel, tmp_path):
