@@ -2,9 +2,9 @@
 judged, exported, the served weights fine-tuned, old and new evaluated, the new released and switched to.
 
 The commands are docs/training.md's recipe, word for word, with toy-size flags appended (argparse takes
-the last value of a flag). The service does not write the store yet and the console is not built, so the
-test stores each answered bag itself, under the request id the service answered with, and records the
-verdicts through the store's verdict API (what the console will call).
+the last value of a flag). The store fills from real requests (each bag one POST /detect, its views
+repeated parts; the service keeps it under its request id), and a signed-in reviewer posts the verdicts
+through the console's own endpoints (with its CSRF token).
 """
 
 from __future__ import annotations
@@ -22,18 +22,13 @@ import pytest
 import requests
 import torch
 
+from tests.support.console import REVIEWER_KEY, csrf_of, post_bag, sign_in, wait_stored
 from tests.support.review_recipe import review_recipe
-from tests.support.service_fixtures import (
-    API_KEY,
-    InThreadServer,
-    box_iou,
-    bundled_weights,
-    post_scan,
-    synthetic_scans,
-)
+from tests.support.service_fixtures import API_KEY, InThreadServer, box_iou, bundled_weights, synthetic_scans
 from xscreen.cli import main
 from xscreen.model.classes import CLCXRAY_CLASSES
-from xscreen.store import ModelIdentity, NewBag, ScanStore, StoreConfig, View, summarise_answer
+from xscreen.service.auth import key_id
+from xscreen.store import ScanStore, StoreConfig
 
 ADMIN_KEY = "admin-key-0123456789abcdef"
 SIZE = 320  # the bundled weights' input size
@@ -78,30 +73,29 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _detect(url: str, request_id: str, scan) -> dict:
-    r = post_scan(url, *scan.png(), headers={"X-Request-ID": request_id})
-    assert r.status_code == 200, r.text
+def _detect(url: str, request_id: str, scans: list) -> list[dict]:
+    """The bag's views in one POST /detect; each view's answer (one view's answer is the whole body)."""
+    r = post_bag(url, scans, request_id=request_id)
     assert r.headers["x-request-id"] == request_id
-    return r.json()
+    body = r.json()
+    return body.get("views", [body])
 
 
-def _store_bag(store: ScanStore, request_id: str, scans: list, answers: list[dict]) -> None:
-    """The answered bag as the service will keep it: its views, the answer (one view's, or each view's
-    under "views"), the model that answered."""
-    answer = (
-        answers[0]
-        if len(answers) == 1
-        else {"views": answers, "score_threshold": answers[0]["score_threshold"]}
-    )
-    alarm, classes, top = summarise_answer(answer)
-    m = answers[0]["model"]
-    model = ModelIdentity(m["name"], m["version"], m["sha256"])
-    views = [View(s.high, s.low) for s in scans]
-    new = NewBag(request_id, views, answer, model, "/detect key test", alarm, classes, top)
-    assert store.put_bag(new).stored
+class Reviewer:
+    """A reviewer signed in to the console, posting verdicts through its endpoints."""
+
+    def __init__(self, url: str):
+        self.url, self.session = url, sign_in(url, REVIEWER_KEY)
+        self.headers = {"X-CSRF-Token": csrf_of(self.session, url), "Accept": "application/json"}
+
+    def post(self, request_id: str, what: str, **form) -> None:
+        r = self.session.post(
+            f"{self.url}/console/bags/{request_id}/{what}", data=form, headers=self.headers, timeout=30
+        )
+        assert r.status_code == 200, r.text[:300]
 
 
-def _review(store: ScanStore, request_id: str, scans: list, answers: list[dict], leave: int = 0) -> dict:
+def _review(rev: Reviewer, request_id: str, scans: list, answers: list[dict], leave: int = 0) -> dict:
     """A reviewer's eye: a detection matching an object of its class (IoU >= 0.5) is confirmed, any other
     a false alarm; objects no detection found are drawn. ``leave``: detections left unjudged (the last).
     Returns {"truth": [...], "false_alarms": [...]} as (image file, category id, x1, y1, x2, y2)."""
@@ -116,12 +110,15 @@ def _review(store: ScanStore, request_id: str, scans: list, answers: list[dict],
             match = [j for j in np.argsort(-ious) if ious[j] >= 0.5 and scan.names[j] == d["class_name"]]
             match = [j for j in match if j not in claimed][:1]
             claimed.update(match)
-            store.set_detection_verdict(request_id, v, i, "confirm" if match else "false_alarm", "rev-1")
+            rev.post(
+                request_id, "verdicts", view=v, detection=i, verdict="confirm" if match else "false_alarm"
+            )
             key = "truth" if match else "false_alarms"
             out[key].append((image, CATEGORY[d["class_name"]], *box[0].tolist()))
         for j, (box, name) in enumerate(zip(scan.boxes, scan.names, strict=True)):
             if j not in claimed:
-                store.add_missed_object(request_id, v, box.tolist(), name, "rev-2")
+                x1, y1, x2, y2 = box.tolist()
+                rev.post(request_id, "missed", view=v, x1=x1, y1=y1, x2=x2, y2=y2, class_name=name)
                 out["truth"].append((image, CATEGORY[name], *box.tolist()))
     return out
 
@@ -174,26 +171,36 @@ def test_reviews_train_evaluate_release_and_switch(tmp_path, monkeypatch, capsys
     monkeypatch.setenv("XSCREEN_STORE_DIR", str(tmp_path / "store"))
     monkeypatch.setenv("XSCREEN_MODELS_DIR", str(models))
     monkeypatch.delenv("XSCREEN_STORE_DATABASE_URL", raising=False)
-    store = ScanStore(StoreConfig(tmp_path / "store"))
     scans = synthetic_scans(range(8), SIZE)
     expected: dict[str, list] = {"truth": [], "false_alarms": []}
     with InThreadServer(
-        models_dir=models, model_name="lacls-2026-11", api_keys=API_KEY, admin_keys=ADMIN_KEY, device="cpu"
+        models_dir=models,
+        model_name="lacls-2026-11",
+        api_keys=API_KEY,
+        admin_keys=ADMIN_KEY,
+        reviewer_keys=REVIEWER_KEY,
+        store_dir=tmp_path / "store",
+        device="cpu",
     ) as srv:
+        rev = Reviewer(srv.url)
         old_sha = requests.get(srv.url + "/model", headers={"Authorization": f"Bearer {API_KEY}"}).json()[
             "sha256"
         ]
         for request_id, seeds in BAGS.items():
             views = [scans[s] for s in seeds]
-            answers = [_detect(srv.url, request_id, scan) for scan in views]
-            _store_bag(store, request_id, views, answers)
+            answers = _detect(srv.url, request_id, views)
+            wait_stored(rev.session, srv.url, request_id)
             if request_id == "lane1-0007":
                 continue
-            judged = _review(store, request_id, views, answers, leave=int(request_id == "lane1-0006"))
+            judged = _review(rev, request_id, views, answers, leave=int(request_id == "lane1-0006"))
             if request_id != "lane1-0006":
                 for key in expected:
                     expected[key] += judged[key]
+        store = ScanStore(StoreConfig(tmp_path / "store"))
         assert len(store.get_bag("lane1-0006").detections) > 1  # one judged, one left
+        reviewers = {d.verdict.reviewer for d in store.get_bag("lane1-0001").detections if d.verdict}
+        assert reviewers == {key_id(REVIEWER_KEY)}  # recorded by the console, as the signed-in reviewer
+        store.close()
         commands = review_recipe()
         assert [c.split()[1] if c.startswith("xscreen") else c.split()[0] for c in commands] == [
             "export-reviews", "train", "eval", "eval", "release", "curl",
@@ -253,6 +260,5 @@ def test_reviews_train_evaluate_release_and_switch(tmp_path, monkeypatch, capsys
             srv.url + "/admin/model", json=body, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=120
         )
         assert r.status_code == 200 and r.json()["result"] == "switched", r.text
-        answer = _detect(srv.url, "lane1-0008", scans[0])
+        (answer,) = _detect(srv.url, "lane1-0008", [scans[0]])
         assert answer["model"]["sha256"] == new_sha != old_sha and answer["model"]["name"] == "lacls-2026-12"
-    store.close()
