@@ -437,7 +437,8 @@ def test_non_numeric_content_length_gets_the_parser_400(server):
 # ------------------------------------------------------------------------ behind the compose proxy
 @pytest.fixture(scope="module")
 def caddy(server, tmp_path_factory):
-    """Caddy with deploy/caddy/Caddyfile's global ``servers`` timeouts, plain HTTP, in front of the server."""
+    """Caddy with deploy/caddy/Caddyfile's global ``servers`` timeouts and its reverse_proxy ``transport``,
+    plain HTTP, in front of the server."""
     from tests.support.service_fixtures import REPO, free_port
     from tests.support.tools import tool
 
@@ -445,12 +446,14 @@ def caddy(server, tmp_path_factory):
     deployed = (REPO / "deploy" / "caddy" / "Caddyfile").read_text()
     servers = re.search(r"\n(\tservers \{.*?\n\t\})\n", deployed, re.S)
     assert servers, "deploy/caddy/Caddyfile sets no servers { timeouts } block"
+    transport = re.search(r"\n\t*(transport http \{.*?\n\t*\})\n", deployed, re.S)
+    assert transport, "deploy/caddy/Caddyfile sets no reverse_proxy transport block"
     tmp = tmp_path_factory.mktemp("caddy")
     port = free_port()
     config = tmp / "Caddyfile"
     config.write_text(
         f"{{\n\tauto_https off\n\tadmin off\n{servers.group(1)}\n}}\n"
-        f":{port} {{\n\treverse_proxy 127.0.0.1:{server.port}\n}}\n"
+        f":{port} {{\n\treverse_proxy 127.0.0.1:{server.port} {{\n{transport.group(1)}\n\t}}\n}}\n"
     )
     env = dict(os.environ, HOME=str(tmp), XDG_DATA_HOME=str(tmp), XDG_CONFIG_HOME=str(tmp))
     log = open(tmp / "caddy.log", "wb")  # noqa: SIM115
@@ -550,3 +553,17 @@ def test_after_the_401_the_body_is_dropped_then_the_connection_closed(server):
         time.sleep(LINGER_IDLE_S + 0.5)  # a pause: the server stops lingering
         assert _sends_fail(sock, within=LINGER_S + SLACK_S)
         assert time.monotonic() - t0 <= LINGER_IDLE_S + LINGER_S + SLACK_S
+
+
+@pytest.mark.parametrize("via", ["direct", "caddy"])
+def test_expect_100_continue_gets_the_401_before_the_scan_is_sent(server, caddy, via):
+    """The way for a client to learn a refused key before sending its scan (curl sends the header for
+    bodies over 1 MiB): the 401 comes in place of 100 Continue, directly and through Caddy."""
+    port = server.port if via == "direct" else caddy
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"POST /detect HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong-key-0123456789ab\r\n"
+                     b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 6000000\r\n"
+                     b"Expect: 100-continue\r\n\r\n")  # fmt: skip
+        sock.settimeout(10)
+        head = sock.recv(65536)
+    assert head.startswith(b"HTTP/1.1 401") and b'"unauthorized"' in head, head[:200]
