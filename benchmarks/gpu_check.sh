@@ -65,7 +65,7 @@ fi
 XS="$PYBIN/xscreen"
 
 if [ $DRY = 1 ]; then
-    DEV=cpu; SIZE=64x64; MODELS_R=small; RUNS=3; BATCHES="1 2"; TRAIN_S=120; SYNTH_N=8; SCAN=128; SPLITS=0.5,0.25,0.25
+    DEV=cpu; SIZE=32x32; MODELS_R=small; RUNS=3; BATCHES="1 2"; TRAIN_S=120; SYNTH_N=4; SCAN=128; SPLITS=0.5,0.25,0.25
     AP_N=3; AP_SIZE=128x128; LOAD_ARGS="--requests 2 --concurrency 1 --size 128 --scans 1 --formats png --model-runs 1"
     TRAIN_ARGS="--epochs 1 --batch-size 2 --workers 0"; ONNX_ARGS="--config small_lacls --size 128x128 --device cpu --runs 1"
 else
