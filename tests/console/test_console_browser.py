@@ -111,6 +111,15 @@ def _review_the_bag(driver, srv, tmp_path):
     _wait(driver, lambda d: "false alarm" in rows[1].find_element(By.CSS_SELECTOR, ".verdict-state").text)
     assert "false alarm" in driver.find_element(By.ID, "action-status").text
     assert "v-confirm" in driver.find_element(By.ID, "box-0-0").get_attribute("class")
+    labels = driver.find_elements(By.CSS_SELECTOR, "svg.overlay g.det text")
+    shown = [t for t in labels if t.is_displayed()]
+    if len(rows) > 12:  # a crowded view labels only the selected detection, and says so
+        assert "crowded" in driver.find_element(By.CSS_SELECTOR, "#view-0 svg.overlay").get_attribute("class")
+        assert (
+            len(shown) == 1 and shown[0].text.startswith("1 ") and "labels the selected" in driver.page_source
+        )
+    else:
+        assert len(shown) == len(labels)
     driver.find_element(By.ID, "draw-toggle").click()
     svg = driver.find_element(By.CSS_SELECTOR, "#view-0 svg.overlay")
     size = svg.size
