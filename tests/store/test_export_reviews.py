@@ -177,7 +177,11 @@ def test_held_out_bags_stay_held_out_as_the_store_grows(tmp_path, capsys, monkey
 
 def _fail(argv: list[str], capsys) -> str:
     assert main(argv) == 2
-    err = capsys.readouterr().err
+    # the command's own stderr: without the JSON log lines of a service an earlier test ran in this
+    # process (its logging setup stays; `xscreen export-reviews` alone configures none)
+    err = "".join(
+        line for line in capsys.readouterr().err.splitlines(keepends=True) if not line.startswith('{"ts":')
+    )
     assert err.startswith("xscreen export-reviews: error: ") and err.count("\n") == 1, err
     return err
 
